@@ -1,0 +1,1 @@
+"""DHRD serving: exported pooled classifiers behind FastAPI (backbone + head only, never an LM head)."""

