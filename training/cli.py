@@ -58,6 +58,12 @@ def _export(args: argparse.Namespace) -> None:
     print(out)
 
 
+def _serve(args: argparse.Namespace) -> None:
+    from service.cli import serve
+
+    serve(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import add_train_arguments
 
@@ -107,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify-examples", type=int, default=16, help="val examples to re-check after export")
     p.add_argument("--data-dir", type=Path, default=None)
     p.set_defaults(func=_export)
+
+    from service.cli import add_serve_arguments  # light: settings only, no torch
+
+    p = sub.add_parser("serve", help="serve exported classifiers over HTTP (FastAPI + dynamic batching)")
+    add_serve_arguments(p)
+    p.set_defaults(func=_serve)
     return parser
 
 

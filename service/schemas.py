@@ -1,0 +1,97 @@
+"""Request and response models. `/classify` speaks vLLM's shape, so a vLLM client works unchanged."""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+InputItem = Union[str, dict[str, Any]]
+
+
+class ClassifyRequest(BaseModel):
+    """`input` is pre-formatted text (a string or a list of strings, as vLLM takes it) or
+    structured task fields (an object or list of objects, e.g. `{"premise": ..., "hypothesis": ...}`)
+    that the service formats with the task's template from the training contract."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(..., description="served model name (see GET /v1/models)", min_length=1)
+    input: Union[str, dict[str, Any], list[InputItem]] = Field(..., description="text(s) or task field object(s)")
+    truncate: bool = Field(True, description="cut over-long inputs (their beginning) instead of answering 422")
+    truncate_prompt_tokens: int | None = Field(None, ge=1, description="vLLM's name: keep at most N tokens")
+    user: str | None = Field(None, description="accepted for vLLM/OpenAI compatibility; unused")
+
+    def items(self) -> list[InputItem]:
+        return self.input if isinstance(self.input, list) else [self.input]
+
+
+class ClassificationData(BaseModel):
+    index: int
+    label: str
+    probs: list[float]
+    num_classes: int
+    truncated: bool = Field(False, description="the input was cut to the model's max tokens")
+
+
+class UsageInfo(BaseModel):
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class ClassifyResponse(BaseModel):
+    id: str = Field(default_factory=lambda: f"classify-{uuid.uuid4().hex}")
+    object: Literal["list"] = "list"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    data: list[ClassificationData]
+    usage: UsageInfo
+
+
+class CotRequest(ClassifyRequest):
+    """`/classify/cot`: the same request plus the paper's decoding knobs (§E.6 defaults)."""
+
+    temperature: float = Field(0.1, ge=0.0, le=2.0, description="0 = greedy")
+    top_p: float = Field(0.7, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(500, ge=1, description="capped by the server's cot_max_new_tokens")
+    seed: int | None = Field(None, description="sampling seed for reproducible outputs")
+
+
+class CotData(ClassificationData):
+    rationale: str
+    generated_tokens: int
+    parsed: bool = Field(..., description="an answer was found in the generated text (else the first label)")
+
+
+class CotResponse(ClassifyResponse):
+    data: list[CotData]  # type: ignore[assignment]
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    task: str
+    labels: list[str]
+    fields: list[str]
+    max_length: int
+    pooling: str
+    base_model: str | None
+    contract_version: str
+    metrics: dict[str, Any]
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+    field: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

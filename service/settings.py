@@ -1,0 +1,73 @@
+"""Service settings: one `Settings` object, from `DHRD_*` environment variables or `dhrd serve` flags."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Environment: `DHRD_<FIELD>` (e.g. `DHRD_MAX_BATCH_SIZE=64`);
+    models as `DHRD_MODELS='{"cb": "exports/cb"}'` (JSON) or `cb=exports/cb,rte=exports/rte`."""
+
+    model_config = SettingsConfigDict(env_prefix="DHRD_", extra="forbid")
+
+    models: Annotated[dict[str, Path], NoDecode] = Field(default_factory=dict, description="served name -> export directory")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+
+    # --- model runner ---------------------------------------------------------------------
+    dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="weight and compute dtype")
+    device: str = Field("cpu", description="'cpu' or 'cuda[:N]'")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice)")
+    verify_hashes: bool = Field(True, description="check every export file against its manifest sha256")
+
+    # --- dynamic batching -------------------------------------------------------------------
+    max_batch_size: int = Field(32, ge=1, le=1024, description="sequences per forward pass")
+    max_batch_tokens: int = Field(8192, ge=16, description="padded tokens per forward pass")
+    max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="how long a batch waits to fill")
+    max_queue: int = Field(512, ge=1, description="queued sequences per model before 429")
+    request_timeout_s: float = Field(30.0, gt=0, description="per-request deadline, queue wait included")
+
+    # --- request limits ---------------------------------------------------------------------
+    max_inputs_per_request: int = Field(128, ge=1, description="more inputs in one request -> 413")
+    max_body_bytes: int = Field(2_000_000, ge=1024, description="larger request body -> 413")
+    api_key: str | None = Field(None, description="when set, require `Authorization: Bearer <key>`")
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="no CORS unless origins are listed")
+
+    # --- chain-of-thought comparison endpoint ---------------------------------------------------
+    cot: bool = Field(False, description="enable POST /classify/cot (loads each export's base causal LM)")
+    cot_max_new_tokens: int = Field(500, ge=1, le=4096, description="upper limit a request may ask for")
+    cot_max_batch_size: int = Field(8, ge=1, le=256)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _parse_models(cls, value):
+        """Accept `name=path,name=path` as well as a JSON object or a dict."""
+        if isinstance(value, str) and value.strip().startswith("{"):
+            return json.loads(value)
+        if isinstance(value, str):
+            pairs = [p for p in value.split(",") if p.strip()]
+            parsed = {}
+            for pair in pairs:
+                name, sep, path = pair.partition("=")
+                if not sep or not name.strip() or not path.strip():
+                    raise ValueError(f"model spec {pair!r} must look like NAME=EXPORT_DIR")
+                parsed[name.strip()] = path.strip()
+            return parsed
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _parse_origins(cls, value):
+        return [o.strip() for o in value.split(",") if o.strip()] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
+        for name in self.models:
+            if not name.replace("-", "").replace("_", "").isalnum():
+                raise ValueError(f"model name {name!r} may only hold letters, digits, '-' and '_'")
+        return self

@@ -1,0 +1,256 @@
+"""The HTTP API: both request shapes, vLLM's response shape, every error code, batching, metrics."""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+import pytest
+import torch
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.settings import Settings
+
+from .conftest import FakeRunner, serving
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def fake_settings(**kw) -> Settings:
+    return Settings(models={}, **kw)
+
+
+# --- shapes -----------------------------------------------------------------------------------
+def test_classify_answers_in_vllm_shape_for_text_and_lists():
+    async def go():
+        async with serving(fake_settings(), {"fake": FakeRunner()}) as client:
+            one = (await client.post("/classify", json={"model": "fake", "input": "say yes"})).json()
+            many = (await client.post("/classify", json={"model": "fake", "input": ["say yes", "nope"]})).json()
+            return one, many
+
+    one, many = run(go())
+    assert set(one) == {"id", "object", "created", "model", "data", "usage"}
+    assert one["object"] == "list" and one["model"] == "fake" and one["id"].startswith("classify-")
+    assert one["data"][0] == {"index": 0, "label": "yes", "probs": [0.1, 0.9], "num_classes": 2, "truncated": False}
+    assert [d["label"] for d in many["data"]] == ["yes", "no"] and [d["index"] for d in many["data"]] == [0, 1]
+    assert many["usage"] == {"prompt_tokens": 3, "total_tokens": 3, "completion_tokens": 0}
+
+
+def test_real_export_serves_structured_fields_with_training_side_logits(tiny_export):
+    from service.loader import load_export
+    from training.contract import encode_input, pad_batch
+    from training.tasks import get_task
+
+    fields = [{"premise": "The man went home after work.", "hypothesis": "The man went home."},
+              {"premise": "It rained all day.", "hypothesis": "The street is dry."}]
+
+    async def go():
+        async with serving(Settings(models={"cb": tiny_export}, dtype="float32")) as client:
+            structured = (await client.post("/classify", json={"model": "cb", "input": fields})).json()
+            text = get_task("cb").format(fields[0])
+            plain = (await client.post("/classify", json={"model": "cb", "input": text})).json()
+            cards = (await client.get("/v1/models")).json()
+            return structured, plain, cards
+
+    structured, plain, cards = run(go())
+    assert structured["data"][0]["probs"] == pytest.approx(plain["data"][0]["probs"], abs=1e-6)
+    assert structured["data"][0]["label"] in ("entailment", "contradiction", "neutral")
+    # the same numbers as the model loaded on the training side's terms (fp32, one at a time)
+    loaded = load_export(tiny_export, dtype=torch.float32)
+    task = get_task("cb")
+    for row, f in zip(structured["data"], fields):
+        ids, _ = encode_input(loaded.tokenizer, task.format(f), 512)
+        probs = loaded.model(*pad_batch([ids], loaded.tokenizer.pad_token_id)).softmax(-1)[0].tolist()
+        assert row["probs"] == pytest.approx(probs, abs=1e-5)
+    assert cards["data"][0]["id"] == "cb" and cards["data"][0]["fields"] == ["premise", "hypothesis"]
+
+
+def test_served_model_has_no_lm_head(tiny_export):
+    from service.runner import ModelRunner
+
+    runner = ModelRunner.from_export("cb", tiny_export, dtype="float32")
+    names = [n for n, _ in runner.model.named_parameters()]
+    assert not any("lm_head" in n for n in names)
+    assert {n.split(".")[0] for n in names} == {"backbone", "head"}
+
+
+# --- errors -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("body,status,field", [
+    ({"model": "fake"}, 422, "input"),
+    ({"model": "fake", "input": 5}, 422, "input"),
+    ({"model": "fake", "input": "x", "truncate": "maybe"}, 422, "truncate"),
+    ({"model": "fake", "input": []}, 422, "input"),
+    ({"model": "fake", "input": ["ok", ""]}, 422, "input.1"),
+    ({"model": "fake", "input": [{"txt": "a"}]}, 422, "input.0.txt"),
+    ({"model": "nope", "input": "x"}, 404, "model"),
+    ({"model": "fake", "input": ["a"] * 5}, 413, "input"),
+    ({"model": "fake", "input": "w " * 40, "truncate": False}, 422, "input.0"),
+])
+def test_errors_name_the_field(body, status, field):
+    async def go():
+        async with serving(fake_settings(max_inputs_per_request=4), {"fake": FakeRunner()}) as client:
+            return await client.post("/classify", json=body)
+
+    response = run(go())
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["field"] == field
+
+
+def test_invalid_json_is_422_and_a_huge_body_is_413():
+    async def go():
+        async with serving(fake_settings(max_body_bytes=2048), {"fake": FakeRunner()}) as client:
+            bad = await client.post("/classify", content=b"{not json", headers={"content-type": "application/json"})
+            big = await client.post("/classify", json={"model": "fake", "input": "x" * 5000})
+
+            async def stream():  # no Content-Length: the limit is enforced while reading
+                yield b'{"model": "fake", "input": "' + b"y" * 4000 + b'"}'
+
+            streamed = await client.post("/classify", content=stream(), headers={"content-type": "application/json"})
+            return bad, big, streamed
+
+    bad, big, streamed = run(go())
+    assert bad.status_code == 422 and bad.json()["error"]["type"] == "invalid_input"
+    assert big.status_code == 413 and streamed.status_code == 413
+
+
+def test_long_input_is_truncated_and_says_so():
+    async def go():
+        async with serving(fake_settings(), {"fake": FakeRunner()}) as client:
+            return (await client.post("/classify", json={"model": "fake", "input": "w " * 40 + "yes"})).json()
+
+    data = run(go())["data"][0]
+    assert data["truncated"] is True and data["label"] == "yes"  # the end (with the question) is kept
+
+
+def test_not_ready_is_503_until_warm():
+    gate = threading.Event()
+
+    async def go():
+        async with serving(fake_settings(), {"fake": FakeRunner(gate=gate)}, wait_ready=False) as client:
+            before = await client.post("/classify", json={"model": "fake", "input": "x"})
+            ready_before = await client.get("/ready")
+            health = await client.get("/health")
+            gate.set()
+            for _ in range(100):
+                if (await client.get("/ready")).status_code == 200:
+                    break
+                await asyncio.sleep(0.02)
+            after = await client.post("/classify", json={"model": "fake", "input": "x"})
+            return before, ready_before, health, after
+
+    before, ready_before, health, after = run(go())
+    assert before.status_code == 503 and ready_before.status_code == 503 and health.status_code == 200
+    assert after.status_code == 200
+
+
+def test_bearer_auth_when_configured():
+    async def go():
+        async with serving(fake_settings(api_key="s3cret"), {"fake": FakeRunner()}) as client:
+            body = {"model": "fake", "input": "x"}
+            return (await client.post("/classify", json=body),
+                    await client.post("/classify", json=body, headers={"Authorization": "Bearer wrong"}),
+                    await client.post("/classify", json=body, headers={"Authorization": "Bearer s3cret"}),
+                    await client.get("/health"))
+
+    missing, wrong, right, health = run(go())
+    assert missing.status_code == 401 and wrong.status_code == 401 and right.status_code == 200
+    assert health.status_code == 200
+
+
+def test_overload_is_429_with_retry_after():
+    async def go():
+        settings = fake_settings(max_queue=4, max_batch_size=2, max_wait_ms=0)
+        async with serving(settings, {"fake": FakeRunner(delay=0.3)}) as client:
+            requests = [client.post("/classify", json={"model": "fake", "input": ["a", "b"]}) for _ in range(8)]
+            return await asyncio.gather(*requests)
+
+    responses = run(go())
+    codes = sorted(r.status_code for r in responses)
+    assert 200 in codes and 429 in codes
+    rejected = next(r for r in responses if r.status_code == 429)
+    assert int(rejected.headers["retry-after"]) >= 1 and rejected.json()["error"]["type"] == "overloaded"
+
+
+def test_deadline_is_504():
+    async def go():
+        async with serving(fake_settings(request_timeout_s=0.2), {"fake": FakeRunner(delay=0.5)}) as client:
+            return await client.post("/classify", json={"model": "fake", "input": "x"})
+
+    assert run(go()).status_code == 504
+
+
+# --- batching and metrics -----------------------------------------------------------------------
+def test_concurrent_requests_share_batches_and_metrics_parse():
+    runner = FakeRunner(delay=0.05)
+
+    async def go():
+        async with serving(fake_settings(max_batch_size=16, max_wait_ms=20), {"fake": runner}) as client:
+            responses = await asyncio.gather(*[client.post("/classify", json={"model": "fake", "input": f"q {i}"})
+                                               for i in range(24)])
+            await client.post("/classify", json={"model": "nope", "input": "x"})
+            return responses, (await client.get("/metrics")).text
+
+    responses, text = run(go())
+    assert all(r.status_code == 200 for r in responses)
+    assert max(runner.batches) > 1 and sum(runner.batches) >= 24
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    sizes = {s.labels["le"]: s.value for s in families["dhrd_batch_size"].samples
+             if s.name == "dhrd_batch_size_bucket" and s.labels["model"] == "fake"}
+    assert sizes["1.0"] < sizes["+Inf"]  # some batches held more than one sequence
+    requests = {(s.labels["endpoint"], s.labels["status"]): s.value for s in families["dhrd_requests"].samples
+                if s.name == "dhrd_requests_total"}
+    assert requests[("/classify", "200")] == 24 and requests[("/classify", "404")] == 1
+    for name in ("dhrd_request_duration_seconds", "dhrd_queue_wait_seconds", "dhrd_inference_duration_seconds",
+                 "dhrd_batch_tokens", "dhrd_queue_depth", "dhrd_rejected_requests", "dhrd_ready"):
+        assert name in families, name
+
+
+def test_cot_endpoint_is_404_when_disabled():
+    async def go():
+        async with serving(fake_settings(), {"fake": FakeRunner()}) as client:
+            return await client.post("/classify/cot", json={"model": "fake", "input": "x"})
+
+    response = run(go())
+    assert response.status_code == 404 and "--cot" in response.json()["error"]["message"]
+
+
+def test_cot_endpoint_end_to_end(tiny_export):
+    async def go():
+        settings = Settings(models={"cb": tiny_export}, dtype="float32", cot=True, cot_max_new_tokens=8)
+        async with serving(settings) as client:
+            ok = await client.post("/classify/cot", json={
+                "model": "cb", "input": [{"premise": "It rained.", "hypothesis": "It was wet."}, "Passage:\nHi"],
+                "max_new_tokens": 6, "seed": 1})
+            too_long = await client.post("/classify/cot", json={"model": "cb", "input": "x", "max_new_tokens": 9})
+            metrics = (await client.get("/metrics")).text
+            return ok, too_long, metrics
+
+    ok, too_long, metrics = run(go())
+    assert ok.status_code == 200, ok.text
+    body = ok.json()
+    assert len(body["data"]) == 2
+    for row in body["data"]:
+        assert 1 <= row["generated_tokens"] <= 6 and isinstance(row["rationale"], str)
+        assert row["label"] in ("entailment", "contradiction", "neutral") and sum(row["probs"]) == 1.0
+    assert body["usage"]["completion_tokens"] == sum(r["generated_tokens"] for r in body["data"])
+    assert too_long.status_code == 422 and too_long.json()["error"]["field"] == "max_new_tokens"
+    assert 'dhrd_cot_generated_tokens_total{model="cb"}' in metrics
+
+
+def test_tampered_export_is_refused(tiny_export, tmp_path):
+    import shutil
+
+    from service.loader import ExportError, load_export
+
+    copy = tmp_path / "cb"
+    shutil.copytree(tiny_export, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "config.json").write_text((copy / "config.json").read_text() + " ")
+    with pytest.raises(ExportError, match="config.json: sha256 .* does not match the manifest"):
+        load_export(copy)
+    manifest["contract_version"] = "2.0"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match="contract_version '2.0' is incompatible"):
+        load_export(copy)

@@ -1,0 +1,127 @@
+"""The batcher alone: cuts by size, token budget and wait time; drops cancelled and late work; bounded."""
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from service.batcher import BatchConfig, Batcher
+from service.errors import DeadlineExceeded, Overloaded
+from service.metrics import Metrics
+
+
+class Recorder:
+    def __init__(self, delay: float = 0.0):
+        self.batches: list[list[int]] = []
+        self.delay = delay
+
+    def __call__(self, batch):
+        self.batches.append([len(x) for x in batch])
+        time.sleep(self.delay)
+        return [sum(x) for x in batch]
+
+
+def make(predict, **kw) -> Batcher:
+    return Batcher("m", predict, BatchConfig(**kw), ThreadPoolExecutor(1), Metrics())
+
+
+def far() -> float:
+    return time.monotonic() + 60
+
+
+def test_full_batches_go_at_max_batch_size():
+    async def go():
+        rec = Recorder()
+        b = make(rec, max_batch_size=4, max_wait_ms=1000)
+        b.start()
+        futures = b.submit([[1]] * 8, far())
+        results = await asyncio.wait_for(asyncio.gather(*futures), 2)  # well before max_wait_ms twice
+        await b.stop()
+        return rec, results
+
+    rec, results = asyncio.run(go())
+    assert [len(x) for x in rec.batches] == [4, 4] and results == [1] * 8
+
+
+def test_a_lone_request_waits_at_most_max_wait_ms():
+    async def go():
+        rec = Recorder()
+        b = make(rec, max_batch_size=64, max_wait_ms=30)
+        b.start()
+        t0 = time.perf_counter()
+        await asyncio.gather(*b.submit([[1, 2]], far()))
+        elapsed = time.perf_counter() - t0
+        await b.stop()
+        return elapsed
+
+    assert 0.025 <= asyncio.run(go()) < 0.5
+
+
+def test_token_budget_splits_and_sorting_groups_similar_lengths():
+    async def go():
+        rec = Recorder()
+        b = make(rec, max_batch_size=8, max_batch_tokens=40, max_wait_ms=50)
+        b.start()
+        seqs = [[1] * 20, [1] * 2, [1] * 20, [1] * 3]
+        results = await asyncio.gather(*b.submit(seqs, far()))
+        await b.stop()
+        return rec, results
+
+    rec, results = asyncio.run(go())
+    assert rec.batches == [[2, 3], [20, 20]]  # padded tokens per batch: 6 and 40, both within 40
+    assert results == [20, 2, 20, 3]  # each future gets its own result, in request order
+
+
+def test_queue_is_bounded():
+    async def go():
+        b = make(Recorder(), max_queue=3)  # not started: nothing drains
+        b.submit([[1], [1]], far())
+        with pytest.raises(Overloaded) as info:
+            b.submit([[1], [1]], far())
+        await b.stop()
+        return info.value
+
+    err = asyncio.run(go())
+    assert err.status == 429 and int(err.headers["Retry-After"]) >= 1
+
+
+def test_cancelled_and_expired_requests_cost_no_forward_pass():
+    async def go():
+        rec = Recorder()
+        b = make(rec, max_batch_size=8, max_wait_ms=20)
+        gone = b.submit([[9] * 5], far())
+        late = b.submit([[7] * 4], time.monotonic() - 1)
+        live = b.submit([[1]], far())
+        gone[0].cancel()  # the client disconnected
+        b.start()
+        result = await asyncio.gather(*live)
+        with pytest.raises(DeadlineExceeded):
+            await late[0]
+        await b.stop()
+        return rec, result
+
+    rec, result = asyncio.run(go())
+    assert rec.batches == [[1]] and result == [1]
+
+
+def test_a_failing_forward_fails_its_requests_not_the_batcher():
+    calls = {"n": 0}
+
+    def flaky(batch):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        return [0] * len(batch)
+
+    async def go():
+        b = make(flaky, max_wait_ms=0)
+        b.start()
+        with pytest.raises(RuntimeError):
+            await asyncio.gather(*b.submit([[1]], far()))
+        ok = await asyncio.gather(*b.submit([[1]], far()))
+        await b.stop()
+        return ok
+
+    assert asyncio.run(go()) == [0]

@@ -1,0 +1,42 @@
+"""Settings come from DHRD_* variables and `dhrd serve` flags; flags win."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.cli import settings_from_args
+from service.settings import Settings
+from training.cli import build_parser
+
+
+def test_environment_variables_with_one_prefix(monkeypatch):
+    monkeypatch.setenv("DHRD_MODELS", "cb=exports/cb,rte=exports/rte")
+    monkeypatch.setenv("DHRD_MAX_BATCH_SIZE", "7")
+    monkeypatch.setenv("DHRD_COT", "true")
+    s = Settings()
+    assert s.models == {"cb": Path("exports/cb"), "rte": Path("exports/rte")}
+    assert s.max_batch_size == 7 and s.cot is True
+
+
+def test_flags_override_environment(monkeypatch):
+    monkeypatch.setenv("DHRD_PORT", "9000")
+    monkeypatch.setenv("DHRD_MAX_WAIT_MS", "3")
+    args = build_parser().parse_args(["serve", "--model", "cb=exports/cb", "--port", "8123", "--no-verify-hashes"])
+    s = settings_from_args(args)
+    assert s.port == 8123 and s.max_wait_ms == 3 and s.verify_hashes is False and "cb" in s.models
+
+
+@pytest.mark.parametrize("env,value", [("DHRD_MODELS", "cb"), ("DHRD_MAX_BATCH_SIZE", "0"), ("DHRD_DTYPE", "fp8")])
+def test_bad_values_are_refused(monkeypatch, env, value):
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_serve_refuses_a_missing_export(tmp_path, capsys):
+    from training.cli import main
+
+    assert main(["serve", "--model", f"cb={tmp_path}"]) == 2
+    assert "is not a DHRD export" in capsys.readouterr().err

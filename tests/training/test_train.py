@@ -1,0 +1,173 @@
+"""The `dhrd` training commands end to end on a tiny random model: train, resume after kill -9,
+DDP under torchrun, evaluate and export."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.cli import main
+from training.data import load_examples
+from training.tasks import get_task
+
+from ..conftest import write_rationales
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def cb_rationales(tmp_path_factory, data_dir):
+    examples = load_examples(get_task("cb"), "train", data_dir)
+    return write_rationales(tmp_path_factory.mktemp("rat") / "cb.train.jsonl", "cb", examples)
+
+
+def train_args(backbone, out, rationales, *extra):
+    return ["train", "--task", "cb", "--backbone", str(backbone), "--out", str(out), "--rationales", str(rationales),
+            "--train-limit", "24", "--eval-limit", "8", "--batch-size", "4", "--grad-accum", "1",
+            "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_backbone, cb_rationales):
+    out = tmp_path_factory.mktemp("runs") / "cb"
+    assert main(train_args(tiny_backbone, out, cb_rationales, "--epochs", "2")) == 0
+    return out
+
+
+def test_train_writes_config_log_best_and_summary(trained_run):
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert summary["steps"] == 12 and len(summary["history"]) == 2
+    rows = [json.loads(line) for line in (trained_run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    assert all(r["lm_loss"] > 0 and r["cls_loss"] > 0 and r["tokens_per_s"] > 0 for r in rows)
+    assert (trained_run / "best" / "trainable.safetensors").exists()
+    assert summary["data"]["rationales_used"] == 24
+
+
+def test_alpha_zero_trains_without_rationales(tmp_path, tiny_backbone):
+    out = tmp_path / "a0"
+    assert main(["train", "--task", "cb", "--alpha", "0", "--backbone", str(tiny_backbone), "--out", str(out),
+                 "--rationales", str(tmp_path / "does-not-exist.jsonl"), "--max-steps", "2", "--train-limit", "8",
+                 "--eval-limit", "4", "--batch-size", "4", "--grad-accum", "1", "--no-progress"]) == 0
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert all(r["lm_loss"] == 0 for r in rows)
+
+
+def test_lora_trains_only_adapters_and_head(tmp_path, tiny_backbone, cb_rationales):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "lora"
+    assert main(train_args(tiny_backbone, out, cb_rationales, "--lora", "--lora-r", "4", "--max-steps", "2")) == 0
+    keys = load_file(str(out / "best" / "trainable.safetensors")).keys()
+    assert keys and all("lora_" in k or k.startswith("head.") for k in keys)
+
+
+def test_bad_config_fails_fast_with_a_message(tmp_path, tiny_backbone, cb_rationales, capsys):
+    assert main(train_args(tiny_backbone, tmp_path / "x", cb_rationales, "--alpha", "-1")) == 2
+    assert "alpha must be >= 0, got -1.0" in capsys.readouterr().err
+    assert main(["train", "--task", "cbx", "--out", str(tmp_path / "y"), "--backbone", str(tiny_backbone)]) == 2
+    assert "unknown task 'cbx'" in capsys.readouterr().err
+    assert main(train_args(tiny_backbone, tmp_path / "z", tmp_path / "missing.jsonl")) == 2
+    assert "rationale file" in capsys.readouterr().err
+
+
+def test_evaluate_writes_predictions_and_metrics(trained_run):
+    assert main(["evaluate", str(trained_run), "--limit", "8"]) == 0
+    metrics = json.loads((trained_run / "eval" / "val.metrics.json").read_text())
+    assert set(metrics["metrics"]) == {"accuracy", "f1_macro", "score"}
+    preds = (trained_run / "eval" / "val.predictions.jsonl").read_text().splitlines()
+    assert len(preds) == 8 and json.loads(preds[0])["label"] in get_task("cb").labels
+
+
+def test_export_has_no_lm_head_and_matches_training_logits(trained_run, tmp_path, tiny_backbone):
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    from service.loader import load_export
+
+    out = tmp_path / "export"
+    assert main(["export", str(trained_run), "--out", str(out), "--dtype", "float32", "--verify-examples", "8"]) == 0
+    state = load_file(str(out / "model.safetensors"))
+    assert not any("lm_head" in k for k in state)
+    backbone_params = sum(p.numel() for p in AutoModel.from_pretrained(tiny_backbone).parameters())
+    head_params = sum(v.numel() for k, v in state.items() if k.startswith("head."))
+    assert sum(v.numel() for v in state.values()) == backbone_params + head_params
+    verify = json.loads((out / "verify.json").read_text())
+    assert verify["argmax_agreement"] == 1.0 and verify["max_prob_diff"] < 1e-3
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["task"] == "cb" and manifest["labels"] == ["entailment", "contradiction", "neutral"]
+    assert manifest["training"]["alpha"] == 1.0 and manifest["data"]["rationales_sha256"]
+    loaded = load_export(out, dtype=torch.float32)
+    assert not any("lm_head" in name for name, _ in loaded.model.named_parameters())
+
+
+def test_lora_export_merges_adapters(tmp_path, tiny_backbone, cb_rationales):
+    run = tmp_path / "lora"
+    assert main(train_args(tiny_backbone, run, cb_rationales, "--lora", "--max-steps", "2", "--lr", "1e-2")) == 0
+    assert main(["export", str(run), "--out", str(tmp_path / "e"), "--dtype", "float32", "--verify-examples", "4"]) == 0
+    from safetensors.torch import load_file
+
+    assert not any("lora" in k for k in load_file(str(tmp_path / "e" / "model.safetensors")))
+
+
+def _log_steps(run: Path) -> list[int]:
+    path = run / "log.jsonl"
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_loses_at_most_one_interval(tmp_path, tiny_backbone, cb_rationales):
+    """Train in a subprocess, SIGKILL it mid-epoch, resume, and end where an uninterrupted run ends."""
+    args = train_args(tiny_backbone, tmp_path / "run", cb_rationales, "--epochs", "3", "--save-every", "2",
+                      "--train-limit", "48", "--batch-size", "2")
+    # The tiny model trains in milliseconds a step; slow each logged step down so the kill lands mid-run.
+    slow = ("import sys, time\nimport training.loop as loop\nlog = loop._log_step\n"
+            "loop._log_step = lambda *a: (time.sleep(0.15), log(*a))\n"
+            "from training.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    proc = subprocess.Popen([sys.executable, "-c", slow, *args], env={**os.environ, "PYTHONPATH": str(REPO)})
+    deadline = time.time() + 120
+    while time.time() < deadline and len(_log_steps(tmp_path / "run")) < 9:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = len(_log_steps(tmp_path / "run"))
+    assert 9 <= killed_at < 72
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)
+    assert killed_at - ckpt["state"]["step"] <= 2  # at most one save interval lost
+    assert main([*args, "--resume"]) == 0
+    resumed = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert resumed["steps"] == 72
+
+    assert main(train_args(tiny_backbone, tmp_path / "ref", cb_rationales, "--epochs", "3", "--save-every", "2",
+                           "--train-limit", "48", "--batch-size", "2")) == 0
+    reference = json.loads((tmp_path / "ref" / "summary.json").read_text())
+    # Same data order and RNG after resume: the final validation matches the uninterrupted run.
+    assert resumed["history"][-1]["val"] == pytest.approx(reference["history"][-1]["val"], abs=1e-6)
+
+
+def test_resume_refuses_a_changed_config(tmp_path, tiny_backbone, cb_rationales, capsys):
+    run = tmp_path / "run"
+    assert main(train_args(tiny_backbone, run, cb_rationales, "--max-steps", "1")) == 0
+    assert main(train_args(tiny_backbone, run, cb_rationales, "--max-steps", "1", "--alpha", "0.5", "--resume")) == 2
+    assert "different config: ['alpha']" in capsys.readouterr().err
+    assert main(train_args(tiny_backbone, run, cb_rationales, "--max-steps", "1")) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ddp_with_two_gloo_processes(tmp_path, tiny_backbone, cb_rationales):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "training.cli", *train_args(tiny_backbone, out, cb_rationales, "--max-steps", "3", "--threads", "1")]
+    proc = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 3
+    assert (out / "best" / "trainable.safetensors").exists()
