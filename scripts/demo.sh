@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: set up .venv, materialise SmolLM2-135M-Instruct, train a
-# DHRD classifier on CB with the committed rationales, evaluate and export it to exports/cb.
-# Re-running reuses what is done (a finished run is not retrained; an interrupted one resumes).
+# DHRD classifier on CB with the committed rationales, evaluate and export it to exports/cb, then
+# serve it on http://127.0.0.1:8000 (POST /classify). Re-running reuses what is done: a finished
+# run is not retrained, an interrupted one resumes, and the service starts from the export.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -14,6 +15,11 @@ if [ ! -f "$RUN/summary.json" ]; then
   [ -f "$RUN/checkpoints/last.pt" ] && resume="--resume"
   $DHRD train --task cb --out "$RUN" $resume
 fi
-$DHRD evaluate "$RUN" --split val
-[ -f "$EXPORT/manifest.json" ] || $DHRD export "$RUN" --out "$EXPORT"
-echo "exported to $EXPORT"
+if [ ! -f "$EXPORT/manifest.json" ]; then
+  $DHRD evaluate "$RUN" --split val
+  $DHRD export "$RUN" --out "$EXPORT"
+fi
+echo "serving $EXPORT as model 'cb'; try:"
+echo "  curl -s -X POST http://127.0.0.1:${DHRD_PORT:-8000}/classify -H 'content-type: application/json' \\"
+echo "    -d '{\"model\": \"cb\", \"input\": {\"premise\": \"It rained all day.\", \"hypothesis\": \"The ground got wet.\"}}'"
+exec $DHRD serve --model "cb=$EXPORT"

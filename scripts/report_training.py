@@ -46,7 +46,7 @@ def commit() -> str:
 
 def run_setting(task: str, name: str, flags: list[str], runs_dir: Path, extra: list[str]) -> dict:
     out = runs_dir / f"{task}-{name}"
-    cmd = [str(REPO / ".venv" / "bin" / "dhrd"), "train", "--task", task, "--out", str(out), *flags, *extra]
+    cmd = [".venv/bin/dhrd", "train", "--task", task, "--out", str(out), *flags, *extra]
     if (out / "summary.json").exists():
         print(f"[report] {name}: reusing finished run {out}", flush=True)
         wall = json.loads((out / "report_wall.json").read_text())["wall_seconds"] if (out / "report_wall.json").exists() else None
@@ -85,11 +85,12 @@ def markdown(report: dict) -> str:
 
 
 def main() -> int:
+    os.chdir(REPO)  # commands and paths in the report are relative to the repository
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="cb")
     parser.add_argument("--setting", action="append", required=True,
                         help="NAME=FLAG,VALUE,... (comma-separated `dhrd train` flags), repeatable")
-    parser.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "report")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs") / "report")
     parser.add_argument("--out", type=Path, default=None, help="report JSON (default reports/training-<task>.json)")
     parser.add_argument("extra", nargs="*", help="flags passed to every run (after --)")
     args = parser.parse_args()

@@ -6,7 +6,6 @@ model is loaded only when the endpoint is enabled; classification never touches 
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from training.contract import Manifest
+from training.contract import Manifest, parse_answer
 from training.tasks import Task
 
 from .errors import InvalidInput
@@ -49,19 +48,6 @@ class CotResult:
     parsed: bool
     text: str
     generated_tokens: int
-
-
-def parse_answer(text: str, label_words: Sequence[str]) -> int | None:
-    """Index of the label the generated text settles on: the last `Final Answer: X`, else the last
-    label word mentioned. None when neither appears."""
-    lowered = [w.lower() for w in label_words]
-    finals = re.findall(r"final answer\s*[:：]?\s*\**\s*([A-Za-z0-9_]+)", text, flags=re.IGNORECASE)
-    for word in reversed(finals):
-        if word.lower() in lowered:
-            return lowered.index(word.lower())
-    hits = [(m.start(), lowered.index(m.group(0).lower())) for w in lowered
-            for m in re.finditer(rf"\b{re.escape(w)}\b", text, flags=re.IGNORECASE)]
-    return max(hits)[1] if hits else None
 
 
 class CotRunner:

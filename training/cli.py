@@ -16,21 +16,35 @@ def _base_model(args: argparse.Namespace) -> None:
 
 def _rationales(args: argparse.Namespace) -> None:
     from .data import load_examples
-    from .rationales import LocalHFTeacher, generate
+    from .rationales import LocalHFTeacher, OpenAITeacher, generate
     from .tasks import get_task
 
     task = get_task(args.task)
     examples = load_examples(task, args.split, args.data_dir, limit=args.limit)
+    if args.teacher.startswith("import:"):
+        from .data import default_data_dir
+        from .rationale_imports import import_rationales
+
+        summary = import_rationales(args.teacher.removeprefix("import:"), task, args.split, examples,
+                                    args.data_dir or default_data_dir(), args.out)
+        print(json.dumps(summary, indent=2))
+        return
     if args.teacher.startswith("hf:") or args.teacher == "embedded":
         from .base_model import materialise
 
         path = materialise() if args.teacher == "embedded" else Path(args.teacher.removeprefix("hf:"))
         teacher = LocalHFTeacher(path, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                  top_p=args.top_p, seed=args.seed)
+    elif args.teacher.startswith("openai:"):
+        if not args.base_url:
+            raise ValueError("--teacher openai:MODEL needs --base-url (e.g. http://127.0.0.1:8080/v1)")
+        teacher = OpenAITeacher(args.base_url, args.teacher.removeprefix("openai:"), api_key_env=args.api_key_env,
+                                concurrency=args.concurrency, timeout=args.timeout, max_new_tokens=args.max_new_tokens,
+                                temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     else:
-        raise SystemExit(f"dhrd rationales: unknown --teacher {args.teacher!r}; use 'embedded' or 'hf:DIR'")
+        raise ValueError(f"unknown --teacher {args.teacher!r}; use 'embedded', 'hf:DIR' or 'openai:MODEL'")
     summary = generate(task, args.split, examples, teacher, args.out, batch_size=args.batch_size,
-                       max_retries=args.max_retries)
+                       max_retries=args.max_retries, mode=args.mode)
     print(json.dumps(summary, indent=2))
 
 
@@ -80,8 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rationales", help="generate teacher rationales for a task split (resumable)")
     p.add_argument("--task", required=True)
     p.add_argument("--split", default="train")
-    p.add_argument("--teacher", default="embedded", help="'embedded' or 'hf:DIR' (a local HF causal LM)")
+    p.add_argument("--teacher", default="embedded",
+                   help="'embedded', 'hf:DIR' (a local HF causal LM), 'openai:MODEL' (with --base-url), or "
+                        "'import:copa_sse' / 'import:winowhy' (human explanations from the shared data)")
+    p.add_argument("--base-url", default=None, help="OpenAI-compatible API root, e.g. http://127.0.0.1:8080/v1")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    p.add_argument("--concurrency", type=int, default=4, help="parallel requests to an OpenAI-compatible teacher")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request to an OpenAI-compatible teacher")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--mode", choices=["label", "cot"], default="label",
+                   help="'label': the teacher sees the gold label (paper); 'cot': it does not, and only "
+                        "rationales whose answer agrees with the gold label are kept")
     p.add_argument("--limit", type=int, default=None, help="only the first N examples")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=96)

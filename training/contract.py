@@ -9,6 +9,7 @@ Deliberately light: torch only, no transformers/peft at import time.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -46,6 +47,19 @@ def answer_text(label_word: str) -> str:
 def training_suffix(rationale: str | None, label_word: str) -> str:
     """Text the reasoning head learns after the input: `Reasoning: r  Final Answer: y` (Eq. 1)."""
     return reason_text(rationale) + answer_text(label_word)
+
+
+def parse_answer(text: str, label_words: Sequence[str]) -> int | None:
+    """Index of the label the generated text settles on: the last `Final Answer: X`, else the last
+    label word mentioned. None when neither appears."""
+    lowered = [w.lower() for w in label_words]
+    finals = re.findall(r"final answer\s*[:：]?\s*\**\s*([A-Za-z0-9_]+)", text, flags=re.IGNORECASE)
+    for word in reversed(finals):
+        if word.lower() in lowered:
+            return lowered.index(word.lower())
+    hits = [(m.start(), lowered.index(m.group(0).lower())) for w in lowered
+            for m in re.finditer(rf"\b{re.escape(w)}\b", text, flags=re.IGNORECASE)]
+    return max(hits)[1] if hits else None
 
 
 def encode_input(tokenizer, text: str, max_length: int) -> tuple[list[int], bool]:
@@ -220,6 +234,6 @@ __all__ = [
     "ANSWER_HEADER", "BACKBONE_PREFIX", "CONTRACT_VERSION", "ClassifierHead", "EXPORT_FORMAT_VERSION",
     "HEAD_PREFIX", "HeadConfig", "MANIFEST_FILE", "MODEL_CARD_FILE", "Manifest", "POOLING_MODES",
     "PooledClassifier", "REASON_HEADER", "classify_logits", "Task", "answer_text", "reason_text", "TaskError", "WEIGHTS_FILE", "backbone_hidden",
-    "encode_input", "get_task", "last_token_index", "pad_batch", "pool", "position_ids_from_mask",
+    "encode_input", "get_task", "parse_answer", "last_token_index", "pad_batch", "pool", "position_ids_from_mask",
     "training_suffix",
 ]

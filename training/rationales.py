@@ -19,12 +19,19 @@ from typing import Any, Iterator, Protocol, Sequence
 from .tasks import Example, Task, TaskError
 
 PROMPT_VERSION = "label-v1"
+COT_PROMPT_VERSION = "cot-v1"
 SENTINEL = "[END OF REASONING]"
 SYSTEM_PROMPT = "You are a careful teacher who explains the reasoning behind answers to reading-comprehension questions."
 LABEL_PROMPT = (
     "{input}\n\nThe correct answer is: {answer}\n\n"
     "In 2 to 4 short sentences, explain why this answer is correct, using facts from the text. "
     "Do not write the answer word itself. End with " + SENTINEL + "."
+)
+# Unconditioned chain of thought: the teacher does not see the label; only rationales whose parsed
+# answer agrees with the gold label are kept.
+COT_PROMPT = (
+    "{input}\n\nThink step by step in 2 to 4 short sentences, then write the final answer on the last line "
+    "as 'Final Answer: X', where X is one of: {choices}."
 )
 MIN_WORDS, MAX_WORDS = 5, 160
 
@@ -126,6 +133,8 @@ class Request:
     key: str
     prompt: str  # user message
     label_word: str
+    gold: int
+    label_words: tuple[str, ...] = ()  # set in CoT mode: the answer is parsed and must equal `gold`
 
 
 class Teacher(Protocol):
@@ -134,7 +143,7 @@ class Teacher(Protocol):
     teacher_id: str
     params: dict[str, Any]
 
-    def complete(self, prompts: Sequence[str], attempt: int) -> list[str]: ...
+    def complete(self, prompts: Sequence[str], attempt: int) -> list[str | None]: ...
 
 
 @dataclass
@@ -184,9 +193,131 @@ class LocalHFTeacher:
         return self.tokenizer.batch_decode(new, skip_special_tokens=True)
 
 
+class TeacherError(RuntimeError):
+    pass
+
+
+@dataclass
+class OpenAITeacher:
+    """Any OpenAI-compatible `/v1/chat/completions` endpoint (vLLM, llama.cpp, Ollama, `transformers serve`,
+    hosted APIs): bounded concurrency, timeouts, retries with exponential backoff and full jitter on
+    429/5xx/timeouts, honouring `Retry-After`. A prompt that still fails yields None (counted, retried
+    on the next run) instead of ending the run."""
+
+    base_url: str
+    model: str
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 4
+    timeout: float = 60.0
+    max_retries: int = 5
+    backoff_base: float = 1.0
+    backoff_max: float = 30.0
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    sleep: Any = time.sleep  # injectable for tests
+    params: dict[str, Any] = field(init=False)
+    teacher_id: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        import os
+
+        import httpx
+
+        self.base_url = self.base_url.rstrip("/")
+        key = os.environ.get(self.api_key_env)
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.client = httpx.Client(timeout=self.timeout, headers=headers,
+                                   limits=httpx.Limits(max_connections=self.concurrency))
+        self.teacher_id = f"openai:{self.model}@{self.base_url}"
+        self.params = {"max_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
+                       "seed": self.seed}
+        self.stats = {"retries": 0, "failures": 0}
+
+    def complete(self, prompts: Sequence[str], attempt: int) -> list[str | None]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            return list(pool.map(lambda p: self._one(p, attempt), prompts))
+
+    def _one(self, prompt: str, attempt: int) -> str | None:
+        import httpx
+
+        body = {"model": self.model, "messages": [{"role": "system", "content": SYSTEM_PROMPT},
+                                                  {"role": "user", "content": prompt}],
+                **self.params, "seed": self.seed + attempt}
+        if attempt > 0 and self.temperature == 0:
+            body["temperature"] = 0.7  # a rejected greedy answer would only come back the same
+        for retry in range(self.max_retries + 1):
+            try:
+                response = self.client.post(f"{self.base_url}/chat/completions", json=body)
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                wait, reason = self._backoff(retry), f"{type(exc).__name__}"
+            else:
+                if response.status_code == 200:
+                    try:
+                        return response.json()["choices"][0]["message"]["content"] or ""
+                    except (ValueError, KeyError, IndexError, TypeError) as exc:
+                        raise TeacherError(f"{self.base_url}: malformed completion: {response.text[:200]}") from exc
+                if response.status_code != 429 and response.status_code < 500:
+                    raise TeacherError(f"{self.base_url}: HTTP {response.status_code}: {response.text[:300]}")
+                wait = retry_after(response.headers.get("retry-after")) or self._backoff(retry)
+                reason = f"HTTP {response.status_code}"
+            if retry == self.max_retries:
+                break
+            self.stats["retries"] += 1
+            self.sleep(min(wait, self.backoff_max))
+        self.stats["failures"] += 1
+        return None
+
+    def _backoff(self, retry: int) -> float:
+        import random
+
+        return random.uniform(0, min(self.backoff_max, self.backoff_base * 2 ** retry))  # full jitter
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    from email.utils import parsedate_to_datetime
+
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
 def label_prompt(task: Task, example: Example) -> Request:
     word = task.label_words[example.label]
-    return Request(example.key, LABEL_PROMPT.format(input=task.format(example.fields), answer=word), word)
+    return Request(example.key, LABEL_PROMPT.format(input=task.format(example.fields), answer=word), word,
+                   example.label)
+
+
+def cot_prompt(task: Task, example: Example) -> Request:
+    prompt = COT_PROMPT.format(input=task.format(example.fields), choices=", ".join(task.label_words))
+    return Request(example.key, prompt, task.label_words[example.label], example.label, tuple(task.label_words))
+
+
+def judge(req: Request, raw: str | None) -> tuple[str, str | None]:
+    """(cleaned text, reject reason or None) for one completion."""
+    from .contract import parse_answer
+
+    if raw is None:
+        return "", "teacher_error"
+    if req.label_words:  # CoT mode: the teacher's own answer must match the gold label
+        answer = parse_answer(raw, req.label_words)
+        if answer is None:
+            return "", "no_answer"
+        if answer != req.gold:
+            return "", "disagrees_with_gold"
+    text = clean_rationale(raw)
+    return text, reject_reason(text, req.label_word)
 
 
 def done_keys(path: Path) -> set[str]:
@@ -194,20 +325,30 @@ def done_keys(path: Path) -> set[str]:
 
 
 def generate(task: Task, split: str, examples: Sequence[Example], teacher: Teacher, out: Path,
-             batch_size: int = 8, max_retries: int = 2, progress: bool = True) -> dict[str, Any]:
+             batch_size: int = 8, max_retries: int = 2, progress: bool = True, mode: str = "label") -> dict[str, Any]:
     """Write one row per example to `out` (append-only, flushed per batch); skip keys already there.
 
+    Args:
+        mode: "label" (the teacher sees the gold label, as in the paper) or "cot" (it does not; rows
+            whose parsed answer disagrees with the gold label are rejected).
     Rejected completions are retried up to `max_retries` times; rows that never pass are
     counted in the summary and not written. Returns (and writes next to `out`) the summary.
     """
+    if mode not in ("label", "cot"):
+        raise ValueError(f"mode must be 'label' or 'cot', got {mode!r}")
+    make_request = label_prompt if mode == "label" else cot_prompt
+    version = PROMPT_VERSION if mode == "label" else COT_PROMPT_VERSION
     from tqdm import tqdm
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     _drop_torn_tail(out)
     done = done_keys(out)
-    todo = [label_prompt(task, e) for e in examples if e.label is not None and e.key not in done]
+    todo = [make_request(task, e) for e in examples if e.label is not None and e.key not in done]
+    from .contract import parse_answer
+
     stats = {"rejected": {}, "written": 0, "failed": 0, "skipped_done": len(done)}
+    first_answers: dict[str, int | None] = {}  # CoT mode: the teacher's first answer, for the agreement rate
     started = time.time()
     bar = tqdm(total=len(todo), unit="row", disable=not progress, desc=f"rationales {task.name}/{split}")
     labels_by_key = {e.key: task.labels[e.label] for e in examples if e.label is not None}
@@ -221,8 +362,9 @@ def generate(task: Task, split: str, examples: Sequence[Example], teacher: Teach
                 completions = teacher.complete([r.prompt for r in pending], attempt)
                 retry = []
                 for req, raw in zip(pending, completions):
-                    text = clean_rationale(raw)
-                    reason = reject_reason(text, req.label_word)
+                    if attempt == 0 and req.label_words:
+                        first_answers[req.key] = parse_answer(raw or "", req.label_words)
+                    text, reason = judge(req, raw)
                     if reason is None:
                         accepted.append((req, text))
                     else:
@@ -232,7 +374,7 @@ def generate(task: Task, split: str, examples: Sequence[Example], teacher: Teach
             stats["failed"] += len(pending)
             for req, text in accepted:
                 row = {"key": req.key, "task": task.name, "split": split, "label": labels_by_key[req.key],
-                       "rationale": text, "teacher": teacher.teacher_id, "prompt_version": PROMPT_VERSION,
+                       "rationale": text, "teacher": teacher.teacher_id, "prompt_version": version,
                        "params": teacher.params, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
             fh.flush()
@@ -240,6 +382,9 @@ def generate(task: Task, split: str, examples: Sequence[Example], teacher: Teach
             bar.update(len(accepted) + len(pending))
     bar.close()
     stats["wall_seconds"] = round(time.time() - started, 1)
+    if first_answers:
+        gold = {r.key: r.gold for r in todo}
+        stats["agreement_rate"] = round(sum(a == gold[k] for k, a in first_answers.items()) / len(first_answers), 4)
     summary = summarise(out, stats)
     Path(str(out) + ".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

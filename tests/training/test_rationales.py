@@ -69,13 +69,33 @@ def test_join_fails_on_foreign_keys_and_wrong_labels(tmp_path, cb_train, data_di
         load_rationales(tmp_path / "w.jsonl", task, examples)
 
 
-def test_committed_cb_set_loads(cb_train):
-    from training.rationales import default_rationale_file
+COMMITTED = sorted(p for p in (Path(__file__).resolve().parents[2] / "data" / "rationales").iterdir()
+                   if p.name.endswith((".jsonl", ".jsonl.gz")))
 
-    task, examples = cb_train
-    path = default_rationale_file(task)
-    assert path is not None
-    assert len(load_rationales(path, task, examples)) == len(examples)
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)
+def test_committed_rationale_sets_load_in_training(path, data_dir):
+    task = get_task(path.name.split(".")[0])
+    examples = load_examples(task, "train", data_dir)
+    joined = load_rationales(path, task, examples, skip_missing=True)
+    assert joined and all(len(t.split()) >= 3 for t in joined.values())
+    assert Path(str(path) + ".summary.json").exists()  # teacher, parameters and quality summary travel with it
+
+
+def test_human_explanations_import_with_labels_checked(tmp_path, data_dir):
+    from training.rationale_imports import import_rationales
+
+    copa = get_task("copa")
+    examples = load_examples(copa, "train", data_dir)
+    summary = import_rationales("copa_sse", copa, "train", examples, data_dir, tmp_path / "copa.jsonl")
+    assert summary["rows"] == 400 and summary["this_run"]["unmatched"] == 0
+    assert len(load_rationales(tmp_path / "copa.jsonl", copa, examples)) == 400
+    wsc = get_task("wsc")
+    summary = import_rationales("winowhy", wsc, "train", load_examples(wsc, "train", data_dir), data_dir,
+                                tmp_path / "wsc.jsonl")
+    assert summary["rows"] > 300 and summary["this_run"]["matched"] == summary["rows"]
+    with pytest.raises(TaskError, match="import:winowhy is for task 'wsc'"):
+        import_rationales("winowhy", copa, "train", examples, data_dir, tmp_path / "x.jsonl")
 
 
 def test_generate_retries_rejections_and_writes_a_summary(tmp_path, cb_train):
@@ -116,3 +136,26 @@ generate(task, "train", load_examples(task, "train")[:60], EchoTeacher(delay=0.3
     generate(task, "train", examples[:60], EchoTeacher(), out, batch_size=8, progress=False)
     keys = [r["key"] for _, r in read_rows(out)]
     assert sorted(keys) == sorted(e.key for e in examples[:60]) and len(keys) == len(set(keys))
+
+
+class AnsweringTeacher:
+    """Answers 'Yes' for every prompt after some reasoning, for the CoT mode."""
+
+    teacher_id = "answering"
+    params: dict = {}
+
+    def complete(self, prompts, attempt):
+        return ["The premise and hypothesis agree on the facts stated.\nFinal Answer: Yes"] * len(prompts)
+
+
+def test_cot_mode_keeps_only_rationales_that_agree_with_gold(tmp_path, cb_train):
+    task, examples = cb_train
+    out = tmp_path / "cot.jsonl"
+    summary = generate(task, "train", examples[:30], AnsweringTeacher(), out, progress=False, mode="cot",
+                       max_retries=0)
+    rows = [r for _, r in read_rows(out)]
+    yes = [e for e in examples[:30] if task.label_words[e.label] == "Yes"]
+    assert {r["key"] for r in rows} == {e.key for e in yes}
+    assert all("Final Answer" not in r["rationale"] and r["prompt_version"] == "cot-v1" for r in rows)
+    assert summary["this_run"]["agreement_rate"] == round(len(yes) / 30, 4)
+    assert summary["this_run"]["rejected"]["disagrees_with_gold"] == 30 - len(yes)

@@ -1,0 +1,78 @@
+"""Locust users for the DHRD service: `/classify` (pooled head) and `/classify/cot` (CoT decoding).
+
+Inputs are real examples from the SuperGLUE validation split of the served task (a mix of
+lengths), sent as structured fields the service formats with the training contract.
+
+Environment:
+    DHRD_LOAD_MODEL     served model name (default cb); DHRD_LOAD_TASK the task behind it (default: same)
+    DHRD_DATA_DIR       data root (default ../shared/data beside the repository)
+    DHRD_LOAD_BATCH     inputs per /classify request (default 1)
+    DHRD_COT_MAX_NEW_TOKENS   max_new_tokens for CoT users (default 500, the paper's setting)
+    DHRD_API_KEY        bearer token, when the service requires one
+Run: locust -f loadtest/locustfile.py --host http://127.0.0.1:8000 ClassifyUser
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+from locust import HttpUser, between, constant, task
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from training.tasks import get_task  # noqa: E402  (pure Python: no torch needed in a Locust image)
+
+MODEL = os.environ.get("DHRD_LOAD_MODEL", "cb")
+TASK = get_task(os.environ.get("DHRD_LOAD_TASK", MODEL))
+BATCH = int(os.environ.get("DHRD_LOAD_BATCH", "1"))
+COT_TOKENS = int(os.environ.get("DHRD_COT_MAX_NEW_TOKENS", "500"))
+HEADERS = {"Authorization": f"Bearer {os.environ['DHRD_API_KEY']}"} if os.environ.get("DHRD_API_KEY") else {}
+
+
+def load_inputs(limit: int = 2000) -> list[dict]:
+    data_dir = Path(os.environ.get("DHRD_DATA_DIR", REPO.parent / "shared" / "data"))
+    path = Path(TASK.splits["val"])
+    path = path if path.is_absolute() else data_dir / path
+    inputs: list[dict] = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            for _, fields, _, _ in TASK.rows(json.loads(line)):
+                inputs.append({k: v for k, v in fields.items() if v is not None})
+            if len(inputs) >= limit:
+                break
+    return inputs
+
+
+INPUTS = load_inputs()
+
+
+class ClassifyUser(HttpUser):
+    """Closed-loop client of POST /classify: a new request as soon as the last one returns."""
+
+    wait_time = constant(0)
+
+    @task
+    def classify(self) -> None:
+        body = {"model": MODEL, "input": random.sample(INPUTS, BATCH) if BATCH > 1 else random.choice(INPUTS)}
+        with self.client.post("/classify", json=body, headers=HEADERS, name="/classify",
+                              catch_response=True) as response:
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+
+
+class CotUser(HttpUser):
+    """Client of POST /classify/cot with the paper's decoding settings (T=0.1, top_p=0.7)."""
+
+    wait_time = between(0, 0.1)
+
+    @task
+    def classify_cot(self) -> None:
+        body = {"model": MODEL, "input": random.choice(INPUTS), "temperature": 0.1, "top_p": 0.7,
+                "max_new_tokens": COT_TOKENS}
+        with self.client.post("/classify/cot", json=body, headers=HEADERS, name="/classify/cot",
+                              catch_response=True, timeout=600) as response:
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
