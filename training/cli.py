@@ -21,6 +21,12 @@ def _rationales(args: argparse.Namespace) -> None:
 
     task = get_task(args.task)
     examples = load_examples(task, args.split, args.data_dir, limit=args.limit)
+    if args.sample is not None and args.sample < len(examples):
+        import random
+
+        # A documented, reproducible subset: the same --sample/--seed always picks the same examples.
+        picked = set(random.Random(args.seed).sample(range(len(examples)), args.sample))
+        examples = [e for i, e in enumerate(examples) if i in picked]
     if args.teacher.startswith("import:"):
         from .data import default_data_dir
         from .rationale_imports import import_rationales
@@ -106,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'label': the teacher sees the gold label (paper); 'cot': it does not, and only "
                         "rationales whose answer agrees with the gold label are kept")
     p.add_argument("--limit", type=int, default=None, help="only the first N examples")
+    p.add_argument("--sample", type=int, default=None, help="a random subset of N examples (seeded by --seed)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")

@@ -21,6 +21,8 @@ class TrainConfig:
         "help": "rationale JSONL for the train split (default: data/rationales/<task>.train.jsonl[.gz])"})
     skip_missing_rationales: bool = field(default=False, metadata={
         "help": "train examples without a rationale on the classification loss only instead of failing"})
+    only_with_rationales: bool = field(default=False, metadata={
+        "help": "train only on the examples the rationale file covers (for subset rationale sets)"})
     data_dir: Path | None = field(default=None, metadata={"help": "data root (default: $DHRD_DATA_DIR or ../shared/data)"})
     # --- loss (§3, Eq. 4): L = beta * CE(pooled) + alpha * LM ----------------------------
     alpha: float = field(default=1.0, metadata={"help": "weight of the token-level LM loss; 0 = pooled baseline"})

@@ -112,23 +112,31 @@ def load_run_model(run_dir: Path, checkpoint: str = "best"):
 
 # --- data ------------------------------------------------------------------------------------
 def make_features(cfg: TrainConfig, task: Task, tokenizer) -> tuple[list[Features], dict[str, Any]]:
+    """Token features of the train split (or its first --train-limit examples).
+
+    With --only-with-rationales the examples are cut to those the rationale file covers, for
+    alpha = 0 too, so a pooled baseline trains on exactly the examples its DHRD twin does.
+    """
     split_examples = load_examples(task, "train", cfg.data_dir)
     examples = split_examples[: cfg.train_limit] if cfg.train_limit else split_examples
     data_info: dict[str, Any] = {"train_file": str(split_path(task, "train", cfg.data_dir)),
-                                 "train_sha256": file_sha256(split_path(task, "train", cfg.data_dir)),
-                                 "train_examples": len(examples)}
+                                 "train_sha256": file_sha256(split_path(task, "train", cfg.data_dir))}
     rationales: dict[str, str] = {}
-    if cfg.uses_lm:
+    if cfg.uses_lm or cfg.only_with_rationales:
         from .rationales import default_rationale_file, load_rationales
 
         path = cfg.rationales or default_rationale_file(task, "train")
         if path is None:
             raise TaskError(f"alpha={cfg.alpha} needs rationales: no data/rationales/{task.name}.train.jsonl[.gz]; "
                             "pass --rationales FILE (see `dhrd rationales`) or --alpha 0")
-        rationales = load_rationales(path, task, examples, skip_missing=cfg.skip_missing_rationales,
+        rationales = load_rationales(path, task, examples,
+                                     skip_missing=cfg.skip_missing_rationales or cfg.only_with_rationales,
                                      split_examples=split_examples)
+        if cfg.only_with_rationales:
+            examples = [e for e in examples if e.key in rationales]
         data_info.update(rationales_file=str(path), rationales_sha256=file_sha256(path),
-                         rationales_used=len(rationales))
+                         rationales_used=len(rationales) if cfg.uses_lm else 0)
+    data_info["train_examples"] = len(examples)
     feats = [build_features(task, e, tokenizer, cfg.max_length, rationales.get(e.key), with_suffix=cfg.uses_lm,
                             lm_span=cfg.lm_span, max_rationale_tokens=cfg.max_rationale_tokens) for e in examples]
     data_info["truncated_inputs"] = sum(f.truncated for f in feats)

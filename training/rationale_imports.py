@@ -18,25 +18,32 @@ from typing import Any, Sequence
 
 from .tasks import Example, Task, TaskError
 
-IMPORTERS = ("copa_sse", "winowhy")
+IMPORTERS = ("copa_sse", "winowhy", "palm_cot")
 
 
 def _norm(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
 
 
-def _row(task: Task, split: str, example: Example, text: str, teacher: str, params: dict) -> dict[str, Any]:
+def _row(task: Task, split: str, example: Example, text: str, teacher: str, params: dict,
+         prompt_version: str = "human") -> dict[str, Any]:
     return {"key": example.key, "task": task.name, "split": split, "label": task.labels[example.label],
-            "rationale": re.sub(r"\s+", " ", text).strip(), "teacher": teacher, "prompt_version": "human",
+            "rationale": re.sub(r"\s+", " ", text).strip(), "teacher": teacher, "prompt_version": prompt_version,
             "params": params, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
-def copa_sse(task: Task, split: str, examples: Sequence[Example], data_dir: Path) -> tuple[list[dict], dict]:
-    if task.name != "copa":
-        raise TaskError(f"import:copa_sse is for task 'copa', not {task.name!r}")
-    path = data_dir / "rationales" / "copa_sse" / "dev-explained.jsonl"
+def _source(name: str, task: Task, wanted: str, data_dir: Path, relative: str) -> Path:
+    """The shared-data file an importer reads, after checking it is used for its task."""
+    if task.name != wanted:
+        raise TaskError(f"import:{name} is for task {wanted!r}, not {task.name!r}")
+    path = data_dir / relative
     if not path.exists():
         raise TaskError(f"{path} does not exist")
+    return path
+
+
+def copa_sse(task: Task, split: str, examples: Sequence[Example], data_dir: Path) -> tuple[list[dict], dict]:
+    path = _source("copa_sse", task, "copa", data_dir, "rationales/copa_sse/dev-explained.jsonl")
     # keyed both ways round: COPA-SSE (Balanced COPA) may list the alternatives in the other order
     index: dict[tuple, tuple[dict, int]] = {}
     for line in path.read_text().splitlines():
@@ -63,11 +70,7 @@ def copa_sse(task: Task, split: str, examples: Sequence[Example], data_dir: Path
 
 
 def winowhy(task: Task, split: str, examples: Sequence[Example], data_dir: Path) -> tuple[list[dict], dict]:
-    if task.name != "wsc":
-        raise TaskError(f"import:winowhy is for task 'wsc', not {task.name!r}")
-    path = data_dir / "rationales" / "winowhy" / "winowhy.json"
-    if not path.exists():
-        raise TaskError(f"{path} does not exist")
+    path = _source("winowhy", task, "wsc", data_dir, "rationales/winowhy/winowhy.json")
     index: dict[str, list[dict]] = {}
     for q in json.loads(path.read_text()):
         t = q["text"]
@@ -103,12 +106,64 @@ def winowhy(task: Task, split: str, examples: Sequence[Example], data_dir: Path)
     return rows, stats
 
 
+_PALM_ANSWER = re.compile(r"(?:So the answer is|\nAnswer:)\s*(?:\(([a-e])\))?\s*([^\n]*?)\.?\s*$", re.IGNORECASE)
+
+
+def parse_palm(completion: str) -> tuple[str, str] | None:
+    """(rationale, answer) from one PaLM few-shot completion; None when it has no answer line.
+
+    A completion runs on into the next few-shot example after a blank line; only the first block
+    counts. The answer is the option letter when given ("(c) train station"), else the words."""
+    block = completion.split("\n\n")[0].strip()
+    match = _PALM_ANSWER.search(block)
+    if not match:
+        return None
+    rationale = block[: match.start()].strip()
+    answer = (match.group(1) or match.group(2)).strip().lower()
+    return rationale, answer
+
+
+def palm_cot(task: Task, split: str, examples: Sequence[Example], data_dir: Path) -> tuple[list[dict], dict]:
+    """PaLM-540B CoT outputs of distilling-step-by-step, aligned line by line with the task's input file."""
+    if task.name not in ("esnli", "anli1", "cqa"):
+        raise TaskError(f"import:palm_cot is for tasks esnli, anli1, cqa, not {task.name!r}")
+    source = Path(task.splits[split])
+    stem = source.stem.split("_", 1)[1]  # esnli_valid -> valid
+    parts = sorted((data_dir / source.parent / "llm").glob(f"{stem}_CoT_*.json"),
+                   key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    if not parts:
+        raise TaskError(f"no PaLM outputs {stem}_CoT_*.json next to {data_dir / source}")
+    completions = [c for p in parts for c in json.loads(p.read_text())]
+    if len(completions) != len(examples):
+        raise TaskError(f"{len(completions)} PaLM outputs for {len(examples)} examples of {task.name}/{split}: "
+                        "the files are not aligned (use the whole split, no --limit/--sample)")
+    rows, stats = [], {"matched": 0, "no_answer": 0, "label_disagrees": 0, "empty": 0}
+    params = {"source": f"{source.parent}/llm/{stem}_CoT_*.json", "teacher_model": "PaLM-540B few-shot CoT"}
+    words = [w.lower() for w in task.labels]
+    for e, completion in zip(examples, completions):
+        parsed = parse_palm(completion)
+        if parsed is None:
+            stats["no_answer"] += 1
+            continue
+        rationale, answer = parsed
+        if answer not in words or words.index(answer) != e.label:
+            stats["label_disagrees"] += 1
+            continue
+        if len(rationale.split()) < 3:
+            stats["empty"] += 1
+            continue
+        rows.append(_row(task, split, e, rationale, "import:palm-540b-cot", params, "dss-fewshot-cot"))
+        stats["matched"] += 1
+    stats["agreement_rate"] = round(stats["matched"] / max(1, len(examples) - stats["no_answer"]), 4)
+    return rows, stats
+
+
 def import_rationales(name: str, task: Task, split: str, examples: Sequence[Example], data_dir: Path,
                       out: Path) -> dict[str, Any]:
     """Append imported rows for keys not yet in `out`; returns (and writes next to it) a summary."""
     from .rationales import done_keys, summarise
 
-    importer = {"copa_sse": copa_sse, "winowhy": winowhy}.get(name)
+    importer = {"copa_sse": copa_sse, "winowhy": winowhy, "palm_cot": palm_cot}.get(name)
     if importer is None:
         raise TaskError(f"unknown importer {name!r}; known: {', '.join(IMPORTERS)}")
     started = time.time()

@@ -12,24 +12,6 @@ import pytest
 
 from service.app import create_app
 from service.settings import Settings
-from training.cli import main
-from training.data import load_examples
-from training.tasks import get_task
-
-from ..conftest import write_rationales
-
-
-@pytest.fixture(scope="session")
-def tiny_export(tmp_path_factory, tiny_backbone, data_dir) -> Path:
-    """`dhrd train` (2 steps) + `dhrd export --dtype float32` on the tiny random llama, task CB."""
-    root = tmp_path_factory.mktemp("export")
-    rationales = write_rationales(root / "cb.jsonl", "cb", load_examples(get_task("cb"), "train", data_dir))
-    assert main(["train", "--task", "cb", "--backbone", str(tiny_backbone), "--out", str(root / "run"),
-                 "--rationales", str(rationales), "--max-steps", "2", "--train-limit", "8", "--eval-limit", "4",
-                 "--batch-size", "4", "--grad-accum", "1", "--no-progress"]) == 0
-    assert main(["export", str(root / "run"), "--out", str(root / "cb"), "--dtype", "float32",
-                 "--verify-examples", "4"]) == 0
-    return root / "cb"
 
 
 class FakeTask:

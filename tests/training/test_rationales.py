@@ -159,3 +159,27 @@ def test_cot_mode_keeps_only_rationales_that_agree_with_gold(tmp_path, cb_train)
     assert all("Final Answer" not in r["rationale"] and r["prompt_version"] == "cot-v1" for r in rows)
     assert summary["this_run"]["agreement_rate"] == round(len(yes) / 30, 4)
     assert summary["this_run"]["rejected"]["disagrees_with_gold"] == 30 - len(yes)
+
+
+def test_palm_completions_are_cut_at_the_next_few_shot_example():
+    from training.rationale_imports import parse_palm
+
+    nli = "The premise mentions a senator. So the answer is entailment.\n\nPremise: Another example..."
+    assert parse_palm(nli) == ("The premise mentions a senator.", "entailment")
+    cqa = "Only a train station fits. So the answer is (c) train station.\n\nQ: next"
+    assert parse_palm(cqa) == ("Only a train station fits.", "c")
+    assert parse_palm("The packages may not be from lunch.\nAnswer: neutral\n\nPremise: x") == (
+        "The packages may not be from lunch.", "neutral")
+    assert parse_palm("No answer line here.") is None
+
+
+def test_palm_import_keeps_only_rows_agreeing_with_gold(tmp_path, data_dir):
+    from training.rationale_imports import import_rationales
+
+    task = get_task("anli1")
+    examples = load_examples(task, "train", data_dir)
+    summary = import_rationales("palm_cot", task, "train", examples, data_dir, tmp_path / "a.jsonl")
+    stats = summary["this_run"]
+    assert summary["rows"] == stats["matched"] and stats["matched"] + stats["label_disagrees"] + stats["no_answer"] + \
+        stats["empty"] == len(examples)
+    assert len(load_rationales(tmp_path / "a.jsonl", task, examples, skip_missing=True)) == summary["rows"]

@@ -171,3 +171,14 @@ def test_ddp_with_two_gloo_processes(tmp_path, tiny_backbone, cb_rationales):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 3
     assert (out / "best" / "trainable.safetensors").exists()
+
+
+def test_only_with_rationales_gives_alpha_zero_the_same_examples(tmp_path, tiny_backbone, data_dir):
+    examples = load_examples(get_task("cb"), "train", data_dir)
+    partial = write_rationales(tmp_path / "partial.jsonl", "cb", examples[:10])
+    for alpha in ("0", "1"):
+        out = tmp_path / f"a{alpha}"
+        assert main(["train", "--task", "cb", "--alpha", alpha, "--backbone", str(tiny_backbone), "--out", str(out),
+                     "--rationales", str(partial), "--only-with-rationales", "--max-steps", "1", "--eval-limit", "4",
+                     "--batch-size", "4", "--grad-accum", "1", "--no-progress"]) == 0
+        assert json.loads((out / "summary.json").read_text())["data"]["train_examples"] == 10

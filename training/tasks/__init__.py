@@ -5,11 +5,13 @@ from pathlib import Path
 
 from .base import Example, Task, TaskError
 from .custom import load_spec, task_from_spec
+from .extra import EXTRA
 from .superglue import SUPERGLUE
 
 __all__ = ["Example", "Task", "TaskError", "get_task", "task_from_spec", "TASK_NAMES"]
 
-TASK_NAMES = tuple(SUPERGLUE)
+TASK_NAMES = tuple(SUPERGLUE)  # the paper's seven
+REGISTRY = {**SUPERGLUE, **EXTRA}
 
 
 def get_task(name: str) -> Task:
@@ -17,6 +19,6 @@ def get_task(name: str) -> Task:
     if name.startswith("custom:") or name.endswith(".json"):
         return load_spec(Path(name.removeprefix("custom:")))
     try:
-        return SUPERGLUE[name.lower()]
+        return REGISTRY[name.lower()]
     except KeyError:
-        raise TaskError(f"unknown task {name!r}; known: {', '.join(TASK_NAMES)} or custom:SPEC.json") from None
+        raise TaskError(f"unknown task {name!r}; known: {', '.join(REGISTRY)} or custom:SPEC.json") from None

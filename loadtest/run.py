@@ -1,0 +1,227 @@
+"""One command for the performance report: start each scenario's server on loopback, wait for
+readiness, run Locust headless over a sweep of concurrency levels, collect its CSV stats, stop
+everything, and write `loadtest/results/<date>-<machine>.json` plus a markdown table and PNG plots.
+
+    .venv/bin/python -m loadtest.run --export exports/cb                 # full report (~25 min here)
+    .venv/bin/python -m loadtest.run --export exports/cb --smoke         # seconds: keeps the runner honest
+
+Scenarios (same machine, same model, one run): DHRD /classify with dynamic batching; the same
+service with batching off (the naive floor); the CoT endpoint, batched and unbatched, with the
+paper's decoding (≤ 500 new tokens) and a shorter-CoT variant; and the roofline.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shlex
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Scenario:
+    name: str
+    user: str  # Locust user class
+    serve_flags: list[str]
+    users: list[int]
+    env: dict[str, str] = field(default_factory=dict)
+    note: str = ""
+
+
+def scenarios(smoke: bool, cot_tokens: int, short_cot_tokens: int) -> list[Scenario]:
+    sweep = [1, 4] if smoke else [1, 4, 16, 32, 64]
+    cot_sweep = [1] if smoke else [1, 4, 8]
+    return [
+        Scenario("dhrd-batched", "ClassifyUser", ["--max-batch-size", "32", "--max-wait-ms", "5"], sweep,
+                 note="dynamic batching: max_batch_size 32, max_wait_ms 5, max_batch_tokens 8192"),
+        Scenario("naive-unbatched", "ClassifyUser", ["--max-batch-size", "1", "--max-wait-ms", "0"], sweep,
+                 note="same service, batch size 1"),
+        Scenario("cot-batched", "CotUser", ["--cot", "--cot-max-batch-size", "8", "--max-wait-ms", "20"], cot_sweep,
+                 {"DHRD_COT_MAX_NEW_TOKENS": str(cot_tokens)},
+                 note=f"CoT decoding, batches of up to 8, T=0.1 top_p=0.7, <= {cot_tokens} new tokens"),
+        Scenario("cot-unbatched", "CotUser", ["--cot", "--cot-max-batch-size", "1"], cot_sweep[:2],
+                 {"DHRD_COT_MAX_NEW_TOKENS": str(cot_tokens)}, note=f"CoT, one sequence at a time, <= {cot_tokens}"),
+        Scenario("cot-short-unbatched", "CotUser", ["--cot", "--cot-max-batch-size", "1"], cot_sweep[:2],
+                 {"DHRD_COT_MAX_NEW_TOKENS": str(short_cot_tokens)},
+                 note=f"CoT, one at a time, <= {short_cot_tokens} new tokens"),
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(export: Path, model: str, port: int, flags: list[str], log: Path) -> subprocess.Popen:
+    cmd = [str(BIN / "dhrd"), "serve", "--model", f"{model}={export}", "--port", str(port), *flags,
+           "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited ({proc.returncode}); see {log}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"server not ready in 300 s; see {log}")
+
+
+def run_locust(port: int, user: str, users: int, seconds: int, env: dict, out_prefix: Path) -> dict:
+    cmd = [str(BIN / "locust"), "-f", str(REPO / "loadtest" / "locustfile.py"), "--headless",
+           "--host", f"http://127.0.0.1:{port}", "--users", str(users), "--spawn-rate", str(users),
+           "--run-time", f"{seconds}s", "--csv", str(out_prefix), "--only-summary", "--stop-timeout", "60", user]
+    subprocess.run(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   timeout=seconds + 180)
+    rows = list(csv.DictReader(open(f"{out_prefix}_stats.csv")))
+    row = next(r for r in rows if r["Name"] != "Aggregated")
+    n = int(row["Request Count"])
+    return {"users": users, "requests": n, "failures": int(row["Failure Count"]), "qps": float(row["Requests/s"]),
+            "p50_ms": float(row["50%"] or 0), "p95_ms": float(row["95%"] or 0), "p99_ms": float(row["99%"] or 0),
+            "mean_ms": float(row["Average Response Time"] or 0)}
+
+
+def scrape(port: int) -> dict:
+    """Mean batch size and generated tokens from the service's own metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name in ("dhrd_batch_size_sum", "dhrd_batch_size_count", "dhrd_cot_generated_tokens_total"):
+                values[s.name] = values.get(s.name, 0.0) + s.value
+    count = values.get("dhrd_batch_size_count", 0)
+    return {"mean_batch_size": round(values.get("dhrd_batch_size_sum", 0) / count, 2) if count else None,
+            "generated_tokens": values.get("dhrd_cot_generated_tokens_total")}
+
+
+def measure(export: Path, model: str, scenario: Scenario, seconds: int, workdir: Path) -> dict:
+    port = free_port()
+    server = start_server(export, model, port, scenario.serve_flags, workdir / f"{scenario.name}.log")
+    try:
+        levels = []
+        for users in scenario.users:
+            before = scrape(port)
+            result = run_locust(port, scenario.user, users, seconds, scenario.env,
+                                workdir / f"{scenario.name}-{users}")
+            after = scrape(port)
+            if after["generated_tokens"] is not None and result["requests"]:
+                result["mean_generated_tokens"] = round(
+                    (after["generated_tokens"] - (before["generated_tokens"] or 0)) / result["requests"], 1)
+            result["mean_batch_size"] = after["mean_batch_size"]
+            levels.append(result)
+            print(f"[loadtest] {scenario.name} users={users}: {result['qps']:.2f} req/s, "
+                  f"p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, failures {result['failures']}",
+                  flush=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return {**asdict(scenario), "levels": levels, "saturation_qps": max(level["qps"] for level in levels)}
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "node": platform.node()}
+
+
+def commit() -> str:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                           text=True).stdout.strip()
+    return head.strip() + ("-dirty" if dirty else "")
+
+
+def markdown(report: dict) -> str:
+    lines = ["| scenario | users | req/s | p50 ms | p95 ms | p99 ms | failures | mean batch | gen. tokens/req |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for s in report["scenarios"]:
+        for lv in s["levels"]:
+            lines.append(f"| {s['name']} | {lv['users']} | {lv['qps']:.2f} | {lv['p50_ms']:.0f} | {lv['p95_ms']:.0f} | "
+                         f"{lv['p99_ms']:.0f} | {lv['failures']} | {lv.get('mean_batch_size')} | "
+                         f"{lv.get('mean_generated_tokens', '')} |")
+    return "\n".join(lines)
+
+
+def plots(report: dict, stem: Path) -> list[Path]:
+    """QPS and p50/p95/p99 against concurrency, per scenario (log scales: CoT is orders slower)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_qps, ax_lat) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for s in report["scenarios"]:
+        users = [lv["users"] for lv in s["levels"]]
+        ax_qps.plot(users, [max(lv["qps"], 1e-3) for lv in s["levels"]], marker="o", label=s["name"])
+        for q, style in (("p50_ms", "-"), ("p99_ms", ":")):
+            ax_lat.plot(users, [max(lv[q], 1e-1) for lv in s["levels"]], style, marker=".",
+                        label=f"{s['name']} {q[:3]}")
+    for ax, title in ((ax_qps, "requests/s"), (ax_lat, "latency (ms): p50 solid, p99 dotted")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("concurrent users")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    ax_qps.legend(fontsize=7)
+    fig.tight_layout()
+    path = stem.with_suffix(".png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--export", type=Path, required=True)
+    parser.add_argument("--model", default="cb", help="served name; the locustfile's task (DHRD_LOAD_TASK) too")
+    parser.add_argument("--seconds", type=int, default=40, help="Locust run time per concurrency level")
+    parser.add_argument("--cot-tokens", type=int, default=500)
+    parser.add_argument("--short-cot-tokens", type=int, default=64)
+    parser.add_argument("--only", nargs="*", default=None, help="scenario names to run")
+    parser.add_argument("--smoke", action="store_true", help="tiny sweep, 3 s per level, 8 CoT tokens")
+    parser.add_argument("--out", type=Path, default=REPO / "loadtest" / "results")
+    args = parser.parse_args()
+    if args.smoke:
+        args.seconds, args.cot_tokens, args.short_cot_tokens = 3, 8, 4
+    chosen = [s for s in scenarios(args.smoke, args.cot_tokens, args.short_cot_tokens)
+              if args.only is None or s.name in args.only]
+    os.environ.setdefault("DHRD_LOAD_MODEL", args.model)
+    with tempfile.TemporaryDirectory(prefix="dhrd-load-") as tmp:
+        results = [measure(args.export.resolve(), args.model, s, args.seconds, Path(tmp)) for s in chosen]
+    from .roofline import roofline
+
+    report = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": commit(), "machine": machine(),
+              "command": shlex.join(["python", "-m", "loadtest.run", *sys.argv[1:]]),
+              "export": str(args.export), "scenarios": results,
+              "roofline": roofline(args.export, [64, 128], seconds=0.5 if args.smoke else 3.0)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"{time.strftime('%Y-%m-%d')}-{platform.node() or 'machine'}{'-smoke' if args.smoke else ''}"
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / f"{stem}.md").write_text(markdown(report) + "\n")
+    plots(report, args.out / stem)
+    print(markdown(report))
+    print(f"wrote {args.out / stem}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""The load-test runner's smoke mode end to end on a tiny export, so the runner cannot rot."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_json_markdown_and_plot(tiny_export, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "loadtest.run", "--export", str(tiny_export), "--smoke",
+                           "--only", "dhrd-batched", "naive-unbatched", "cot-batched", "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(next(tmp_path.glob("*-smoke.json")).read_text())
+    names = [s["name"] for s in report["scenarios"]]
+    assert names == ["dhrd-batched", "naive-unbatched", "cot-batched"]
+    for s in report["scenarios"]:
+        assert all(lv["requests"] > 0 and lv["failures"] == 0 for lv in s["levels"]), s
+    assert report["scenarios"][1]["levels"][-1]["mean_batch_size"] == 1.0  # batching really off
+    assert report["scenarios"][2]["levels"][0]["mean_generated_tokens"] > 0
+    assert report["roofline"]["matmul_gflops"]["bfloat16"] > 0
+    assert next(tmp_path.glob("*-smoke.png")).stat().st_size > 1000

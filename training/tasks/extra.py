@@ -1,0 +1,52 @@
+"""Extra tasks whose rationale data sets ship in the shared data: e-SNLI, ANLI-R1 and CommonsenseQA,
+as released with distilling-step-by-step (Hsieh et al. 2023) with PaLM-540B chain-of-thought outputs.
+
+Only their valid/test (e-SNLI, ANLI) or train/test (CQA) files are available, so "train" here is
+the released valid (or train) file and "val" the released test file.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from .base import RecordRows, Task
+from .superglue import _entailment, _qa, _single
+
+DSS = "rationales/distilling_step_by_step"
+NLI_LABELS = ("entailment", "neutral", "contradiction")
+NLI_RAW = {0: "entailment", 1: "neutral", 2: "contradiction"}
+
+
+def _nli(name: str, train: str, val: str) -> Task:
+    return Task(
+        name=name, labels=NLI_LABELS, label_words=("Yes", "Maybe", "No"), fields=("premise", "hypothesis"),
+        required=("premise", "hypothesis"), template=_entailment("Answer Yes, No or Maybe."),
+        splits={"train": f"{DSS}/{name}/{train}", "val": f"{DSS}/{name}/{val}"},
+        rows=lambda r: _single(r, ("premise", "hypothesis")), raw_labels=NLI_RAW,
+    )
+
+
+ESNLI = _nli("esnli", "esnli_valid.json", "esnli_test.json")
+ANLI1 = _nli("anli1", "anli1_valid.json", "anli1_test.json")
+
+CQA_LETTERS = ("a", "b", "c", "d", "e")
+
+
+def _cqa(f: Mapping[str, Any]) -> str:
+    options = "\n".join(f"({letter}) {choice}" for letter, choice in zip(CQA_LETTERS, f["choices"]))
+    return _qa("", f["question"], ask=f"Answer Choices:\n{options}\nWhich choice is correct?").removeprefix(
+        "Passage:\n\n")
+
+
+def _cqa_rows(record: Mapping[str, Any]) -> RecordRows:
+    fields = {"question": record["question"], "choices": list(record["choices"])}
+    label = CQA_LETTERS[record["choices"].index(record["answer"])] if "answer" in record else None
+    yield str(record["idx"]), fields, label, None
+
+
+CQA = Task(
+    name="cqa", labels=CQA_LETTERS, label_words=CQA_LETTERS, fields=("question", "choices"),
+    required=("question", "choices"), template=_cqa,
+    splits={"train": f"{DSS}/cqa/cqa_train.json", "val": f"{DSS}/cqa/cqa_test.json"}, rows=_cqa_rows,
+)
+
+EXTRA = {t.name: t for t in (ESNLI, ANLI1, CQA)}
