@@ -22,11 +22,42 @@ def default_data_dir() -> Path:
     return Path(env) if env else (REPO_ROOT.parent / "shared" / "data")
 
 
-def split_path(task: Task, split: str, data_dir: Path | None = None) -> Path:
+def split_source(task: Task, split: str, data_dir: Path | None = None) -> tuple[Path, str | None]:
+    """The file behind a split, and the part of it (`file#val`) for files we split ourselves."""
     if split not in task.splits:
         raise TaskError(f"task {task.name!r} has no split {split!r}; it has {sorted(task.splits)}")
-    path = Path(task.splits[split])
-    return path if path.is_absolute() else (data_dir or default_data_dir()) / path
+    name, _, part = task.splits[split].partition("#")
+    path = Path(name)
+    return (path if path.is_absolute() else (data_dir or default_data_dir()) / path), part or None
+
+
+def split_path(task: Task, split: str, data_dir: Path | None = None) -> Path:
+    return split_source(task, split, data_dir)[0]
+
+
+def holdout_part(text: str, fraction: float = 0.1) -> str:
+    """Stable train/val assignment of a record by the sha256 of its input text."""
+    return "val" if int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction else "train"
+
+
+def read_flan_tsv(path: Path) -> Iterable[tuple[int, dict]]:
+    """FLAN v2 CoT files: `input<TAB>answer<TAB>rationale`, newlines escaped as a literal backslash-n."""
+    if not path.exists():
+        raise TaskError(f"data file {path} does not exist (set --data-dir or DHRD_DATA_DIR)")
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            cols = line.rstrip("\n").split("\t")
+            if len(cols) != 3:
+                raise TaskError(f"{path}:{lineno}: expected 3 tab-separated columns, got {len(cols)}")
+            text, answer, rationale = (c.replace("\\n", "\n").strip() for c in cols)
+            yield lineno, {"input": text, "answer": answer, "rationale": rationale}
+
+
+def read_records(path: Path, part: str | None = None) -> Iterable[tuple[int, dict]]:
+    records = read_flan_tsv(path) if path.suffix == ".tsv" else read_jsonl(path)
+    return ((n, r) for n, r in records if part is None or holdout_part(r.get("input", json.dumps(r))) == part)
 
 
 def read_jsonl(path: Path) -> Iterable[tuple[int, dict]]:
@@ -48,9 +79,9 @@ def read_jsonl(path: Path) -> Iterable[tuple[int, dict]]:
 
 def load_examples(task: Task, split: str, data_dir: Path | None = None, limit: int | None = None) -> list[Example]:
     """All examples of one split; labels are checked against the task's label set."""
-    path = split_path(task, split, data_dir)
+    path, part = split_source(task, split, data_dir)
     examples: list[Example] = []
-    for lineno, record in read_jsonl(path):
+    for lineno, record in read_records(path, part):
         record.setdefault("idx", lineno - 1)
         try:
             for key, fields, raw_label, group in task.rows(record):

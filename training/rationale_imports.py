@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from .tasks import Example, Task, TaskError
 
-IMPORTERS = ("copa_sse", "winowhy", "palm_cot")
+IMPORTERS = ("copa_sse", "winowhy", "palm_cot", "flan")
 
 
 def _norm(text: str) -> str:
@@ -158,12 +158,33 @@ def palm_cot(task: Task, split: str, examples: Sequence[Example], data_dir: Path
     return rows, stats
 
 
+def flan(task: Task, split: str, examples: Sequence[Example], data_dir: Path) -> tuple[list[dict], dict]:
+    """The human rationale column of a FLAN v2 CoT file, for the FLAN extra tasks."""
+    from .data import read_records, split_source
+    from .tasks.flan import FLAN_TASKS
+
+    if task.name not in FLAN_TASKS:
+        raise TaskError(f"import:flan is for tasks {', '.join(FLAN_TASKS)}, not {task.name!r}")
+    path, part = split_source(task, split, data_dir)
+    texts = {f"{task.name}/{lineno - 1}": r["rationale"] for lineno, r in read_records(path, part)}
+    rows, stats = [], {"matched": 0, "empty": 0}
+    params = {"source": f"rationales/flan_cot/{path.name}", "selection": "the file's rationale column"}
+    for e in examples:
+        text = texts.get(e.key, "")
+        if len(text.split()) < 3:
+            stats["empty"] += 1
+            continue
+        rows.append(_row(task, split, e, text, "import:flan-v2-human", params))
+        stats["matched"] += 1
+    return rows, stats
+
+
 def import_rationales(name: str, task: Task, split: str, examples: Sequence[Example], data_dir: Path,
                       out: Path) -> dict[str, Any]:
     """Append imported rows for keys not yet in `out`; returns (and writes next to it) a summary."""
     from .rationales import done_keys, summarise
 
-    importer = {"copa_sse": copa_sse, "winowhy": winowhy, "palm_cot": palm_cot}.get(name)
+    importer = {"copa_sse": copa_sse, "winowhy": winowhy, "palm_cot": palm_cot, "flan": flan}.get(name)
     if importer is None:
         raise TaskError(f"unknown importer {name!r}; known: {', '.join(IMPORTERS)}")
     started = time.time()

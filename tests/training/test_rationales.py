@@ -183,3 +183,14 @@ def test_palm_import_keeps_only_rows_agreeing_with_gold(tmp_path, data_dir):
     assert summary["rows"] == stats["matched"] and stats["matched"] + stats["label_disagrees"] + stats["no_answer"] + \
         stats["empty"] == len(examples)
     assert len(load_rationales(tmp_path / "a.jsonl", task, examples, skip_missing=True)) == summary["rows"]
+
+
+def test_flan_import_takes_the_rationale_column(tmp_path, data_dir):
+    from training.rationale_imports import import_rationales
+
+    task = get_task("strategyqa")
+    examples = load_examples(task, "train", data_dir)
+    summary = import_rationales("flan", task, "train", examples, data_dir, tmp_path / "s.jsonl")
+    assert summary["rows"] == len(examples)
+    joined = load_rationales(tmp_path / "s.jsonl", task, examples)
+    assert "Genghis Khan had sixteen children" in joined["strategyqa/0"]

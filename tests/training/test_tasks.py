@@ -107,3 +107,18 @@ def test_multirc_metrics_are_f1a_and_exact_match():
     m = compute_metrics(task, ex, [1, 0, 0])
     assert m["em"] == 0.5  # q0 all right, q1 wrong
     assert m["f1a"] == pytest.approx(2 * 1 / (2 * 1 + 0 + 1))
+
+
+@pytest.mark.parametrize("name", ["esnli", "anli1", "cqa", "creak", "strategyqa", "sensemaking", "qasc", "ecqa"])
+def test_extra_tasks_read_both_splits(name, data_dir):
+    task = get_task(name)
+    train, val = load_examples(task, "train", data_dir), load_examples(task, "val", data_dir)
+    assert train and val and all(e.label is not None for e in train + val)
+    assert all(task.format(e.fields) for e in train[:50] + val[:50])
+
+
+def test_flan_files_are_split_90_10_by_input_hash(data_dir):
+    task = get_task("creak")
+    train, val = load_examples(task, "train", data_dir), load_examples(task, "val", data_dir)
+    assert 0.08 < len(val) / (len(train) + len(val)) < 0.12
+    assert not {e.key for e in train} & {e.key for e in val}

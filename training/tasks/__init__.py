@@ -6,12 +6,13 @@ from pathlib import Path
 from .base import Example, Task, TaskError
 from .custom import load_spec, task_from_spec
 from .extra import EXTRA
+from .flan import FLAN_TASKS
 from .superglue import SUPERGLUE
 
 __all__ = ["Example", "Task", "TaskError", "get_task", "task_from_spec", "TASK_NAMES"]
 
 TASK_NAMES = tuple(SUPERGLUE)  # the paper's seven
-REGISTRY = {**SUPERGLUE, **EXTRA}
+REGISTRY = {**SUPERGLUE, **EXTRA, **FLAN_TASKS}
 
 
 def get_task(name: str) -> Task:
