@@ -132,10 +132,15 @@ def make_features(cfg: TrainConfig, task: Task, tokenizer) -> tuple[list[Feature
         rationales = load_rationales(path, task, examples,
                                      skip_missing=cfg.skip_missing_rationales or cfg.only_with_rationales,
                                      split_examples=split_examples)
+        missing = sum(e.key not in rationales for e in examples)
+        if missing:
+            what = "left out" if cfg.only_with_rationales else "trained on the classification loss only"
+            print(f"[data] {missing} of {len(examples)} train examples have no rationale in {path}: {what}",
+                  flush=True)
         if cfg.only_with_rationales:
             examples = [e for e in examples if e.key in rationales]
         data_info.update(rationales_file=str(path), rationales_sha256=file_sha256(path),
-                         rationales_used=len(rationales) if cfg.uses_lm else 0)
+                         rationales_used=len(rationales) if cfg.uses_lm else 0, rationales_missing=missing)
     data_info["train_examples"] = len(examples)
     feats = [build_features(task, e, tokenizer, cfg.max_length, rationales.get(e.key), with_suffix=cfg.uses_lm,
                             lm_span=cfg.lm_span, max_rationale_tokens=cfg.max_rationale_tokens) for e in examples]

@@ -254,3 +254,43 @@ def test_tampered_export_is_refused(tiny_export, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ExportError, match="contract_version '2.0' is incompatible"):
         load_export(copy)
+
+
+def test_a_client_that_disconnects_leaves_no_work_behind():
+    """A request whose client goes away while queued is cancelled before its forward pass."""
+    runner = FakeRunner(delay=0.3)
+
+    async def go():
+        settings = fake_settings(max_batch_size=1, max_wait_ms=0)
+        async with serving(settings, {"fake": runner}) as client:
+            app = client.app
+            blocker = asyncio.ensure_future(client.post("/classify", json={"model": "fake", "input": "first"}))
+            await asyncio.sleep(0.05)  # the first request now occupies the worker for 0.3 s
+            body = json.dumps({"model": "fake", "input": "gone yes"}).encode()
+            messages = [{"type": "http.request", "body": body, "more_body": False}]
+            sent = []
+
+            async def receive():
+                if messages:
+                    return messages.pop(0)
+                await asyncio.sleep(0.05)  # then the client hangs up
+                return {"type": "http.disconnect"}
+
+            async def send(message):
+                sent.append(message)
+
+            scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                     "scheme": "http", "path": "/classify", "raw_path": b"/classify", "query_string": b"",
+                     "root_path": "", "headers": [(b"content-type", b"application/json"),
+                                                  (b"content-length", str(len(body)).encode())],
+                     "client": ("127.0.0.1", 1), "server": ("test", 80)}
+            await app(scope, receive, send)
+            await blocker
+            await asyncio.sleep(0.4)  # give the batcher time to (not) run the abandoned request
+            metrics = (await client.get("/metrics")).text
+            return sent, metrics
+
+    sent, metrics = run(go())
+    assert sum(runner.batches) == 1  # only the first request was ever computed
+    assert sent[0]["status"] == 499
+    assert 'dhrd_rejected_requests_total{reason="cancelled"} 1.0' in metrics
