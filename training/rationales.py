@@ -380,8 +380,16 @@ def generate(task: Task, split: str, examples: Sequence[Example], teacher: Teach
             fh.flush()
             stats["written"] += len(accepted)
             bar.update(len(accepted) + len(pending))
+            # The summary follows the file batch by batch, so an interrupted set still describes itself.
+            _write_summary(out, stats, started, first_answers, todo, finished=False)
     bar.close()
+    return _write_summary(out, stats, started, first_answers, todo, finished=True)
+
+
+def _write_summary(out: Path, stats: dict[str, Any], started: float, first_answers: dict, todo: list[Request],
+                   finished: bool) -> dict[str, Any]:
     stats["wall_seconds"] = round(time.time() - started, 1)
+    stats["run_finished"] = finished  # False while running or after a kill: resume to finish
     if first_answers:
         gold = {r.key: r.gold for r in todo}
         stats["agreement_rate"] = round(sum(a == gold[k] for k, a in first_answers.items()) / len(first_answers), 4)
