@@ -182,7 +182,7 @@ def flan(task: Task, split: str, examples: Sequence[Example], data_dir: Path) ->
 def import_rationales(name: str, task: Task, split: str, examples: Sequence[Example], data_dir: Path,
                       out: Path) -> dict[str, Any]:
     """Append imported rows for keys not yet in `out`; returns (and writes next to it) a summary."""
-    from .rationales import done_keys, summarise
+    from .rationales import done_keys, write_summary
 
     importer = {"copa_sse": copa_sse, "winowhy": winowhy, "palm_cot": palm_cot, "flan": flan}.get(name)
     if importer is None:
@@ -195,7 +195,6 @@ def import_rationales(name: str, task: Task, split: str, examples: Sequence[Exam
     with open(out, "a", encoding="utf-8") as fh:
         for r in new:
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-    stats.update(written=len(new), skipped_done=len(rows) - len(new), wall_seconds=round(time.time() - started, 1))
-    summary = summarise(out, stats)
-    Path(str(out) + ".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    stats.update(run_id=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), teacher=f"import:{name}",
+                 written=len(new), skipped_done=len(rows) - len(new), wall_seconds=round(time.time() - started, 1))
+    return write_summary(out, stats)

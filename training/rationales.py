@@ -347,7 +347,9 @@ def generate(task: Task, split: str, examples: Sequence[Example], teacher: Teach
     todo = [make_request(task, e) for e in examples if e.label is not None and e.key not in done]
     from .contract import parse_answer
 
-    stats = {"rejected": {}, "written": 0, "failed": 0, "skipped_done": len(done)}
+    stats = {"run_id": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "teacher": teacher.teacher_id,
+             "params": teacher.params, "mode": mode, "batch_size": batch_size, "rejected": {}, "written": 0,
+             "failed": 0, "skipped_done": len(done)}
     first_answers: dict[str, int | None] = {}  # CoT mode: the teacher's first answer, for the agreement rate
     started = time.time()
     bar = tqdm(total=len(todo), unit="row", disable=not progress, desc=f"rationales {task.name}/{split}")
@@ -393,9 +395,7 @@ def _write_summary(out: Path, stats: dict[str, Any], started: float, first_answe
     if first_answers:
         gold = {r.key: r.gold for r in todo}
         stats["agreement_rate"] = round(sum(a == gold[k] for k, a in first_answers.items()) / len(first_answers), 4)
-    summary = summarise(out, stats)
-    Path(str(out) + ".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    return write_summary(out, stats)
 
 
 def _drop_torn_tail(path: Path) -> None:
@@ -407,17 +407,27 @@ def _drop_torn_tail(path: Path) -> None:
         path.write_bytes(data[: data.rfind(b"\n") + 1])
 
 
-def summarise(path: Path, stats: dict[str, Any]) -> dict[str, Any]:
+def write_summary(path: Path, stats: dict[str, Any]) -> dict[str, Any]:
+    """Describe a rationale file in `<file>.summary.json`: row count, length percentiles, teachers,
+    and the history of the runs that wrote it (a run that wrote nothing leaves no entry)."""
+    summary_path = Path(str(path) + ".summary.json")
+    previous = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    runs = previous.get("runs", [])
+    if runs and runs[-1].get("run_id") == stats.get("run_id"):
+        runs[-1] = stats  # the same run, a batch further on
+    elif stats.get("written", 0) > 0 or not runs:
+        runs.append(stats)
     rows = [row for _, row in read_rows(path)]
     lengths = sorted(len(r["rationale"].split()) for r in rows)
 
     def pct(q: float) -> int:
         return lengths[min(len(lengths) - 1, int(q * len(lengths)))] if lengths else 0
 
-    return {"file": Path(path).name, "rows": len(rows), "this_run": stats,
-            "words_p10_p50_p90": [pct(0.1), pct(0.5), pct(0.9)],
-            "teachers": sorted({r.get("teacher", "?") for r in rows}),
-            "prompt_versions": sorted({r.get("prompt_version", "?") for r in rows})}
+    summary = {"file": Path(path).name, "rows": len(rows), "words_p10_p50_p90": [pct(0.1), pct(0.5), pct(0.9)],
+               "teachers": sorted({r.get("teacher", "?") for r in rows}),
+               "prompt_versions": sorted({r.get("prompt_version", "?") for r in rows}), "runs": runs}
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    return {**summary, "this_run": stats}  # the caller also learns what this very run did
 
 
 def default_rationale_file(task: Task, split: str = "train") -> Path | None:
