@@ -294,3 +294,50 @@ def test_a_client_that_disconnects_leaves_no_work_behind():
     assert sum(runner.batches) == 1  # only the first request was ever computed
     assert sent[0]["status"] == 499
     assert 'dhrd_rejected_requests_total{reason="cancelled"} 1.0' in metrics
+
+
+def _random_json(rng, depth=0):
+    kinds = ["str", "int", "float", "bool", "none"] + (["list", "dict"] if depth < 3 else [])
+    kind = rng.choice(kinds)
+    if kind == "str":
+        return rng.choice(["", "x", "yes " * rng.randint(0, 30), "\u00e9\u4e2d\U0001F600", "premise", "\x00"])
+    if kind == "int":
+        return rng.choice([0, -1, 1, 2**63, 10**30])
+    if kind == "float":
+        return rng.choice([0.5, -1e308, 1e308])
+    if kind == "bool":
+        return rng.random() < 0.5
+    if kind == "none":
+        return None
+    if kind == "list":
+        return [_random_json(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    keys = ["model", "input", "truncate", "truncate_prompt_tokens", "premise", "hypothesis", "text", "x"]
+    return {rng.choice(keys): _random_json(rng, depth + 1) for _ in range(rng.randint(0, 4))}
+
+
+def test_no_input_causes_a_500(tiny_export):
+    """Random bodies, field objects and types against a real (tiny) model: 4xx or 200, never 5xx."""
+    import random
+
+    rng = random.Random(0)
+
+    async def go():
+        async with serving(Settings(models={"cb": tiny_export}, dtype="float32", max_inputs_per_request=8)) as client:
+            codes = []
+            for _ in range(300):
+                body = _random_json(rng)
+                if isinstance(body, dict) and rng.random() < 0.7:
+                    body["model"] = "cb"
+                    roll = rng.random()
+                    if roll < 0.4:
+                        body["input"] = [{k: _random_json(rng, 2) for k in ("premise", "hypothesis", "extra")[
+                            : rng.randint(0, 3)]}]
+                    elif roll < 0.7:  # well-formed text, so some requests succeed alongside the bad ones
+                        body = {"model": "cb", "input": rng.choice(["It rained.", "yes " * 600, "\u4e2d\U0001F600"])}
+                response = await client.post("/classify", json=body)
+                codes.append(response.status_code)
+                assert response.status_code < 500, (body, response.text)
+            return codes
+
+    codes = run(go())
+    assert {200, 422} <= set(codes)
