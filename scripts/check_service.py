@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Start `dhrd serve` on an export, time it to readiness, classify the task's validation split
+through POST /classify, and report accuracy (and the official metrics) against the labels.
+
+    .venv/bin/python scripts/check_service.py --export exports/cb --model cb
+Writes reports/service-<model>.json (machine, date, commit, command, numbers).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from loadtest.run import commit, free_port, machine  # noqa: E402
+from training.data import load_examples  # noqa: E402
+from training.evaluate import compute_metrics  # noqa: E402
+from training.tasks import get_task  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--export", type=Path, required=True)
+    parser.add_argument("--model", default="cb")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=32, help="inputs per request")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    manifest = json.loads((args.export / "manifest.json").read_text())
+    task = get_task(manifest["task"])
+    examples = load_examples(task, args.split, limit=args.limit)
+    port = free_port()
+    started = time.perf_counter()
+    server = subprocess.Popen([str(Path(sys.executable).parent / "dhrd"), "serve", "--model",
+                               f"{args.model}={args.export}", "--port", str(port), "--log-level", "warning"])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            if server.poll() is not None:
+                raise SystemExit(f"dhrd serve exited with {server.returncode}")
+            try:
+                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        ready_seconds = time.perf_counter() - started
+        preds: list[int] = []
+        t0 = time.perf_counter()
+        for i in range(0, len(examples), args.batch):
+            chunk = examples[i:i + args.batch]
+            body = {"model": args.model, "input": [{k: v for k, v in e.fields.items() if v is not None} for e in chunk]}
+            response = httpx.post(f"{url}/classify", json=body, timeout=300)
+            response.raise_for_status()
+            preds += [task.labels.index(d["label"]) for d in response.json()["data"]]
+        classify_seconds = time.perf_counter() - t0
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    metrics = compute_metrics(task, examples, preds)
+    report = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": commit(), "machine": machine(),
+              "command": shlex.join(["scripts/check_service.py", *sys.argv[1:]]), "export": str(args.export),
+              "served_dtype": "bfloat16 (service default)", "export_dtype": manifest["dtype"],
+              "ready_seconds": round(ready_seconds, 2), "examples": len(examples), "split": args.split,
+              "classify_seconds": round(classify_seconds, 2), "served_metrics": metrics,
+              "training_time_metrics": manifest["metrics"].get("val")}
+    out = args.out or REPO / "reports" / f"service-{args.model}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
