@@ -9,6 +9,7 @@ Environment:
     DHRD_LOAD_BATCH     inputs per /classify request (default 1)
     DHRD_COT_MAX_NEW_TOKENS   max_new_tokens for CoT users (default 500, the paper's setting)
     DHRD_API_KEY        bearer token, when the service requires one
+    DHRD_LOAD_INPUTS    a JSON file of inputs to send instead (e.g. texts cut to a fixed token length)
 Run: locust -f loadtest/locustfile.py --host http://127.0.0.1:8000 ClassifyUser
 """
 from __future__ import annotations
@@ -46,7 +47,8 @@ def load_inputs(limit: int = 2000) -> list[dict]:
     return inputs
 
 
-INPUTS = load_inputs()
+INPUTS = (json.loads(Path(os.environ["DHRD_LOAD_INPUTS"]).read_text()) if os.environ.get("DHRD_LOAD_INPUTS")
+          else load_inputs())
 
 
 class ClassifyUser(HttpUser):

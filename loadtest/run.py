@@ -60,6 +60,29 @@ def scenarios(smoke: bool, cot_tokens: int, short_cot_tokens: int) -> list[Scena
     ]
 
 
+def fixed_length_inputs(export: Path, tokens: int, path: Path, count: int = 200) -> Path:
+    """Real validation inputs, formatted and cut to exactly `tokens` tokens (their end kept), as text."""
+    from transformers import AutoTokenizer
+
+    from training.contract import encode_input
+    from training.data import load_examples
+    from training.tasks import get_task
+
+    manifest = json.loads((export / "manifest.json").read_text())
+    task = get_task(manifest["task"])
+    tokenizer = AutoTokenizer.from_pretrained(export)
+    texts = []
+    for e in load_examples(task, "val"):
+        ids, _ = encode_input(tokenizer, task.format(e.fields), tokens)
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        if len(tokenizer(text)["input_ids"]) == tokens:  # decoding can merge tokens; keep exact ones
+            texts.append(text)
+        if len(texts) >= count:
+            break
+    path.write_text(json.dumps(texts))
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -150,6 +173,27 @@ def commit() -> str:
     return head.strip() + ("-dirty" if dirty else "")
 
 
+def derive(report: dict, tokens: int) -> dict:
+    """Headline numbers: saturation QPS per scenario, ratios of /classify to the others, % of roofline."""
+    sat = {s["name"]: s["saturation_qps"] for s in report["scenarios"]}
+    out: dict = {"saturation_qps": sat}
+    base = sat.get("dhrd-batched")
+    if base:
+        out["ratio_classify_to"] = {name: round(base / q, 1) for name, q in sat.items()
+                                    if name != "dhrd-batched" and q > 0}
+    row = next((r for r in report["roofline"]["by_length"] if r["tokens"] == tokens), None)
+    if row:
+        out["roofline_qps_bf16"] = row["roofline_qps_bfloat16"]
+        out["percent_of_bf16_roofline"] = {n: round(100 * q / row["roofline_qps_bfloat16"], 1) for n, q in sat.items()}
+    batched = next((s for s in report["scenarios"] if s["name"] == "dhrd-batched"), None)
+    if batched and base:
+        half = min(batched["levels"], key=lambda lv: abs(lv["qps"] - base / 2))
+        out["at_half_saturation"] = {"users": half["users"], "qps": half["qps"], "p50_ms": half["p50_ms"],
+                                     "p99_ms": half["p99_ms"],
+                                     "p99_over_p50": round(half["p99_ms"] / half["p50_ms"], 2) if half["p50_ms"] else None}
+    return out
+
+
 def markdown(report: dict) -> str:
     lines = ["| scenario | users | req/s | p50 ms | p95 ms | p99 ms | failures | mean batch | gen. tokens/req |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -158,6 +202,7 @@ def markdown(report: dict) -> str:
             lines.append(f"| {s['name']} | {lv['users']} | {lv['qps']:.2f} | {lv['p50_ms']:.0f} | {lv['p95_ms']:.0f} | "
                          f"{lv['p99_ms']:.0f} | {lv['failures']} | {lv.get('mean_batch_size')} | "
                          f"{lv.get('mean_generated_tokens', '')} |")
+    lines += ["", "```json", json.dumps(report.get("summary", {}), indent=2), "```"]
     return "\n".join(lines)
 
 
@@ -198,6 +243,8 @@ def main() -> int:
     parser.add_argument("--short-cot-tokens", type=int, default=64)
     parser.add_argument("--only", nargs="*", default=None, help="scenario names to run")
     parser.add_argument("--smoke", action="store_true", help="tiny sweep, 3 s per level, 8 CoT tokens")
+    parser.add_argument("--tokens", type=int, default=64,
+                        help="cut every input to exactly this many tokens (0: the real validation texts, mixed lengths)")
     parser.add_argument("--out", type=Path, default=REPO / "loadtest" / "results")
     args = parser.parse_args()
     if args.smoke:
@@ -206,13 +253,18 @@ def main() -> int:
               if args.only is None or s.name in args.only]
     os.environ.setdefault("DHRD_LOAD_MODEL", args.model)
     with tempfile.TemporaryDirectory(prefix="dhrd-load-") as tmp:
+        if args.tokens:
+            os.environ["DHRD_LOAD_INPUTS"] = str(fixed_length_inputs(args.export, args.tokens, Path(tmp) / "in.json"))
         results = [measure(args.export.resolve(), args.model, s, args.seconds, Path(tmp)) for s in chosen]
     from .roofline import roofline
 
     report = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": commit(), "machine": machine(),
               "command": shlex.join(["python", "-m", "loadtest.run", *sys.argv[1:]]),
               "export": str(args.export), "scenarios": results,
-              "roofline": roofline(args.export, [64, 128], seconds=0.5 if args.smoke else 3.0)}
+              "tokens": args.tokens or "validation texts (mixed lengths)",
+              "roofline": roofline(args.export, sorted({args.tokens or 64, 64, 128}),
+                                   seconds=0.5 if args.smoke else 3.0)}
+    report["summary"] = derive(report, args.tokens or 64)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"{time.strftime('%Y-%m-%d')}-{platform.node() or 'machine'}{'-smoke' if args.smoke else ''}"
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")

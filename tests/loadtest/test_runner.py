@@ -14,7 +14,8 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_smoke_run_writes_json_markdown_and_plot(tiny_export, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "loadtest.run", "--export", str(tiny_export), "--smoke",
-                           "--only", "dhrd-batched", "naive-unbatched", "cot-batched", "--out", str(tmp_path)],
+                           "--only", "dhrd-batched", "naive-unbatched", "cot-batched", "--tokens", "16",
+                           "--out", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(next(tmp_path.glob("*-smoke.json")).read_text())
@@ -26,3 +27,6 @@ def test_smoke_run_writes_json_markdown_and_plot(tiny_export, tmp_path):
     assert report["scenarios"][2]["levels"][0]["mean_generated_tokens"] > 0
     assert report["roofline"]["matmul_gflops"]["bfloat16"] > 0
     assert next(tmp_path.glob("*-smoke.png")).stat().st_size > 1000
+    summary = report["summary"]
+    assert set(summary["ratio_classify_to"]) == {"naive-unbatched", "cot-batched"}
+    assert summary["percent_of_bf16_roofline"]["dhrd-batched"] > 0
