@@ -184,7 +184,7 @@ def derive(report: dict, tokens: int) -> dict:
     row = next((r for r in report["roofline"]["by_length"] if r["tokens"] == tokens), None)
     if row:
         out["roofline_qps_bf16"] = row["roofline_qps_bfloat16"]
-        out["percent_of_bf16_roofline"] = {n: round(100 * q / row["roofline_qps_bfloat16"], 1) for n, q in sat.items()}
+        out["percent_of_bf16_roofline"] = {n: round(100 * q / row["roofline_qps_bfloat16"], 2) for n, q in sat.items()}
     batched = next((s for s in report["scenarios"] if s["name"] == "dhrd-batched"), None)
     if batched and base:
         half = min(batched["levels"], key=lambda lv: abs(lv["qps"] - base / 2))

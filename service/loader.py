@@ -65,7 +65,8 @@ def load_export(path: Path, dtype: torch.dtype = torch.bfloat16, device: str = "
         raise ExportError(f"{path}: export contains LM-head tensors; classification exports must not")
     config = AutoConfig.from_pretrained(path)
     backbone = AutoModel.from_config(config, dtype=dtype)
-    head = contract.ClassifierHead(manifest.head.hidden_size, manifest.head.num_labels, manifest.head.dropout)
+    head = contract.ClassifierHead(manifest.head.hidden_size, manifest.head.num_labels, manifest.head.dropout,
+                                   manifest.head.type)
     model = contract.PooledClassifier(backbone, head, manifest.pooling)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -74,7 +74,7 @@ def _export(args: argparse.Namespace) -> None:
     from .export import export_run
 
     out = export_run(args.run, args.out, checkpoint=args.checkpoint, dtype=args.dtype,
-                     verify_examples=args.verify_examples, data_dir=args.data_dir)
+                     verify_examples=args.verify_examples, data_dir=args.data_dir, hf_seqcls=args.hf_seqcls)
     print(out)
 
 
@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--verify-examples", type=int, default=16, help="val examples to re-check after export")
+    p.add_argument("--hf-seqcls", type=Path, default=None,
+                   help="also write the HF *ForSequenceClassification layout here (needs --head linear)")
     p.add_argument("--data-dir", type=Path, default=None)
     p.set_defaults(func=_export)
 

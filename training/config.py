@@ -31,6 +31,8 @@ class TrainConfig:
         "help": "tokens in the LM loss: 'all' (input + rationale + answer, the paper) or 'suffix'"})
     # --- model -----------------------------------------------------------------------------
     pooling: str = field(default="last", metadata={"help": "'last' real input token (paper) or 'mean'"})
+    head: str = field(default="mlp2-gelu", metadata={
+        "help": "'mlp2-gelu' (paper) or 'linear' (bias-free, HF *ForSequenceClassification layout)"})
     head_dropout: float = field(default=0.1, metadata={"help": "dropout inside the 2-layer MLP head"})
     lora: bool = field(default=False, metadata={"help": "LoRA adapters (paper) instead of full fine-tuning"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
@@ -74,6 +76,7 @@ class TrainConfig:
             (self.alpha + self.beta > 0, "alpha and beta cannot both be 0"),
             (self.lm_span in ("all", "suffix"), f"lm_span must be 'all' or 'suffix', got {self.lm_span!r}"),
             (self.pooling in ("last", "mean"), f"pooling must be 'last' or 'mean', got {self.pooling!r}"),
+            (self.head in ("mlp2-gelu", "linear"), f"head must be 'mlp2-gelu' or 'linear', got {self.head!r}"),
             (self.precision in ("bf16", "fp32"), f"precision must be 'bf16' or 'fp32', got {self.precision!r}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),

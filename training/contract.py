@@ -18,7 +18,7 @@ from torch import nn
 
 from .tasks import Task, TaskError, get_task, task_from_spec
 
-CONTRACT_VERSION = "1.0"
+CONTRACT_VERSION = "1.1"  # 1.1: optional bias-free linear head (HeadConfig.type "linear")
 EXPORT_FORMAT_VERSION = 1
 
 # Export directory layout.
@@ -115,16 +115,33 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pool_index: torch.T
     raise ValueError(f"pooling must be one of {POOLING_MODES}, got {mode!r}")
 
 
-class ClassifierHead(nn.Module):
-    """2-layer MLP over the pooled state (§3, after Gemma Encoder): Linear → GELU → dropout → Linear."""
+HEAD_TYPES = ("mlp2-gelu", "linear")
 
-    def __init__(self, hidden_size: int, num_labels: int, dropout: float = 0.1):
+
+class ClassifierHead(nn.Module):
+    """The pooled head. "mlp2-gelu" (paper §3, after Gemma Encoder): Linear → GELU → dropout → Linear.
+    "linear": one bias-free Linear, exactly HF's `*ForSequenceClassification.score`, so such a model
+    can also be exported in the HF layout other servers load (our variant for peer comparisons)."""
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float = 0.1, kind: str = "mlp2-gelu"):
         super().__init__()
-        self.dense = nn.Linear(hidden_size, hidden_size)
+        if kind not in HEAD_TYPES:
+            raise ValueError(f"head type must be one of {HEAD_TYPES}, got {kind!r}")
+        self.kind = kind
         self.dropout = nn.Dropout(dropout)
-        self.out = nn.Linear(hidden_size, num_labels)
+        if kind == "mlp2-gelu":
+            self.dense = nn.Linear(hidden_size, hidden_size)
+            self.out = nn.Linear(hidden_size, num_labels)
+        else:
+            self.out = nn.Linear(hidden_size, num_labels, bias=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.out.weight.dtype
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:  # (B, H) -> (B, K)
+        if self.kind == "linear":
+            return self.out(self.dropout(pooled))
         return self.out(self.dropout(nn.functional.gelu(self.dense(pooled))))
 
 
@@ -150,7 +167,7 @@ def classify_logits(backbone: nn.Module, head: ClassifierHead, pooling: str, inp
     """The inference computation, shared by training-side evaluation and the service: (B, T) → (B, K)."""
     hidden = backbone_hidden(backbone, input_ids, attention_mask)
     feature = pool(hidden, attention_mask, last_token_index(attention_mask), pooling)
-    return head(feature.to(head.dense.weight.dtype)).float()
+    return head(feature.to(head.dtype)).float()
 
 
 def backbone_hidden(backbone: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -232,7 +249,7 @@ class Manifest:
 
 __all__ = [
     "ANSWER_HEADER", "BACKBONE_PREFIX", "CONTRACT_VERSION", "ClassifierHead", "EXPORT_FORMAT_VERSION",
-    "HEAD_PREFIX", "HeadConfig", "MANIFEST_FILE", "MODEL_CARD_FILE", "Manifest", "POOLING_MODES",
+    "HEAD_PREFIX", "HEAD_TYPES", "HeadConfig", "MANIFEST_FILE", "MODEL_CARD_FILE", "Manifest", "POOLING_MODES",
     "PooledClassifier", "REASON_HEADER", "classify_logits", "Task", "answer_text", "reason_text", "TaskError", "WEIGHTS_FILE", "backbone_hidden",
     "encode_input", "get_task", "parse_answer", "last_token_index", "pad_batch", "pool", "position_ids_from_mask",
     "training_suffix",

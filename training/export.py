@@ -32,13 +32,44 @@ def export_state(backbone: torch.nn.Module, head: torch.nn.Module, dtype: torch.
     return {k: v.detach().to(dtype if v.is_floating_point() else v.dtype).contiguous().cpu() for k, v in state.items()}
 
 
+def export_hf_seqcls(backbone: torch.nn.Module, head: contract.ClassifierHead, tokenizer, task, out: Path,
+                     dtype: torch.dtype) -> Path:
+    """The same classifier in Hugging Face's `*ForSequenceClassification` layout, for servers that load
+    that (infinity-emb, TEI, vLLM): backbone under `model.`, the head as `score`. Only the bias-free
+    linear head maps exactly; the 2-layer MLP head has no HF equivalent, so it is refused."""
+    from transformers import AutoModelForSequenceClassification
+
+    if head.kind != "linear":
+        raise ValueError("the HF sequence-classification layout needs the bias-free linear head")
+    config = backbone.config.__class__.from_dict(backbone.config.to_dict())
+    config.architectures = [config.architectures[0].replace("ForCausalLM", "ForSequenceClassification")
+                            if config.architectures else "ForSequenceClassification"]
+    config.num_labels = task.num_labels
+    config.id2label = dict(enumerate(task.labels))
+    config.label2id = {label: i for i, label in enumerate(task.labels)}
+    config.pad_token_id = tokenizer.pad_token_id
+    model = AutoModelForSequenceClassification.from_config(config)
+    model.base_model.load_state_dict(backbone.state_dict())
+    model.score.weight.data.copy_(head.out.weight.data)
+    model.to(dtype).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    tokenizer_config = out / "tokenizer_config.json"
+    settings = json.loads(tokenizer_config.read_text())
+    settings["tokenizer_class"] = "PreTrainedTokenizerFast"  # what transformers 4.x servers can load
+    tokenizer_config.write_text(json.dumps(settings, indent=2) + "\n")
+    return out
+
+
 def export_run(run_dir: Path, out: Path, checkpoint: str = "best", dtype: str = "bfloat16", verify_examples: int = 16,
-               data_dir: Path | None = None) -> Path:
+               data_dir: Path | None = None, hf_seqcls: Path | None = None) -> Path:
     """Write the export directory and verify it; returns its path. Raises on a failed check."""
     from safetensors.torch import save_file
 
     run_dir, out = Path(run_dir), Path(out)
     model, tokenizer, cfg, task = load_run_model(run_dir, checkpoint)
+    if hf_seqcls is not None and model.head.kind != "linear":  # refuse before writing anything
+        raise ValueError("--hf-seqcls needs a model trained with --head linear: HF's sequence-classification "
+                         "layout has a single bias-free `score` projection, not our 2-layer MLP head")
     backbone_path = resolve_backbone(cfg)
     examples = load_examples(task, "val", data_dir or cfg.data_dir, limit=verify_examples)
     trained = predict_logits(model, tokenizer, task, examples, cfg.max_length, precision="fp32")
@@ -66,8 +97,8 @@ def export_run(run_dir: Path, out: Path, checkpoint: str = "best", dtype: str = 
     manifest = contract.Manifest(
         task=task.name, labels=list(task.labels), label_words=list(task.label_words), pooling=cfg.pooling,
         max_length=cfg.max_length,
-        head=contract.HeadConfig(hidden_size=model.head.dense.in_features, num_labels=task.num_labels,
-                                 dropout=cfg.head_dropout),
+        head=contract.HeadConfig(hidden_size=model.head.out.in_features, num_labels=task.num_labels,
+                                 dropout=cfg.head_dropout, type=model.head.kind),
         base_model=describe(backbone_path),
         training={"alpha": cfg.alpha, "beta": cfg.beta, "lm_span": cfg.lm_span, "lora": cfg.lora,
                   "lora_r": cfg.lora_r if cfg.lora else None, "epochs": cfg.epochs, "lr": cfg.lr,
@@ -83,6 +114,8 @@ def export_run(run_dir: Path, out: Path, checkpoint: str = "best", dtype: str = 
         shutil.rmtree(out)
     staged.rename(out)
     verify_export(out, reference, trained, examples, task, tokenizer, cfg.max_length)
+    if hf_seqcls is not None:
+        export_hf_seqcls(backbone, model.head, tokenizer, task, Path(hf_seqcls), DTYPES[dtype])
     return out
 
 

@@ -82,7 +82,7 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False):
 def make_model(cfg: TrainConfig, task: Task, backbone_path: Path) -> DualHeadModel:
     """The backbone with head, LoRA (or all weights) trainable as configured."""
     model = build_model(backbone_path, task.num_labels, cfg.pooling, cfg.alpha, cfg.beta, cfg.head_dropout,
-                        cfg.trust_remote_code)
+                        cfg.trust_remote_code, cfg.head)
     if cfg.lora:
         model.backbone = apply_lora(model.backbone, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
                                     [t.strip() for t in cfg.lora_targets.split(",") if t.strip()])

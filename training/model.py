@@ -64,7 +64,7 @@ class DualHeadModel(nn.Module):
         if pool_index is None:
             pool_index = last_token_index(attention_mask)
         feature = pool(hidden, attention_mask, pool_index, self.pooling)  # (B, H)
-        logits = self.head(feature.to(self.head.dense.weight.dtype)).float()  # (B, K)
+        logits = self.head(feature.to(self.head.dtype)).float()  # (B, K)
         out = DualHeadOutput(cls_logits=logits)
         if cls_labels is None:
             return out
@@ -105,9 +105,10 @@ def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32, trust_r
 
 
 def build_model(backbone_path: str | Path, num_labels: int, pooling: str = "last", alpha: float = 1.0,
-                beta: float = 1.0, head_dropout: float = 0.1, trust_remote_code: bool = False) -> DualHeadModel:
+                beta: float = 1.0, head_dropout: float = 0.1, trust_remote_code: bool = False,
+                head_type: str = "mlp2-gelu") -> DualHeadModel:
     backbone, lm_head, config = load_causal_lm(backbone_path, trust_remote_code=trust_remote_code)
-    head = ClassifierHead(config.hidden_size, num_labels, head_dropout)
+    head = ClassifierHead(config.hidden_size, num_labels, head_dropout, head_type)
     return DualHeadModel(backbone, lm_head, head, pooling, alpha, beta)
 
 

@@ -182,3 +182,32 @@ def test_only_with_rationales_gives_alpha_zero_the_same_examples(tmp_path, tiny_
                      "--rationales", str(partial), "--only-with-rationales", "--max-steps", "1", "--eval-limit", "4",
                      "--batch-size", "4", "--grad-accum", "1", "--no-progress"]) == 0
         assert json.loads((out / "summary.json").read_text())["data"]["train_examples"] == 10
+
+
+def test_linear_head_exports_an_hf_sequence_classification_model_with_the_same_logits(tmp_path, tiny_backbone,
+                                                                                      cb_rationales, data_dir):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from service.loader import load_export
+    from training.contract import encode_input, pad_batch
+
+    run = tmp_path / "run"
+    assert main(train_args(tiny_backbone, run, cb_rationales, "--head", "linear", "--max-steps", "2")) == 0
+    assert main(["export", str(run), "--out", str(tmp_path / "ours"), "--dtype", "float32", "--verify-examples", "4",
+                 "--hf-seqcls", str(tmp_path / "hf")]) == 0
+    ours = load_export(tmp_path / "ours", dtype=torch.float32)
+    hf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert hf.config.id2label[0] == "entailment" and type(hf).__name__ == "LlamaForSequenceClassification"
+    task = get_task("cb")
+    texts = [task.format(e.fields) for e in load_examples(task, "val", data_dir, limit=3)]
+    ids, mask = pad_batch([encode_input(tok, t, 512)[0] for t in texts], tok.pad_token_id, "right")
+    with torch.no_grad():
+        torch.testing.assert_close(hf(input_ids=ids, attention_mask=mask).logits, ours.model(ids, mask),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_mlp_head_refuses_the_hf_layout(trained_run, tmp_path, capsys):
+    assert main(["export", str(trained_run), "--out", str(tmp_path / "o"), "--hf-seqcls", str(tmp_path / "h")]) == 2
+    assert "--head linear" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before anything was written
