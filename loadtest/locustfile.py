@@ -65,6 +65,22 @@ class ClassifyUser(HttpUser):
                 response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
 
 
+class InfinityUser(HttpUser):
+    """The peer: infinity-emb's POST /classify on the HF-layout export of the same classifier.
+    Sends pre-formatted text (infinity has no task templates), served as DHRD_PEER_MODEL."""
+
+    wait_time = constant(0)
+
+    @task
+    def classify(self) -> None:
+        item = random.choice(INPUTS)
+        text = item if isinstance(item, str) else TASK.format(item)
+        body = {"model": os.environ.get("DHRD_PEER_MODEL", "peer"), "input": [text]}
+        with self.client.post("/classify", json=body, name="/classify (infinity)", catch_response=True) as response:
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+
+
 class CotUser(HttpUser):
     """Client of POST /classify/cot with the paper's decoding settings (T=0.1, top_p=0.7)."""
 

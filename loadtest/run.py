@@ -39,6 +39,10 @@ class Scenario:
     users: list[int]
     env: dict[str, str] = field(default_factory=dict)
     note: str = ""
+    peer: bool = False  # served by infinity-emb from --peer-hf instead of `dhrd serve`
+
+
+PEER_BATCH = 32
 
 
 def scenarios(smoke: bool, cot_tokens: int, short_cot_tokens: int) -> list[Scenario]:
@@ -49,6 +53,8 @@ def scenarios(smoke: bool, cot_tokens: int, short_cot_tokens: int) -> list[Scena
                  note="dynamic batching: max_batch_size 32, max_wait_ms 5, max_batch_tokens 8192"),
         Scenario("naive-unbatched", "ClassifyUser", ["--max-batch-size", "1", "--max-wait-ms", "0"], sweep,
                  note="same service, batch size 1"),
+        Scenario("peer-infinity", "InfinityUser", [], sweep, {"DHRD_PEER_MODEL": "peer"},
+                 note=f"infinity-emb 0.0.78, torch engine, bf16, batch size {PEER_BATCH}, HF-layout export", peer=True),
         Scenario("cot-batched", "CotUser", ["--cot", "--cot-max-batch-size", "8", "--max-wait-ms", "20"], cot_sweep,
                  {"DHRD_COT_MAX_NEW_TOKENS": str(cot_tokens)},
                  note=f"CoT decoding, batches of up to 8, T=0.1 top_p=0.7, <= {cot_tokens} new tokens"),
@@ -136,16 +142,40 @@ def scrape(port: int) -> dict:
             "generated_tokens": values.get("dhrd_cot_generated_tokens_total")}
 
 
-def measure(export: Path, model: str, scenario: Scenario, seconds: int, workdir: Path) -> dict:
+def start_peer(hf_dir: Path, port: int, log: Path) -> subprocess.Popen:
+    """infinity-emb (own venv, see loadtest/setup_peer.sh) serving the HF-layout export as 'peer'."""
+    binary = REPO / ".venv-infinity" / "bin" / "infinity_emb"
+    if not binary.exists():
+        raise RuntimeError("the peer is not installed: run loadtest/setup_peer.sh")
+    cmd = [str(binary), "v2", "--model-id", str(hf_dir), "--served-model-name", "peer", "--engine", "torch",
+           "--device", "cpu", "--dtype", "bfloat16", "--batch-size", str(PEER_BATCH), "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    for _ in range(600):
+        if proc.poll() is not None:
+            raise RuntimeError(f"infinity-emb exited ({proc.returncode}); see {log}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"infinity-emb not ready in 300 s; see {log}")
+
+
+def measure(export: Path, model: str, scenario: Scenario, seconds: int, workdir: Path,
+            peer_hf: Path | None = None) -> dict:
     port = free_port()
-    server = start_server(export, model, port, scenario.serve_flags, workdir / f"{scenario.name}.log")
+    log = workdir / f"{scenario.name}.log"
+    server = start_peer(peer_hf, port, log) if scenario.peer else start_server(export, model, port,
+                                                                               scenario.serve_flags, log)
     try:
         levels = []
         for users in scenario.users:
-            before = scrape(port)
+            before = scrape(port) if not scenario.peer else {"generated_tokens": None}
             result = run_locust(port, scenario.user, users, seconds, scenario.env,
                                 workdir / f"{scenario.name}-{users}")
-            after = scrape(port)
+            after = scrape(port) if not scenario.peer else {"generated_tokens": None, "mean_batch_size": None}
             if after["generated_tokens"] is not None and result["requests"]:
                 result["mean_generated_tokens"] = round(
                     (after["generated_tokens"] - (before["generated_tokens"] or 0)) / result["requests"], 1)
@@ -242,6 +272,9 @@ def main() -> int:
     parser.add_argument("--cot-tokens", type=int, default=500)
     parser.add_argument("--short-cot-tokens", type=int, default=64)
     parser.add_argument("--only", nargs="*", default=None, help="scenario names to run")
+    parser.add_argument("--peer-hf", type=Path, default=None,
+                        help="HF-layout export for the infinity-emb peer (dhrd export --hf-seqcls); "
+                             "without it the peer scenario is skipped and the report says so")
     parser.add_argument("--smoke", action="store_true", help="tiny sweep, 3 s per level, 8 CoT tokens")
     parser.add_argument("--tokens", type=int, default=64,
                         help="cut every input to exactly this many tokens (0: the real validation texts, mixed lengths)")
@@ -250,17 +283,20 @@ def main() -> int:
     if args.smoke:
         args.seconds, args.cot_tokens, args.short_cot_tokens = 3, 8, 4
     chosen = [s for s in scenarios(args.smoke, args.cot_tokens, args.short_cot_tokens)
-              if args.only is None or s.name in args.only]
+              if (args.only is None or s.name in args.only) and (args.peer_hf is not None or not s.peer)]
+    skipped = [] if args.peer_hf else ["peer-infinity: no --peer-hf export given (needs a --head linear model "
+                                       "exported with --hf-seqcls, and loadtest/setup_peer.sh)"]
     os.environ.setdefault("DHRD_LOAD_MODEL", args.model)
     with tempfile.TemporaryDirectory(prefix="dhrd-load-") as tmp:
         if args.tokens:
             os.environ["DHRD_LOAD_INPUTS"] = str(fixed_length_inputs(args.export, args.tokens, Path(tmp) / "in.json"))
-        results = [measure(args.export.resolve(), args.model, s, args.seconds, Path(tmp)) for s in chosen]
+        results = [measure(args.export.resolve(), args.model, s, args.seconds, Path(tmp), args.peer_hf)
+                   for s in chosen]
     from .roofline import roofline
 
     report = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": commit(), "machine": machine(),
               "command": shlex.join(["python", "-m", "loadtest.run", *sys.argv[1:]]),
-              "export": str(args.export), "scenarios": results,
+              "export": str(args.export), "scenarios": results, "skipped": skipped,
               "tokens": args.tokens or "validation texts (mixed lengths)",
               "roofline": roofline(args.export, sorted({args.tokens or 64, 64, 128}),
                                    seconds=0.5 if args.smoke else 3.0)}

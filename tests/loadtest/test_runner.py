@@ -30,3 +30,28 @@ def test_smoke_run_writes_json_markdown_and_plot(tiny_export, tmp_path):
     summary = report["summary"]
     assert set(summary["ratio_classify_to"]) == {"naive-unbatched", "cot-batched"}
     assert summary["percent_of_bf16_roofline"]["dhrd-batched"] >= 0  # tiny model: far below its roofline
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (REPO / ".venv-infinity" / "bin" / "infinity_emb").exists(),
+                    reason="the infinity-emb peer is not installed (loadtest/setup_peer.sh)")
+def test_peer_scenario_serves_the_hf_export_with_infinity(tmp_path, tiny_backbone, data_dir):
+    from training.cli import main
+    from training.data import load_examples
+    from training.tasks import get_task
+
+    from ..conftest import write_rationales
+
+    rationales = write_rationales(tmp_path / "r.jsonl", "cb", load_examples(get_task("cb"), "train", data_dir))
+    assert main(["train", "--task", "cb", "--backbone", str(tiny_backbone), "--out", str(tmp_path / "run"),
+                 "--rationales", str(rationales), "--head", "linear", "--max-steps", "1", "--train-limit", "8",
+                 "--eval-limit", "4", "--batch-size", "4", "--no-progress"]) == 0
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "ours"), "--hf-seqcls",
+                 str(tmp_path / "hf"), "--verify-examples", "4"]) == 0
+    proc = subprocess.run([sys.executable, "-m", "loadtest.run", "--export", str(tmp_path / "ours"), "--smoke",
+                           "--only", "peer-infinity", "--peer-hf", str(tmp_path / "hf"), "--tokens", "16",
+                           "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(next((tmp_path / "out").glob("*-smoke.json")).read_text())
+    assert report["scenarios"][0]["name"] == "peer-infinity"
+    assert all(lv["requests"] > 0 and lv["failures"] == 0 for lv in report["scenarios"][0]["levels"])
