@@ -95,22 +95,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(export: Path, model: str, port: int, flags: list[str], log: Path) -> subprocess.Popen:
-    cmd = [str(BIN / "dhrd"), "serve", "--model", f"{model}={export}", "--port", str(port), *flags,
-           "--log-level", "warning"]
+def spawn_until_ready(cmd: list[str], probe_url: str, log: Path, timeout: float = 300) -> subprocess.Popen:
+    """Start a server process and wait until `probe_url` answers 200 (or fail, naming its log)."""
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    deadline = time.time() + 300
+    deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited ({proc.returncode}); see {log}")
+            raise RuntimeError(f"{Path(cmd[0]).name} exited ({proc.returncode}); see {log}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
+            if httpx.get(probe_url, timeout=1).status_code == 200:
                 return proc
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
     proc.kill()
-    raise RuntimeError(f"server not ready in 300 s; see {log}")
+    raise RuntimeError(f"{Path(cmd[0]).name} not ready in {timeout:g} s; see {log}")
+
+
+def start_server(export: Path, model: str, port: int, flags: list[str], log: Path) -> subprocess.Popen:
+    cmd = [str(BIN / "dhrd"), "serve", "--model", f"{model}={export}", "--port", str(port), *flags,
+           "--log-level", "warning"]
+    return spawn_until_ready(cmd, f"http://127.0.0.1:{port}/ready", log)
 
 
 def run_locust(port: int, user: str, users: int, seconds: int, env: dict, out_prefix: Path) -> dict:
@@ -149,18 +154,7 @@ def start_peer(hf_dir: Path, port: int, log: Path) -> subprocess.Popen:
         raise RuntimeError("the peer is not installed: run loadtest/setup_peer.sh")
     cmd = [str(binary), "v2", "--model-id", str(hf_dir), "--served-model-name", "peer", "--engine", "torch",
            "--device", "cpu", "--dtype", "bfloat16", "--batch-size", str(PEER_BATCH), "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    for _ in range(600):
-        if proc.poll() is not None:
-            raise RuntimeError(f"infinity-emb exited ({proc.returncode}); see {log}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"infinity-emb not ready in 300 s; see {log}")
+    return spawn_until_ready(cmd, f"http://127.0.0.1:{port}/health", log)
 
 
 def measure(export: Path, model: str, scenario: Scenario, seconds: int, workdir: Path,

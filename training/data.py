@@ -40,19 +40,24 @@ def holdout_part(text: str, fraction: float = 0.1) -> str:
     return "val" if int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction else "train"
 
 
-def read_flan_tsv(path: Path) -> Iterable[tuple[int, dict]]:
-    """FLAN v2 CoT files: `input<TAB>answer<TAB>rationale`, newlines escaped as a literal backslash-n."""
+def _lines(path: Path) -> Iterable[tuple[int, str]]:
+    """(line number, line) for the non-blank lines of a data file."""
     if not path.exists():
         raise TaskError(f"data file {path} does not exist (set --data-dir or DHRD_DATA_DIR)")
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            cols = line.rstrip("\n").split("\t")
-            if len(cols) != 3:
-                raise TaskError(f"{path}:{lineno}: expected 3 tab-separated columns, got {len(cols)}")
-            text, answer, rationale = (c.replace("\\n", "\n").strip() for c in cols)
-            yield lineno, {"input": text, "answer": answer, "rationale": rationale}
+            if line.strip():
+                yield lineno, line
+
+
+def read_flan_tsv(path: Path) -> Iterable[tuple[int, dict]]:
+    """FLAN v2 CoT files: `input<TAB>answer<TAB>rationale`, newlines escaped as a literal backslash-n."""
+    for lineno, line in _lines(path):
+        cols = line.rstrip("\n").split("\t")
+        if len(cols) != 3:
+            raise TaskError(f"{path}:{lineno}: expected 3 tab-separated columns, got {len(cols)}")
+        text, answer, rationale = (c.replace("\\n", "\n").strip() for c in cols)
+        yield lineno, {"input": text, "answer": answer, "rationale": rationale}
 
 
 def read_records(path: Path, part: str | None = None) -> Iterable[tuple[int, dict]]:
@@ -62,19 +67,14 @@ def read_records(path: Path, part: str | None = None) -> Iterable[tuple[int, dic
 
 def read_jsonl(path: Path) -> Iterable[tuple[int, dict]]:
     """(line number, record) pairs; a bad line raises TaskError naming file and line."""
-    if not path.exists():
-        raise TaskError(f"data file {path} does not exist (set --data-dir or DHRD_DATA_DIR)")
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TaskError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from exc
-            if not isinstance(record, dict):
-                raise TaskError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            yield lineno, record
+    for lineno, line in _lines(path):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TaskError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from exc
+        if not isinstance(record, dict):
+            raise TaskError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+        yield lineno, record
 
 
 def load_examples(task: Task, split: str, data_dir: Path | None = None, limit: int | None = None) -> list[Example]:
