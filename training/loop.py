@@ -251,6 +251,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     out = runner(**batch)
                 (out.loss / cfg.grad_accum).backward()
             _accumulate(window, out, batch)
+            state["tokens"] += int(batch["attention_mask"].sum())
             if not boundary:
                 continue
             if cfg.clip > 0:
@@ -259,7 +260,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state["step"] += 1
-            state["tokens"] += window["tokens"]
             if state["step"] % cfg.log_every == 0 or state["step"] == total_steps:
                 _log_step(log, bar, window, state, scheduler, d)
             if d.main and state["step"] % cfg.save_every == 0:

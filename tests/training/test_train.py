@@ -211,3 +211,12 @@ def test_mlp_head_refuses_the_hf_layout(trained_run, tmp_path, capsys):
     assert main(["export", str(trained_run), "--out", str(tmp_path / "o"), "--hf-seqcls", str(tmp_path / "h")]) == 2
     assert "--head linear" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_token_count_does_not_depend_on_log_interval(tmp_path, tiny_backbone, cb_rationales):
+    counts = []
+    for every in ("1", "3"):
+        out = tmp_path / f"log{every}"
+        assert main(train_args(tiny_backbone, out, cb_rationales, "--max-steps", "6", "--log-every", every)) == 0
+        counts.append(json.loads((out / "summary.json").read_text())["tokens"])
+    assert counts[0] == counts[1] > 0
