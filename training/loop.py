@@ -29,6 +29,8 @@ from .tasks import Task, TaskError, get_task
 CHECKPOINT = "checkpoints/last.pt"
 BEST_DIR = "best"
 TRAINABLE_FILE = "trainable.safetensors"
+# Flags that may differ between a run and its --resume (they do not change what is computed).
+RESUMABLE_CHANGES = ("resume", "progress", "threads", "log_every", "save_every")
 
 
 # --- setup -----------------------------------------------------------------------------------
@@ -294,8 +296,10 @@ def _prepare_run_dir(run_dir: Path, cfg: TrainConfig) -> None:
     if config_path.exists() and not cfg.resume and (run_dir / CHECKPOINT).exists():
         raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     if cfg.resume and config_path.exists():
-        old = {k: v for k, v in json.loads(config_path.read_text()).items() if k not in ("resume", "progress")}
-        new = {k: v for k, v in cfg.to_dict().items() if k not in ("resume", "progress")}
+        # Normalised through TrainConfig so fields added since the run started take their defaults.
+        saved = TrainConfig.from_dict(json.loads(config_path.read_text())).to_dict()
+        old = {k: v for k, v in saved.items() if k not in RESUMABLE_CHANGES}
+        new = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES}
         changed = sorted(k for k in new if old.get(k) != new[k])
         if changed:
             raise ValueError(f"--resume with a different config: {changed}; resume with the same flags")
