@@ -252,8 +252,8 @@ class OpenAITeacher:
         for retry in range(self.max_retries + 1):
             try:
                 response = self.client.post(f"{self.base_url}/chat/completions", json=body)
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
-                wait, reason = self._backoff(retry), f"{type(exc).__name__}"
+            except (httpx.TimeoutException, httpx.TransportError):
+                wait = self._backoff(retry)
             else:
                 if response.status_code == 200:
                     try:
@@ -263,7 +263,6 @@ class OpenAITeacher:
                 if response.status_code != 429 and response.status_code < 500:
                     raise TeacherError(f"{self.base_url}: HTTP {response.status_code}: {response.text[:300]}")
                 wait = retry_after(response.headers.get("retry-after")) or self._backoff(retry)
-                reason = f"HTTP {response.status_code}"
             if retry == self.max_retries:
                 break
             self.stats["retries"] += 1

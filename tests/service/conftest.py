@@ -5,10 +5,8 @@ import asyncio
 import threading
 import time
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import httpx
-import pytest
 
 from service.app import create_app
 from service.settings import Settings
