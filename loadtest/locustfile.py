@@ -10,6 +10,7 @@ Environment:
     DHRD_COT_MAX_NEW_TOKENS   max_new_tokens for CoT users (default 500, the paper's setting)
     DHRD_API_KEY        bearer token, when the service requires one
     DHRD_LOAD_INPUTS    a JSON file of inputs to send instead (e.g. texts cut to a fixed token length)
+    DHRD_LOAD_PACE      requests/s per ClassifyUser (default: none, closed loop: send as soon as answered)
 Run: locust -f loadtest/locustfile.py --host http://127.0.0.1:8000 ClassifyUser
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ import random
 import sys
 from pathlib import Path
 
-from locust import HttpUser, between, constant, task
+from locust import FastHttpUser, between, constant, constant_throughput, task
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -30,6 +31,7 @@ MODEL = os.environ.get("DHRD_LOAD_MODEL", "cb")
 TASK = get_task(os.environ.get("DHRD_LOAD_TASK", MODEL))
 BATCH = int(os.environ.get("DHRD_LOAD_BATCH", "1"))
 COT_TOKENS = int(os.environ.get("DHRD_COT_MAX_NEW_TOKENS", "500"))
+PACE = float(os.environ.get("DHRD_LOAD_PACE") or 0)
 HEADERS = {"Authorization": f"Bearer {os.environ['DHRD_API_KEY']}"} if os.environ.get("DHRD_API_KEY") else {}
 
 
@@ -51,10 +53,13 @@ INPUTS = (json.loads(Path(os.environ["DHRD_LOAD_INPUTS"]).read_text()) if os.env
           else load_inputs())
 
 
-class ClassifyUser(HttpUser):
-    """Closed-loop client of POST /classify: a new request as soon as the last one returns."""
+# FastHttpUser (geventhttpclient), not HttpUser (requests): several times less client CPU per request,
+# and on a 2-core machine the load generator shares the cores with the server it measures.
+class ClassifyUser(FastHttpUser):
+    """Client of POST /classify: closed loop (a new request as soon as the last one returns), or
+    paced at DHRD_LOAD_PACE requests/s per user to offer a fixed load."""
 
-    wait_time = constant(0)
+    wait_time = constant_throughput(PACE) if PACE else constant(0)
 
     @task
     def classify(self) -> None:
@@ -65,7 +70,7 @@ class ClassifyUser(HttpUser):
                 response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
 
 
-class InfinityUser(HttpUser):
+class InfinityUser(FastHttpUser):
     """The peer: infinity-emb's POST /classify on the HF-layout export of the same classifier.
     Sends pre-formatted text (infinity has no task templates), served as DHRD_PEER_MODEL."""
 
@@ -81,16 +86,17 @@ class InfinityUser(HttpUser):
                 response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
 
 
-class CotUser(HttpUser):
+class CotUser(FastHttpUser):
     """Client of POST /classify/cot with the paper's decoding settings (T=0.1, top_p=0.7)."""
 
     wait_time = between(0, 0.1)
+    network_timeout = 600.0  # one 500-token decode on a CPU takes tens of seconds
 
     @task
     def classify_cot(self) -> None:
         body = {"model": MODEL, "input": random.choice(INPUTS), "temperature": 0.1, "top_p": 0.7,
                 "max_new_tokens": COT_TOKENS}
         with self.client.post("/classify/cot", json=body, headers=HEADERS, name="/classify/cot",
-                              catch_response=True, timeout=600) as response:
+                              catch_response=True) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {response.text[:200]}")

@@ -40,27 +40,32 @@ class Scenario:
     env: dict[str, str] = field(default_factory=dict)
     note: str = ""
     peer: bool = False  # served by infinity-emb from --peer-hf instead of `dhrd serve`
+    half_load: bool = False  # after the sweep, an open-loop level at half the saturation rate
 
 
 PEER_BATCH = 32
+# The tuned knobs of scenario 1 (python -m loadtest.profile: ~1,024 padded tokens per pass is the CPU optimum).
+BATCHED_FLAGS = ["--max-batch-size", "32", "--max-batch-tokens", "1024", "--max-wait-ms", "5"]
 
 
 def scenarios(smoke: bool, cot_tokens: int, short_cot_tokens: int) -> list[Scenario]:
     sweep = [1, 4] if smoke else [1, 4, 16, 32, 64]
     cot_sweep = [1] if smoke else [1, 4, 8]
+    # CoT requests run for tens of seconds each: the 30 s default deadline would turn them into 504s.
+    cot = ["--cot", "--request-timeout-s", "900"]
     return [
-        Scenario("dhrd-batched", "ClassifyUser", ["--max-batch-size", "32", "--max-wait-ms", "5"], sweep,
-                 note="dynamic batching: max_batch_size 32, max_wait_ms 5, max_batch_tokens 8192"),
+        Scenario("dhrd-batched", "ClassifyUser", [*BATCHED_FLAGS], sweep, note="dynamic batching: " + " ".join(
+            BATCHED_FLAGS).replace("--", "").replace("-", "_"), half_load=True),
         Scenario("naive-unbatched", "ClassifyUser", ["--max-batch-size", "1", "--max-wait-ms", "0"], sweep,
                  note="same service, batch size 1"),
         Scenario("peer-infinity", "InfinityUser", [], sweep, {"DHRD_PEER_MODEL": "peer"},
                  note=f"infinity-emb 0.0.78, torch engine, bf16, batch size {PEER_BATCH}, HF-layout export", peer=True),
-        Scenario("cot-batched", "CotUser", ["--cot", "--cot-max-batch-size", "8", "--max-wait-ms", "20"], cot_sweep,
+        Scenario("cot-batched", "CotUser", [*cot, "--cot-max-batch-size", "8", "--max-wait-ms", "20"], cot_sweep,
                  {"DHRD_COT_MAX_NEW_TOKENS": str(cot_tokens)},
                  note=f"CoT decoding, batches of up to 8, T=0.1 top_p=0.7, <= {cot_tokens} new tokens"),
-        Scenario("cot-unbatched", "CotUser", ["--cot", "--cot-max-batch-size", "1"], cot_sweep[:2],
+        Scenario("cot-unbatched", "CotUser", [*cot, "--cot-max-batch-size", "1"], cot_sweep[:2],
                  {"DHRD_COT_MAX_NEW_TOKENS": str(cot_tokens)}, note=f"CoT, one sequence at a time, <= {cot_tokens}"),
-        Scenario("cot-short-unbatched", "CotUser", ["--cot", "--cot-max-batch-size", "1"], cot_sweep[:2],
+        Scenario("cot-short-unbatched", "CotUser", [*cot, "--cot-max-batch-size", "1"], cot_sweep[:2],
                  {"DHRD_COT_MAX_NEW_TOKENS": str(short_cot_tokens)},
                  note=f"CoT, one at a time, <= {short_cot_tokens} new tokens"),
     ]
@@ -132,19 +137,60 @@ def run_locust(port: int, user: str, users: int, seconds: int, env: dict, out_pr
             "mean_ms": float(row["Average Response Time"] or 0)}
 
 
-def scrape(port: int) -> dict:
-    """Mean batch size and generated tokens from the service's own metrics."""
+SCRAPED = ("dhrd_batch_size_sum", "dhrd_batch_size_count", "dhrd_cot_generated_tokens_total",
+           "dhrd_inference_duration_seconds_sum", "dhrd_queue_wait_seconds_sum", "dhrd_queue_wait_seconds_count",
+           "dhrd_request_duration_seconds_sum", "dhrd_request_duration_seconds_count")
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The service's own counters (summed over labels), read before and after each level."""
     from prometheus_client.parser import text_string_to_metric_families
 
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    values: dict[str, float] = {}
+    values = dict.fromkeys(SCRAPED, 0.0)
     for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name in ("dhrd_batch_size_sum", "dhrd_batch_size_count", "dhrd_cot_generated_tokens_total"):
-                values[s.name] = values.get(s.name, 0.0) + s.value
-    count = values.get("dhrd_batch_size_count", 0)
-    return {"mean_batch_size": round(values.get("dhrd_batch_size_sum", 0) / count, 2) if count else None,
-            "generated_tokens": values.get("dhrd_cot_generated_tokens_total")}
+        for sample in family.samples:
+            if sample.name in values:
+                values[sample.name] += sample.value
+    return values
+
+
+def server_side(before: dict[str, float], after: dict[str, float], seconds: float, requests: int) -> dict:
+    """Where the time went during one level, from the service's metrics: mean batch, the share of wall
+    time spent in forward passes, mean queue wait and handler time per request."""
+    d = {k: after[k] - before[k] for k in SCRAPED}
+
+    def ratio(num: str, den: str, scale: float = 1.0, digits: int = 2):
+        return round(scale * d[num] / d[den], digits) if d[den] else None
+
+    out = {"mean_batch_size": ratio("dhrd_batch_size_sum", "dhrd_batch_size_count"),
+           "forward_busy_percent": round(100 * d["dhrd_inference_duration_seconds_sum"] / seconds, 1),
+           "queue_wait_ms": ratio("dhrd_queue_wait_seconds_sum", "dhrd_queue_wait_seconds_count", 1000, 1),
+           "handler_ms": ratio("dhrd_request_duration_seconds_sum", "dhrd_request_duration_seconds_count", 1000, 1)}
+    if d["dhrd_cot_generated_tokens_total"] and requests:
+        out["mean_generated_tokens"] = round(d["dhrd_cot_generated_tokens_total"] / requests, 1)
+    return out
+
+
+def accuracy(port: int, task_name: str, model: str, path: str, limit: int | None, cot_tokens: int | None) -> dict:
+    """Accuracy of one endpoint on the served task's validation split (full-length inputs), sent in
+    requests of 8 so batching applies; CoT with the paper's decoding settings."""
+    from training.data import load_examples
+    from training.tasks import get_task
+
+    task = get_task(task_name)
+    examples = load_examples(task, "val")[:limit]
+    started, correct = time.perf_counter(), 0
+    for i in range(0, len(examples), 8):
+        chunk = examples[i:i + 8]
+        body: dict = {"model": model, "input": [e.fields for e in chunk], "truncate": True}
+        if cot_tokens:
+            body.update(temperature=0.1, top_p=0.7, max_new_tokens=cot_tokens, seed=0)
+        response = httpx.post(f"http://127.0.0.1:{port}{path}", json=body, timeout=900)
+        response.raise_for_status()
+        correct += sum(d["label"] == task.labels[e.label] for d, e in zip(response.json()["data"], chunk))
+    return {"examples": len(examples), "accuracy": round(correct / len(examples), 4),
+            "seconds": round(time.perf_counter() - started, 1)}
 
 
 def start_peer(hf_dir: Path, port: int, log: Path) -> subprocess.Popen:
@@ -158,30 +204,60 @@ def start_peer(hf_dir: Path, port: int, log: Path) -> subprocess.Popen:
 
 
 def measure(export: Path, model: str, scenario: Scenario, seconds: int, workdir: Path,
-            peer_hf: Path | None = None) -> dict:
+            peer_hf: Path | None = None, accuracy_limit: int | None = None) -> dict:
     port = free_port()
     log = workdir / f"{scenario.name}.log"
     server = start_peer(peer_hf, port, log) if scenario.peer else start_server(export, model, port,
                                                                                scenario.serve_flags, log)
+    result: dict = {**asdict(scenario)}
     try:
         levels = []
         for users in scenario.users:
-            before = scrape(port) if not scenario.peer else {"generated_tokens": None}
-            result = run_locust(port, scenario.user, users, seconds, scenario.env,
-                                workdir / f"{scenario.name}-{users}")
-            after = scrape(port) if not scenario.peer else {"generated_tokens": None, "mean_batch_size": None}
-            if after["generated_tokens"] is not None and result["requests"]:
-                result["mean_generated_tokens"] = round(
-                    (after["generated_tokens"] - (before["generated_tokens"] or 0)) / result["requests"], 1)
-            result["mean_batch_size"] = after["mean_batch_size"]
-            levels.append(result)
-            print(f"[loadtest] {scenario.name} users={users}: {result['qps']:.2f} req/s, "
-                  f"p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, failures {result['failures']}",
+            before = None if scenario.peer else scrape(port)
+            level = run_locust(port, scenario.user, users, seconds, scenario.env,
+                               workdir / f"{scenario.name}-{users}")
+            if before is not None:
+                level.update(server_side(before, scrape(port), seconds, level["requests"]))
+            levels.append(level)
+            print(f"[loadtest] {scenario.name} users={users}: {level['qps']:.2f} req/s, "
+                  f"p50 {level['p50_ms']:.0f} ms, p99 {level['p99_ms']:.0f} ms, failures {level['failures']}",
                   flush=True)
+        result.update(levels=levels, saturation_qps=max(level["qps"] for level in levels))
+        if scenario.half_load:
+            result["half_load"] = half_load(port, scenario, result["saturation_qps"], seconds, workdir)
+        if scenario.name in ACCURACY_OF:
+            path, tokens_env = ACCURACY_OF[scenario.name]
+            tokens = int(scenario.env[tokens_env]) if tokens_env else None
+            result["accuracy"] = accuracy(port, os.environ.get("DHRD_LOAD_TASK", model), model, path,
+                                          accuracy_limit, tokens)
+            print(f"[loadtest] {scenario.name} accuracy: {result['accuracy']}", flush=True)
     finally:
         server.terminate()
         server.wait(timeout=30)
-    return {**asdict(scenario), "levels": levels, "saturation_qps": max(level["qps"] for level in levels)}
+    return result
+
+
+HALF_LOAD_USERS = 16
+
+
+def half_load(port: int, scenario: Scenario, saturation: float, seconds: int, workdir: Path) -> dict:
+    """Latency at half the saturation rate, offered open-loop-like: HALF_LOAD_USERS users, each paced
+    to saturation / 2 / users requests per second (Locust's constant_throughput)."""
+    users = HALF_LOAD_USERS
+    pace = saturation / 2 / users
+    before = scrape(port)
+    level = run_locust(port, scenario.user, users, seconds, {**scenario.env, "DHRD_LOAD_PACE": f"{pace:.4f}"},
+                       workdir / f"{scenario.name}-half")
+    level.update(server_side(before, scrape(port), seconds, level["requests"]), target_qps=round(saturation / 2, 2))
+    print(f"[loadtest] {scenario.name} at half load ({level['target_qps']} req/s offered): {level['qps']:.2f} req/s, "
+          f"p50 {level['p50_ms']:.0f} ms, p99 {level['p99_ms']:.0f} ms", flush=True)
+    return level
+
+
+# Scenarios whose accuracy the report measures (endpoint, and the env var holding max_new_tokens); the
+# others serve the same model with the same decoding, so their accuracy is the same.
+ACCURACY_OF = {"dhrd-batched": ("/classify", None), "cot-batched": ("/classify/cot", "DHRD_COT_MAX_NEW_TOKENS"),
+               "cot-short-unbatched": ("/classify/cot", "DHRD_COT_MAX_NEW_TOKENS")}
 
 
 def machine() -> dict:
@@ -209,53 +285,104 @@ def derive(report: dict, tokens: int) -> dict:
     if row:
         out["roofline_qps_bf16"] = row["roofline_qps_bfloat16"]
         out["percent_of_bf16_roofline"] = {n: round(100 * q / row["roofline_qps_bfloat16"], 2) for n, q in sat.items()}
+    forward = report.get("forward_only")
+    if forward and base:
+        best = max(r["sequences_per_s"] for r in forward["forward"])
+        out["forward_only_best_seq_per_s"] = best
+        out["percent_of_forward_only"] = round(100 * base / best, 1)
     batched = next((s for s in report["scenarios"] if s["name"] == "dhrd-batched"), None)
-    if batched and base:
-        half = min(batched["levels"], key=lambda lv: abs(lv["qps"] - base / 2))
-        out["at_half_saturation"] = {"users": half["users"], "qps": half["qps"], "p50_ms": half["p50_ms"],
-                                     "p99_ms": half["p99_ms"],
-                                     "p99_over_p50": round(half["p99_ms"] / half["p50_ms"], 2) if half["p50_ms"] else None}
+    half = (batched or {}).get("half_load")
+    if half:
+        out["at_half_saturation"] = {k: half[k] for k in ("users", "target_qps", "qps", "p50_ms", "p99_ms")}
+        out["at_half_saturation"]["p99_over_p50"] = round(half["p99_ms"] / half["p50_ms"], 2) if half["p50_ms"] else None
+    peer = next((s for s in report["scenarios"] if s["name"] == "peer-infinity"), None)
+    if batched and peer:
+        theirs = {lv["users"]: lv for lv in peer["levels"]}
+        out["vs_peer_by_users"] = [
+            {"users": lv["users"], "qps_ratio": round(lv["qps"] / theirs[lv["users"]]["qps"], 2),
+             "p99_ms": lv["p99_ms"], "peer_p99_ms": theirs[lv["users"]]["p99_ms"]}
+            for lv in batched["levels"] if lv["users"] in theirs and theirs[lv["users"]]["qps"] > 0]
     return out
 
 
 def markdown(report: dict) -> str:
-    lines = ["| scenario | users | req/s | p50 ms | p95 ms | p99 ms | failures | mean batch | gen. tokens/req |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| scenario | users | req/s | p50 ms | p95 ms | p99 ms | failures | mean batch | forward busy % | "
+             "queue wait ms | handler ms | gen. tokens/req |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in report["scenarios"]:
-        for lv in s["levels"]:
+        half = [{**s["half_load"], "users": f"{s['half_load']['users']} paced to {s['half_load']['target_qps']}/s"}
+                ] if s.get("half_load") else []
+        for lv in s["levels"] + half:
             lines.append(f"| {s['name']} | {lv['users']} | {lv['qps']:.2f} | {lv['p50_ms']:.0f} | {lv['p95_ms']:.0f} | "
-                         f"{lv['p99_ms']:.0f} | {lv['failures']} | {lv.get('mean_batch_size')} | "
-                         f"{lv.get('mean_generated_tokens', '')} |")
+                         f"{lv['p99_ms']:.0f} | {lv['failures']} | {_cell(lv.get('mean_batch_size'))} | "
+                         f"{_cell(lv.get('forward_busy_percent'))} | {_cell(lv.get('queue_wait_ms'))} | "
+                         f"{_cell(lv.get('handler_ms'))} | {_cell(lv.get('mean_generated_tokens'))} |")
+    accuracy = [(s["name"], s["accuracy"]) for s in report["scenarios"] if "accuracy" in s]
+    if accuracy:
+        lines += ["", "| endpoint (scenario) | validation examples | accuracy | saturation req/s |", "|---|---|---|---|"]
+        sat = report.get("summary", {}).get("saturation_qps", {})
+        lines += [f"| {name} | {a['examples']} | {a['accuracy']:.3f} | {sat.get(name, 0):.2f} |" for name, a in accuracy]
     lines += ["", "```json", json.dumps(report.get("summary", {}), indent=2), "```"]
     return "\n".join(lines)
 
 
+def _cell(value) -> str:
+    return "" if value is None else str(value)
+
+
 def plots(report: dict, stem: Path) -> list[Path]:
-    """QPS and p50/p95/p99 against concurrency, per scenario (log scales: CoT is orders slower)."""
+    """QPS and p50/p99 against concurrency per scenario (log scales: CoT is orders slower), and one
+    accuracy-vs-QPS point per endpoint whose accuracy was measured."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_qps, ax_lat) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax_qps, ax_lat, ax_acc) = plt.subplots(1, 3, figsize=(17, 4.8))
     for s in report["scenarios"]:
         users = [lv["users"] for lv in s["levels"]]
         ax_qps.plot(users, [max(lv["qps"], 1e-3) for lv in s["levels"]], marker="o", label=s["name"])
         for q, style in (("p50_ms", "-"), ("p99_ms", ":")):
             ax_lat.plot(users, [max(lv[q], 1e-1) for lv in s["levels"]], style, marker=".",
                         label=f"{s['name']} {q[:3]}")
+        if "accuracy" in s:
+            ax_acc.scatter(max(s["saturation_qps"], 1e-3), s["accuracy"]["accuracy"], s=50)
+            ax_acc.annotate(s["name"], (max(s["saturation_qps"], 1e-3), s["accuracy"]["accuracy"]), fontsize=8,
+                            textcoords="offset points", xytext=(5, 5))
     for ax, title in ((ax_qps, "requests/s"), (ax_lat, "latency (ms): p50 solid, p99 dotted")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("concurrent users")
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
+    ax_acc.set_xscale("log")
+    ax_acc.set_xlabel("saturation requests/s")
+    ax_acc.set_ylabel("validation accuracy")
+    ax_acc.set_title("accuracy vs throughput")
+    ax_acc.grid(True, which="both", alpha=0.3)
     ax_qps.legend(fontsize=7)
     fig.tight_layout()
     path = stem.with_suffix(".png")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return [path]
+
+
+BLOCK_START, BLOCK_END = "<!-- measured:start (loadtest/run.py writes this block) -->", "<!-- measured:end -->"
+
+
+def update_block(path: Path, report: dict, plot: Path) -> None:
+    """Replace the block between the markers (the prose around it is written by people)."""
+    text = path.read_text() if path.exists() else f"{BLOCK_START}\n{BLOCK_END}\n"
+    if BLOCK_START not in text or BLOCK_END not in text:
+        raise SystemExit(f"{path}: no measured block ({BLOCK_START} ... {BLOCK_END}) to update")
+    m = report["machine"]
+    header = (f"Measured {report['date']} on {m['cpu']} ({m['cores']} cores), commit `{report['commit']}`, "
+              f"inputs of {report['tokens']} tokens, export `{report['export']}`.\n"
+              f"Command: `{report['command']}`. Raw data: `{os.path.relpath(plot.with_suffix('.json'), path.resolve().parent)}`.\n\n"
+              f"![QPS, latency and accuracy against load]({os.path.relpath(plot, path.resolve().parent)})\n\n")
+    before, rest = text.split(BLOCK_START, 1)
+    after = rest.split(BLOCK_END, 1)[1]
+    path.write_text(f"{before}{BLOCK_START}\n{header}{markdown(report)}\n{BLOCK_END}{after}")
 
 
 def main() -> int:
@@ -272,10 +399,14 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sweep, 3 s per level, 8 CoT tokens")
     parser.add_argument("--tokens", type=int, default=64,
                         help="cut every input to exactly this many tokens (0: the real validation texts, mixed lengths)")
+    parser.add_argument("--accuracy-limit", type=int, default=None,
+                        help="validation examples for the accuracy points (default: the whole split)")
     parser.add_argument("--out", type=Path, default=REPO / "loadtest" / "results")
+    parser.add_argument("--benchmarks", type=Path, default=None,
+                        help="also rewrite the measured block of this markdown file (BENCHMARKS.md)")
     args = parser.parse_args()
     if args.smoke:
-        args.seconds, args.cot_tokens, args.short_cot_tokens = 3, 8, 4
+        args.seconds, args.cot_tokens, args.short_cot_tokens, args.accuracy_limit = 3, 8, 4, 8
     chosen = [s for s in scenarios(args.smoke, args.cot_tokens, args.short_cot_tokens)
               if (args.only is None or s.name in args.only) and (args.peer_hf is not None or not s.peer)]
     skipped = [] if args.peer_hf else ["peer-infinity: no --peer-hf export given (needs a --head linear model "
@@ -284,8 +415,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="dhrd-load-") as tmp:
         if args.tokens:
             os.environ["DHRD_LOAD_INPUTS"] = str(fixed_length_inputs(args.export, args.tokens, Path(tmp) / "in.json"))
-        results = [measure(args.export.resolve(), args.model, s, args.seconds, Path(tmp), args.peer_hf)
-                   for s in chosen]
+        results = [measure(args.export.resolve(), args.model, s, args.seconds, Path(tmp), args.peer_hf,
+                           args.accuracy_limit) for s in chosen]
+    from .profile import profile
     from .roofline import roofline
 
     report = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": commit(), "machine": machine(),
@@ -293,13 +425,18 @@ def main() -> int:
               "export": str(args.export), "scenarios": results, "skipped": skipped,
               "tokens": args.tokens or "validation texts (mixed lengths)",
               "roofline": roofline(args.export, sorted({args.tokens or 64, 64, 128}),
-                                   seconds=0.5 if args.smoke else 3.0)}
+                                   seconds=0.5 if args.smoke else 3.0),
+              # forward passes alone, no HTTP and no client: the ceiling the service's overheads come off
+              "forward_only": profile(args.export, args.tokens or 64, [1, 8, 16, 32],
+                                      seconds=0.3 if args.smoke else 3.0)}
     report["summary"] = derive(report, args.tokens or 64)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"{time.strftime('%Y-%m-%d')}-{platform.node() or 'machine'}{'-smoke' if args.smoke else ''}"
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / f"{stem}.md").write_text(markdown(report) + "\n")
     plots(report, args.out / stem)
+    if args.benchmarks:
+        update_block(args.benchmarks, report, args.out / f"{stem}.png")
     print(markdown(report))
     print(f"wrote {args.out / stem}.json and .md")
     return 0

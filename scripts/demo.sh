@@ -19,6 +19,7 @@ if [ ! -f "$EXPORT/manifest.json" ]; then
   $DHRD evaluate "$RUN" --split val
   $DHRD export "$RUN" --out "$EXPORT"
 fi
+[ "${DHRD_DEMO_SERVE:-1}" = 0 ] && exit 0  # scripts/benchmark.sh: build the export only
 echo "serving $EXPORT as model 'cb'; try:"
 echo "  curl -s -X POST http://127.0.0.1:${DHRD_PORT:-8000}/classify -H 'content-type: application/json' \\"
 echo "    -d '{\"model\": \"cb\", \"input\": {\"premise\": \"It rained all day.\", \"hypothesis\": \"The ground got wet.\"}}'"

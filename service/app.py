@@ -66,17 +66,7 @@ def create_app(settings: Settings, runners: dict[str, ModelRunner] | None = None
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        path = request.url.path if request.url.path in TRACKED_PATHS else "other"
-        state: AppState | None = getattr(request.app.state, "dhrd", None)
-        if state is not None and path not in ("/metrics", "/health"):
-            model = getattr(request.state, "model", "-")
-            state.metrics.requests.labels(path, model, str(response.status_code)).inc()
-            state.metrics.request_duration.labels(path, model).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(Observe)  # type: ignore[arg-type]
 
     @app.get("/health", summary="Liveness: the process is up")
     async def health() -> dict[str, str]:
@@ -210,6 +200,42 @@ def _card(name: str, served: ServedModel) -> schemas.ModelCard:
     return schemas.ModelCard(id=name, task=m.task, labels=list(m.labels), fields=list(served.runner.task.fields),
                              max_length=m.max_length, pooling=m.pooling, base_model=m.base_model.get("name"),
                              contract_version=m.contract_version, metrics=m.metrics)
+
+
+class Observe:
+    """Pure ASGI middleware: count requests and time them, by path, model and status. (Starlette's
+    `@app.middleware("http")` wraps every response in an extra task and stream: measurable CPU per request.)"""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = 500  # what the client sees if the app raises before answering
+
+        async def send_and_record(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            self._record(scope, status, time.perf_counter() - started)
+
+    @staticmethod
+    def _record(scope, status: int, seconds: float) -> None:
+        path = scope["path"] if scope["path"] in TRACKED_PATHS else "other"
+        app_state = getattr(scope.get("app"), "state", None)
+        state: AppState | None = getattr(app_state, "dhrd", None)
+        if state is None or path in ("/metrics", "/health"):
+            return
+        model = (scope.get("state") or {}).get("model", "-")
+        state.metrics.requests.labels(path, model, str(status)).inc()
+        state.metrics.request_duration.labels(path, model).observe(seconds)
 
 
 class BodyLimit:

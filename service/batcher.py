@@ -24,7 +24,7 @@ PredictFn = Callable[[Sequence[Sized]], list[Any]]
 @dataclass
 class BatchConfig:
     max_batch_size: int = 32
-    max_batch_tokens: int = 8192
+    max_batch_tokens: int = 1024
     max_wait_ms: float = 5.0
     max_queue: int = 512
 

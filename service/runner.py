@@ -25,21 +25,25 @@ class Encoded:
 class ModelRunner:
     """One served classifier: backbone + pooled head from an export (never an LM head)."""
 
-    def __init__(self, name: str, loaded: LoadedModel, device: str = "cpu"):
+    def __init__(self, name: str, loaded: LoadedModel, device: str = "cpu", compile: bool = False):
         self.name = name
         self.loaded = loaded
         self.manifest = loaded.manifest
         self.task = loaded.task
         self.tokenizer = loaded.tokenizer
         self.model = loaded.model
+        self.compiled = compile
+        if compile:
+            self.model = compiled(self.model)
         self.device = torch.device(device)
         self.pad_id = self.tokenizer.pad_token_id
         self.dtype = next(self.model.parameters()).dtype
 
     @classmethod
     def from_export(cls, name: str, path: Path, dtype: str = "bfloat16", device: str = "cpu",
-                    verify_hashes: bool = True) -> "ModelRunner":
-        return cls(name, load_export(path, dtype=DTYPES[dtype], device=device, verify_hashes=verify_hashes), device)
+                    verify_hashes: bool = True, compile: bool = False) -> "ModelRunner":
+        return cls(name, load_export(path, dtype=DTYPES[dtype], device=device, verify_hashes=verify_hashes), device,
+                   compile)
 
     @property
     def labels(self) -> list[str]:
@@ -78,7 +82,18 @@ class ModelRunner:
         return logits.float().softmax(-1).cpu().tolist()
 
     def warmup(self) -> None:
-        """One tiny and one long-ish forward pass so first requests do not pay allocation costs."""
+        """One tiny and one long-ish forward pass so first requests do not pay allocation (or, compiled,
+        compilation: batch 1 and batch > 1 are separate graphs) costs."""
         probe = self.tokenizer("warm up")["input_ids"]
         self.predict([probe])
         self.predict([probe * 16] * 4)
+
+
+def compiled(model: torch.nn.Module) -> torch.nn.Module:
+    """`torch.compile` for inference: inductor fuses the elementwise ops (norms, rotary, SiLU) that
+    are a third of a 576-wide model's CPU time, and freezing folds the weights in as constants so
+    oneDNN can prepack them. Dynamic shapes: one graph serves every (batch, length)."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True  # process-wide; only compiled graphs read it
+    return torch.compile(model, dynamic=True)

@@ -55,7 +55,7 @@ class AppState:
             for name, path in s.models.items():
                 if name not in runners:
                     runners[name] = await asyncio.to_thread(
-                        ModelRunner.from_export, name, path, s.dtype, s.device, s.verify_hashes)
+                        ModelRunner.from_export, name, path, s.dtype, s.device, s.verify_hashes, s.compile)
             for name, runner in runners.items():
                 await asyncio.get_running_loop().run_in_executor(self.executor, runner.warmup)
                 self._add(name, runner)

@@ -13,9 +13,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_smoke_run_writes_json_markdown_and_plot(tiny_export, tmp_path):
+    benchmarks = tmp_path / "BENCHMARKS.md"
+    benchmarks.write_text("# prose kept\n<!-- measured:start (loadtest/run.py writes this block) -->\nold\n"
+                          "<!-- measured:end -->\nmore prose\n")
     proc = subprocess.run([sys.executable, "-m", "loadtest.run", "--export", str(tiny_export), "--smoke",
                            "--only", "dhrd-batched", "naive-unbatched", "cot-batched", "--tokens", "16",
-                           "--out", str(tmp_path)],
+                           "--out", str(tmp_path), "--benchmarks", str(benchmarks)],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(next(tmp_path.glob("*-smoke.json")).read_text())
@@ -30,6 +33,22 @@ def test_smoke_run_writes_json_markdown_and_plot(tiny_export, tmp_path):
     summary = report["summary"]
     assert set(summary["ratio_classify_to"]) == {"naive-unbatched", "cot-batched"}
     assert summary["percent_of_bf16_roofline"]["dhrd-batched"] >= 0  # tiny model: far below its roofline
+    # where the time goes: the service's own metrics per level, and forward passes alone
+    level = report["scenarios"][0]["levels"][-1]
+    assert 0 < level["forward_busy_percent"] <= 100 and level["handler_ms"] > 0 and level["mean_batch_size"] >= 1
+    assert [r["batch"] for r in report["forward_only"]["forward"]] == [1, 8, 16, 32]
+    assert summary["percent_of_forward_only"] > 0
+    # an accuracy point per measured endpoint, on labelled validation examples
+    for s in (report["scenarios"][0], report["scenarios"][2]):
+        assert s["accuracy"]["examples"] == 8 and 0 <= s["accuracy"]["accuracy"] <= 1
+    half = report["scenarios"][0]["half_load"]
+    assert half["requests"] > 0 and half["failures"] == 0
+    assert half["target_qps"] == round(report["scenarios"][0]["saturation_qps"] / 2, 2)
+    assert summary["at_half_saturation"]["p99_over_p50"] > 0
+    # the report's measured block is replaced, the prose around it kept
+    text = benchmarks.read_text()
+    assert text.startswith("# prose kept\n") and text.endswith("more prose\n") and "\nold\n" not in text
+    assert "| dhrd-batched | 4 |" in text and "-smoke.png)" in text
 
 
 @pytest.mark.slow
