@@ -16,5 +16,5 @@ gen --task cb --out $OUT/cb.train.jsonl
 gen --task rte --out $OUT/rte.train.jsonl
 gen --task boolq --out $OUT/boolq.train.jsonl      # all 2,300 rows of train_from_val.jsonl
 gen --task wic --sample 2000 --seed 0 --out $OUT/wic.train.jsonl          # documented subset
-gen --task multirc --sample 2000 --seed 0 --out $OUT/multirc.train.jsonl  # documented subset (answers)
+gen --task multirc --sample 2001 --seed 0 --out $OUT/multirc.train.jsonl  # documented subset: 2,000 rows (DATA.md)
 for f in $OUT/*.jsonl; do echo "$f: $(wc -l < "$f") rows"; done
