@@ -37,7 +37,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def serve(args: argparse.Namespace) -> None:
-    import torch
     import uvicorn
 
     from .app import create_app
@@ -50,8 +49,6 @@ def serve(args: argparse.Namespace) -> None:
         manifest = read_manifest(path)
         if settings.verify_hashes:
             check_files(path, manifest)
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
                 timeout_graceful_shutdown=10)

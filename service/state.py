@@ -30,7 +30,10 @@ class AppState:
     models: dict[str, ServedModel] = field(default_factory=dict)
     ready: bool = False
     load_error: str | None = None
-    # One worker thread runs every forward pass: two at once would only fight over the cores.
+    # One worker thread runs all torch work (loading, warm-up, every forward pass): two forward passes
+    # at once would only fight over the cores, and on CPU each thread that runs torch ops gets an
+    # OpenMP team of its own; with a second team alive the forward ran ~20 % slower here
+    # (python -m loadtest.profile vs the service, BENCHMARKS.md).
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="dhrd-fwd"))
 
     def model(self, name: str) -> ServedModel:
@@ -50,17 +53,23 @@ class AppState:
     async def load(self, runners: dict[str, ModelRunner] | None = None) -> None:
         """Load (unless given), warm up and start batching for every model; then mark ready."""
         s = self.settings
+        loop = asyncio.get_running_loop()
         try:
+            if s.threads:  # OpenMP thread counts are per calling thread: set it where torch runs
+                import torch
+
+                await loop.run_in_executor(self.executor, torch.set_num_threads, s.threads)
             runners = dict(runners or {})
             for name, path in s.models.items():
                 if name not in runners:
-                    runners[name] = await asyncio.to_thread(
-                        ModelRunner.from_export, name, path, s.dtype, s.device, s.verify_hashes, s.compile)
+                    runners[name] = await loop.run_in_executor(
+                        self.executor, ModelRunner.from_export, name, path, s.dtype, s.device, s.verify_hashes,
+                        s.compile)
             for name, runner in runners.items():
-                await asyncio.get_running_loop().run_in_executor(self.executor, runner.warmup)
+                await loop.run_in_executor(self.executor, runner.warmup)
                 self._add(name, runner)
             if s.cot:
-                for name, cot in (await asyncio.to_thread(self._load_cot)).items():
+                for name, cot in (await loop.run_in_executor(self.executor, self._load_cot)).items():
                     self._add_cot(name, cot)
         except Exception as exc:  # reported by /ready; the process stays up to say why
             self.load_error = f"loading failed: {exc}"
