@@ -2,7 +2,7 @@
 readiness, run Locust headless over a sweep of concurrency levels, collect its CSV stats, stop
 everything, and write `loadtest/results/<date>-<machine>.json` plus a markdown table and PNG plots.
 
-    .venv/bin/python -m loadtest.run --export exports/cb                 # full report (~25 min here)
+    scripts/benchmark.sh                                                   # full report (~25 min here)
     .venv/bin/python -m loadtest.run --export exports/cb --smoke         # seconds: keeps the runner honest
 
 Scenarios (same machine, same model, one run): DHRD /classify with dynamic batching; the same
@@ -41,6 +41,7 @@ class Scenario:
     note: str = ""
     peer: bool = False  # served by infinity-emb from --peer-hf instead of `dhrd serve`
     half_load: bool = False  # after the sweep, an open-loop level at half the saturation rate
+    slow: bool = False  # CoT: each request takes seconds, so each level runs twice as long
 
 
 PEER_BATCH = 32  # infinity's --batch-size: 16 and 32 measured alike here (27.6 vs 28.7 req/s, 32 users)
@@ -62,12 +63,14 @@ def scenarios(smoke: bool, cot_tokens: int, short_cot_tokens: int) -> list[Scena
                  note=f"infinity-emb 0.0.78, torch engine, bf16, batch size {PEER_BATCH}, HF-layout export", peer=True),
         Scenario("cot-batched", "CotUser", [*cot, "--cot-max-batch-size", "8", "--max-wait-ms", "20"], cot_sweep,
                  {"DHRD_COT_MAX_NEW_TOKENS": str(cot_tokens)},
-                 note=f"CoT decoding, batches of up to 8, T=0.1 top_p=0.7, <= {cot_tokens} new tokens"),
-        Scenario("cot-unbatched", "CotUser", [*cot, "--cot-max-batch-size", "1"], cot_sweep[:2],
-                 {"DHRD_COT_MAX_NEW_TOKENS": str(cot_tokens)}, note=f"CoT, one sequence at a time, <= {cot_tokens}"),
-        Scenario("cot-short-unbatched", "CotUser", [*cot, "--cot-max-batch-size", "1"], cot_sweep[:2],
+                 note=f"CoT decoding, batches of up to 8, T=0.1 top_p=0.7, <= {cot_tokens} new tokens", slow=True),
+        # One user: with batch size 1 more users only queue.
+        Scenario("cot-unbatched", "CotUser", [*cot, "--cot-max-batch-size", "1"], [1],
+                 {"DHRD_COT_MAX_NEW_TOKENS": str(cot_tokens)}, note=f"CoT, one sequence at a time, <= {cot_tokens}",
+                 slow=True),
+        Scenario("cot-short-unbatched", "CotUser", [*cot, "--cot-max-batch-size", "1"], [1],
                  {"DHRD_COT_MAX_NEW_TOKENS": str(short_cot_tokens)},
-                 note=f"CoT, one at a time, <= {short_cot_tokens} new tokens"),
+                 note=f"CoT, one at a time, <= {short_cot_tokens} new tokens", slow=True),
     ]
 
 
@@ -214,10 +217,11 @@ def measure(export: Path, model: str, scenario: Scenario, seconds: int, workdir:
         levels = []
         for users in scenario.users:
             before = None if scenario.peer else scrape(port)
-            level = run_locust(port, scenario.user, users, seconds, scenario.env,
+            run_seconds = seconds * (2 if scenario.slow else 1)
+            level = run_locust(port, scenario.user, users, run_seconds, scenario.env,
                                workdir / f"{scenario.name}-{users}")
             if before is not None:
-                level.update(server_side(before, scrape(port), seconds, level["requests"]))
+                level.update(server_side(before, scrape(port), run_seconds, level["requests"]))
             levels.append(level)
             print(f"[loadtest] {scenario.name} users={users}: {level['qps']:.2f} req/s, "
                   f"p50 {level['p50_ms']:.0f} ms, p99 {level['p99_ms']:.0f} ms, failures {level['failures']}",
