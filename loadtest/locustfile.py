@@ -8,6 +8,7 @@ Environment:
     DHRD_DATA_DIR       data root (default ../shared/data beside the repository)
     DHRD_LOAD_BATCH     inputs per /classify request (default 1)
     DHRD_COT_MAX_NEW_TOKENS   max_new_tokens for CoT users (default 500, the paper's setting)
+    DHRD_COT_MIN_NEW_TOKENS   min_new_tokens for CoT users (default 0: stop at the model's end of text)
     DHRD_API_KEY        bearer token, when the service requires one
     DHRD_LOAD_INPUTS    a JSON file of inputs to send instead (e.g. texts cut to a fixed token length)
     DHRD_LOAD_PACE      requests/s per ClassifyUser (default: none, closed loop: send as soon as answered)
@@ -31,6 +32,7 @@ MODEL = os.environ.get("DHRD_LOAD_MODEL", "cb")
 TASK = get_task(os.environ.get("DHRD_LOAD_TASK", MODEL))
 BATCH = int(os.environ.get("DHRD_LOAD_BATCH", "1"))
 COT_TOKENS = int(os.environ.get("DHRD_COT_MAX_NEW_TOKENS", "500"))
+COT_MIN_TOKENS = int(os.environ.get("DHRD_COT_MIN_NEW_TOKENS", "0"))
 PACE = float(os.environ.get("DHRD_LOAD_PACE") or 0)
 HEADERS = {"Authorization": f"Bearer {os.environ['DHRD_API_KEY']}"} if os.environ.get("DHRD_API_KEY") else {}
 
@@ -95,7 +97,7 @@ class CotUser(FastHttpUser):
     @task
     def classify_cot(self) -> None:
         body = {"model": MODEL, "input": random.choice(INPUTS), "temperature": 0.1, "top_p": 0.7,
-                "max_new_tokens": COT_TOKENS}
+                "max_new_tokens": COT_TOKENS, "min_new_tokens": COT_MIN_TOKENS}
         with self.client.post("/classify/cot", json=body, headers=HEADERS, name="/classify/cot",
                               catch_response=True) as response:
             if response.status_code != 200:

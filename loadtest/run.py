@@ -42,6 +42,7 @@ class Scenario:
     peer: bool = False  # served by infinity-emb from --peer-hf instead of `dhrd serve`
     half_load: bool = False  # after the sweep, an open-loop level at half the saturation rate
     slow: bool = False  # CoT: each request takes seconds, so each level runs twice as long
+    optional: bool = False  # run only when named in --only
 
 
 PEER_BATCH = 32  # infinity's --batch-size: 16 and 32 measured alike here (27.6 vs 28.7 req/s, 32 users)
@@ -50,13 +51,16 @@ BATCHED_FLAGS = ["--max-batch-size", "32", "--max-batch-tokens", "1024", "--max-
 
 
 def scenarios(smoke: bool, cot_tokens: int, short_cot_tokens: int) -> list[Scenario]:
-    sweep = [1, 4] if smoke else [1, 4, 16, 32, 64]
-    cot_sweep = [1] if smoke else [1, 4, 8]
+    sweep = [1, 4] if smoke else [1, 4, 16, 32, 64, 128]
+    cot_sweep = [1] if smoke else [1, 8]
     # CoT requests run for tens of seconds each: the 30 s default deadline would turn them into 504s.
     cot = ["--cot", "--request-timeout-s", "900"]
     return [
         Scenario("dhrd-batched", "ClassifyUser", [*BATCHED_FLAGS], sweep, note="dynamic batching: " + " ".join(
             BATCHED_FLAGS).replace("--", "").replace("-", "_"), half_load=True),
+        # `dhrd serve --compile`: ~2.5 min of compilation at start-up, so not in the default run.
+        Scenario("dhrd-compiled", "ClassifyUser", [*BATCHED_FLAGS, "--compile"], sweep[2:] or sweep,
+                 note="as dhrd-batched, with --compile", optional=True),
         Scenario("naive-unbatched", "ClassifyUser", ["--max-batch-size", "1", "--max-wait-ms", "0"], sweep,
                  note="same service, batch size 1"),
         Scenario("peer-infinity", "InfinityUser", [], sweep, {"DHRD_PEER_MODEL": "peer"},
@@ -71,6 +75,14 @@ def scenarios(smoke: bool, cot_tokens: int, short_cot_tokens: int) -> list[Scena
         Scenario("cot-short-unbatched", "CotUser", [*cot, "--cot-max-batch-size", "1"], [1],
                  {"DHRD_COT_MAX_NEW_TOKENS": str(short_cot_tokens)},
                  note=f"CoT, one at a time, <= {short_cot_tokens} new tokens", slow=True),
+        # The paper's CoT length regime: its 3-8B models write long rationales, our 135M one stops early;
+        # forcing exactly cot_tokens new tokens (min = max) measures what that length costs here.
+        Scenario("cot-forced-batched", "CotUser", [*cot, "--cot-max-batch-size", "8", "--max-wait-ms", "20"],
+                 cot_sweep[-1:], {"DHRD_COT_MAX_NEW_TOKENS": str(cot_tokens), "DHRD_COT_MIN_NEW_TOKENS": str(cot_tokens)},
+                 note=f"CoT, batches of up to 8, exactly {cot_tokens} new tokens", slow=True),
+        Scenario("cot-forced-unbatched", "CotUser", [*cot, "--cot-max-batch-size", "1"], [1],
+                 {"DHRD_COT_MAX_NEW_TOKENS": str(cot_tokens), "DHRD_COT_MIN_NEW_TOKENS": str(cot_tokens)},
+                 note=f"CoT, one at a time, exactly {cot_tokens} new tokens", slow=True),
     ]
 
 
@@ -123,7 +135,7 @@ def spawn_until_ready(cmd: list[str], probe_url: str, log: Path, timeout: float 
 def start_server(export: Path, model: str, port: int, flags: list[str], log: Path) -> subprocess.Popen:
     cmd = [str(BIN / "dhrd"), "serve", "--model", f"{model}={export}", "--port", str(port), *flags,
            "--log-level", "warning"]
-    return spawn_until_ready(cmd, f"http://127.0.0.1:{port}/ready", log)
+    return spawn_until_ready(cmd, f"http://127.0.0.1:{port}/ready", log, timeout=900)  # --compile: minutes
 
 
 def run_locust(port: int, user: str, users: int, seconds: int, env: dict, out_prefix: Path) -> dict:
@@ -393,7 +405,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--export", type=Path, required=True)
     parser.add_argument("--model", default="cb", help="served name; the locustfile's task (DHRD_LOAD_TASK) too")
-    parser.add_argument("--seconds", type=int, default=40, help="Locust run time per concurrency level")
+    parser.add_argument("--seconds", type=int, default=30,
+                        help="Locust run time per concurrency level (CoT levels: twice this)")
     parser.add_argument("--cot-tokens", type=int, default=500)
     parser.add_argument("--short-cot-tokens", type=int, default=64)
     parser.add_argument("--only", nargs="*", default=None, help="scenario names to run")
@@ -412,7 +425,8 @@ def main() -> int:
     if args.smoke:
         args.seconds, args.cot_tokens, args.short_cot_tokens, args.accuracy_limit = 3, 8, 4, 8
     chosen = [s for s in scenarios(args.smoke, args.cot_tokens, args.short_cot_tokens)
-              if (args.only is None or s.name in args.only) and (args.peer_hf is not None or not s.peer)]
+              if (s.name in (args.only or []) or (args.only is None and not s.optional))
+              and (args.peer_hf is not None or not s.peer)]
     skipped = [] if args.peer_hf else ["peer-infinity: no --peer-hf export given (needs a --head linear model "
                                        "exported with --hf-seqcls, and loadtest/setup_peer.sh)"]
     os.environ.setdefault("DHRD_LOAD_MODEL", args.model)

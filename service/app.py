@@ -121,8 +121,11 @@ def create_app(settings: Settings, runners: dict[str, ModelRunner] | None = None
         if body.max_new_tokens > limit:
             raise InvalidInput(f"max_new_tokens {body.max_new_tokens} is over the server limit {limit}",
                                field="max_new_tokens")
+        if body.min_new_tokens > body.max_new_tokens:
+            raise InvalidInput(f"min_new_tokens {body.min_new_tokens} is over max_new_tokens {body.max_new_tokens}",
+                               field="min_new_tokens")
         encoded = _encode(served, body, state.settings)
-        params = GenParams(body.temperature, body.top_p, body.max_new_tokens, body.seed)
+        params = GenParams(body.temperature, body.top_p, body.max_new_tokens, body.seed, body.min_new_tokens)
         cot = served.cot
         # The CoT prompt wraps the same (possibly truncated) input text the classifier sees.
         items = [CotItem(cot.prompt_ids(served.runner.tokenizer.decode(e.ids), i), params)  # type: ignore[union-attr]

@@ -29,6 +29,7 @@ class GenParams:
     top_p: float
     max_new_tokens: int
     seed: int | None
+    min_new_tokens: int = 0
 
 
 @dataclass
@@ -95,6 +96,8 @@ class CotRunner:
         batch = self.tokenizer.pad({"input_ids": prompts}, return_tensors="pt", padding=True)
         kwargs = {"do_sample": p.temperature > 0, "max_new_tokens": p.max_new_tokens,
                   "pad_token_id": self.tokenizer.pad_token_id}
+        if p.min_new_tokens:
+            kwargs["min_new_tokens"] = p.min_new_tokens
         if p.temperature > 0:
             kwargs.update(temperature=p.temperature, top_p=p.top_p)
             if p.seed is not None:

@@ -56,6 +56,8 @@ class CotRequest(ClassifyRequest):
     temperature: float = Field(0.1, ge=0.0, le=2.0, description="0 = greedy")
     top_p: float = Field(0.7, gt=0.0, le=1.0)
     max_new_tokens: int = Field(500, ge=1, description="capped by the server's cot_max_new_tokens")
+    min_new_tokens: int = Field(0, ge=0, description="decode at least this many tokens (vLLM's min_tokens): "
+                                                     "to measure the cost of a fixed CoT length")
     seed: int | None = Field(None, description="sampling seed for reproducible outputs")
 
 

@@ -224,10 +224,14 @@ def test_cot_endpoint_end_to_end(tiny_export):
                 "model": "cb", "input": [{"premise": "It rained.", "hypothesis": "It was wet."}, "Passage:\nHi"],
                 "max_new_tokens": 6, "seed": 1})
             too_long = await client.post("/classify/cot", json={"model": "cb", "input": "x", "max_new_tokens": 9})
+            forced = await client.post("/classify/cot", json={"model": "cb", "input": ["a", "b c"],
+                                                              "max_new_tokens": 6, "min_new_tokens": 6})
+            min_over_max = await client.post("/classify/cot", json={"model": "cb", "input": "x", "max_new_tokens": 4,
+                                                                    "min_new_tokens": 5})
             metrics = (await client.get("/metrics")).text
-            return ok, too_long, metrics
+            return ok, too_long, forced, min_over_max, metrics
 
-    ok, too_long, metrics = run(go())
+    ok, too_long, forced, min_over_max, metrics = run(go())
     assert ok.status_code == 200, ok.text
     body = ok.json()
     assert len(body["data"]) == 2
@@ -236,6 +240,9 @@ def test_cot_endpoint_end_to_end(tiny_export):
         assert row["label"] in ("entailment", "contradiction", "neutral") and sum(row["probs"]) == 1.0
     assert body["usage"]["completion_tokens"] == sum(r["generated_tokens"] for r in body["data"])
     assert too_long.status_code == 422 and too_long.json()["error"]["field"] == "max_new_tokens"
+    # min_new_tokens (vLLM's min_tokens) forces a CoT length: the end of text is suppressed until then
+    assert [r["generated_tokens"] for r in forced.json()["data"]] == [6, 6]
+    assert min_over_max.status_code == 422 and min_over_max.json()["error"]["field"] == "min_new_tokens"
     assert 'dhrd_cot_generated_tokens_total{model="cb"}' in metrics
 
 
