@@ -170,7 +170,7 @@ def scrape(port: int) -> dict[str, float]:
     return values
 
 
-def server_side(before: dict[str, float], after: dict[str, float], seconds: float, requests: int) -> dict:
+def server_side(before: dict[str, float], after: dict[str, float], seconds: float) -> dict:
     """Where the time went during one level, from the service's metrics: mean batch, the share of wall
     time spent in forward passes, mean queue wait and handler time per request."""
     d = {k: after[k] - before[k] for k in SCRAPED}
@@ -182,8 +182,9 @@ def server_side(before: dict[str, float], after: dict[str, float], seconds: floa
            "forward_busy_percent": round(100 * d["dhrd_inference_duration_seconds_sum"] / seconds, 1),
            "queue_wait_ms": ratio("dhrd_queue_wait_seconds_sum", "dhrd_queue_wait_seconds_count", 1000, 1),
            "handler_ms": ratio("dhrd_request_duration_seconds_sum", "dhrd_request_duration_seconds_count", 1000, 1)}
-    if d["dhrd_cot_generated_tokens_total"] and requests:
-        out["mean_generated_tokens"] = round(d["dhrd_cot_generated_tokens_total"] / requests, 1)
+    # Per request the server finished (a request cut off at the window's end still generated its tokens).
+    if d["dhrd_cot_generated_tokens_total"] and d["dhrd_request_duration_seconds_count"]:
+        out["mean_generated_tokens"] = round(d["dhrd_cot_generated_tokens_total"] / d["dhrd_request_duration_seconds_count"], 1)
     return out
 
 
@@ -233,7 +234,7 @@ def measure(export: Path, model: str, scenario: Scenario, seconds: int, workdir:
             level = run_locust(port, scenario.user, users, run_seconds, scenario.env,
                                workdir / f"{scenario.name}-{users}")
             if before is not None:
-                level.update(server_side(before, scrape(port), run_seconds, level["requests"]))
+                level.update(server_side(before, scrape(port), run_seconds))
             levels.append(level)
             print(f"[loadtest] {scenario.name} users={users}: {level['qps']:.2f} req/s, "
                   f"p50 {level['p50_ms']:.0f} ms, p99 {level['p99_ms']:.0f} ms, failures {level['failures']}",
@@ -264,7 +265,7 @@ def half_load(port: int, scenario: Scenario, saturation: float, seconds: int, wo
     before = scrape(port)
     level = run_locust(port, scenario.user, users, seconds, {**scenario.env, "DHRD_LOAD_PACE": f"{pace:.4f}"},
                        workdir / f"{scenario.name}-half")
-    level.update(server_side(before, scrape(port), seconds, level["requests"]), target_qps=round(saturation / 2, 2))
+    level.update(server_side(before, scrape(port), seconds), target_qps=round(saturation / 2, 2))
     print(f"[loadtest] {scenario.name} at half load ({level['target_qps']} req/s offered): {level['qps']:.2f} req/s, "
           f"p50 {level['p50_ms']:.0f} ms, p99 {level['p99_ms']:.0f} ms", flush=True)
     return level
