@@ -355,17 +355,17 @@ def plots(report: dict, stem: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     fig, (ax_qps, ax_lat, ax_acc) = plt.subplots(1, 3, figsize=(17, 4.8))
-    for s in report["scenarios"]:
+    for i, s in enumerate(report["scenarios"]):
+        color = f"C{i % 10}"  # one colour per scenario in every panel
         users = [lv["users"] for lv in s["levels"]]
-        ax_qps.plot(users, [max(lv["qps"], 1e-3) for lv in s["levels"]], marker="o", label=s["name"])
+        ax_qps.plot(users, [max(lv["qps"], 1e-3) for lv in s["levels"]], marker="o", color=color, label=s["name"])
         for q, style in (("p50_ms", "-"), ("p99_ms", ":")):
-            ax_lat.plot(users, [max(lv[q], 1e-1) for lv in s["levels"]], style, marker=".",
-                        label=f"{s['name']} {q[:3]}")
+            ax_lat.plot(users, [max(lv[q], 1e-1) for lv in s["levels"]], style, marker=".", color=color)
         if "accuracy" in s:
-            ax_acc.scatter(max(s["saturation_qps"], 1e-3), s["accuracy"]["accuracy"], s=50)
+            ax_acc.scatter(max(s["saturation_qps"], 1e-3), s["accuracy"]["accuracy"], s=50, color=color)
             ax_acc.annotate(s["name"], (max(s["saturation_qps"], 1e-3), s["accuracy"]["accuracy"]), fontsize=8,
                             textcoords="offset points", xytext=(5, 5))
-    for ax, title in ((ax_qps, "requests/s"), (ax_lat, "latency (ms): p50 solid, p99 dotted")):
+    for ax, title in ((ax_qps, "requests/s"), (ax_lat, "latency (ms): p50 solid, p99 dotted (colours as left)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("concurrent users")
