@@ -115,7 +115,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn_until_ready(cmd: list[str], probe_url: str, log: Path, timeout: float = 300) -> subprocess.Popen:
+def spawn_until_ready(cmd: list[str], probe_url: str, log: Path, timeout: float = 300,
+                      poll: float = 0.5) -> subprocess.Popen:
     """Start a server process and wait until `probe_url` answers 200 (or fail, naming its log)."""
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
     deadline = time.time() + timeout
@@ -127,7 +128,7 @@ def spawn_until_ready(cmd: list[str], probe_url: str, log: Path, timeout: float 
                 return proc
         except httpx.HTTPError:
             pass
-        time.sleep(0.5)
+        time.sleep(poll)
     proc.kill()
     raise RuntimeError(f"{Path(cmd[0]).name} not ready in {timeout:g} s; see {log}")
 
@@ -188,6 +189,19 @@ def server_side(before: dict[str, float], after: dict[str, float], seconds: floa
     return out
 
 
+def predict_split(url: str, path: str, model: str, task, examples: list, chunk: int, **extra) -> list[int]:
+    """Label indices the service at `url` answers for `examples` (task field objects), `chunk` per request."""
+    preds: list[int] = []
+    for i in range(0, len(examples), chunk):
+        part = examples[i:i + chunk]
+        body = {"model": model, "input": [{k: v for k, v in e.fields.items() if v is not None} for e in part],
+                "truncate": True, **extra}
+        response = httpx.post(f"{url}{path}", json=body, timeout=900)
+        response.raise_for_status()
+        preds += [task.labels.index(d["label"]) for d in response.json()["data"]]
+    return preds
+
+
 def accuracy(port: int, task_name: str, model: str, path: str, limit: int | None, cot_tokens: int | None) -> dict:
     """Accuracy of one endpoint on the served task's validation split (full-length inputs), sent in
     requests of 8 so batching applies; CoT with the paper's decoding settings."""
@@ -196,15 +210,10 @@ def accuracy(port: int, task_name: str, model: str, path: str, limit: int | None
 
     task = get_task(task_name)
     examples = load_examples(task, "val")[:limit]
-    started, correct = time.perf_counter(), 0
-    for i in range(0, len(examples), 8):
-        chunk = examples[i:i + 8]
-        body: dict = {"model": model, "input": [e.fields for e in chunk], "truncate": True}
-        if cot_tokens:
-            body.update(temperature=0.1, top_p=0.7, max_new_tokens=cot_tokens, seed=0)
-        response = httpx.post(f"http://127.0.0.1:{port}{path}", json=body, timeout=900)
-        response.raise_for_status()
-        correct += sum(d["label"] == task.labels[e.label] for d, e in zip(response.json()["data"], chunk))
+    extra = dict(temperature=0.1, top_p=0.7, max_new_tokens=cot_tokens, seed=0) if cot_tokens else {}
+    started = time.perf_counter()
+    preds = predict_split(f"http://127.0.0.1:{port}", path, model, task, examples, 8, **extra)
+    correct = sum(p == e.label for p, e in zip(preds, examples))
     return {"examples": len(examples), "accuracy": round(correct / len(examples), 4),
             "seconds": round(time.perf_counter() - started, 1)}
 

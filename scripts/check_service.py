@@ -10,17 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-
-import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from loadtest.run import commit, free_port, machine  # noqa: E402
+from loadtest.run import commit, free_port, machine, predict_split, spawn_until_ready  # noqa: E402
 from training.data import load_examples  # noqa: E402
 from training.evaluate import compute_metrics  # noqa: E402
 from training.tasks import get_task  # noqa: E402
@@ -40,29 +38,16 @@ def main() -> int:
     task = get_task(manifest["task"])
     examples = load_examples(task, args.split, limit=args.limit)
     port = free_port()
-    started = time.perf_counter()
-    server = subprocess.Popen([str(Path(sys.executable).parent / "dhrd"), "serve", "--model",
-                               f"{args.model}={args.export}", "--port", str(port), "--log-level", "warning"])
     url = f"http://127.0.0.1:{port}"
+    log = Path(tempfile.mkdtemp(prefix="dhrd-check-")) / "serve.log"
+    started = time.perf_counter()
+    server = spawn_until_ready([str(Path(sys.executable).parent / "dhrd"), "serve", "--model",
+                                f"{args.model}={args.export}", "--port", str(port), "--log-level", "warning"],
+                               f"{url}/ready", log, poll=0.1)
     try:
-        while True:
-            if server.poll() is not None:
-                raise SystemExit(f"dhrd serve exited with {server.returncode}")
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
         ready_seconds = time.perf_counter() - started
-        preds: list[int] = []
         t0 = time.perf_counter()
-        for i in range(0, len(examples), args.batch):
-            chunk = examples[i:i + args.batch]
-            body = {"model": args.model, "input": [{k: v for k, v in e.fields.items() if v is not None} for e in chunk]}
-            response = httpx.post(f"{url}/classify", json=body, timeout=300)
-            response.raise_for_status()
-            preds += [task.labels.index(d["label"]) for d in response.json()["data"]]
+        preds = predict_split(url, "/classify", args.model, task, examples, args.batch)
         classify_seconds = time.perf_counter() - t0
     finally:
         server.terminate()

@@ -23,10 +23,12 @@ PredictFn = Callable[[Sequence[Sized]], list[Any]]
 
 @dataclass
 class BatchConfig:
-    max_batch_size: int = 32
-    max_batch_tokens: int = 1024
-    max_wait_ms: float = 5.0
-    max_queue: int = 512
+    """The batching knobs; their defaults live in `Settings` (state.py builds this from it)."""
+
+    max_batch_size: int
+    max_batch_tokens: int
+    max_wait_ms: float
+    max_queue: int
 
 
 @dataclass

@@ -32,7 +32,6 @@ class ModelRunner:
         self.task = loaded.task
         self.tokenizer = loaded.tokenizer
         self.model = loaded.model
-        self.compiled = compile
         if compile:
             self.model = compiled(self.model)
         self.device = torch.device(device)

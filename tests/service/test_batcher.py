@@ -10,6 +10,7 @@ import pytest
 from service.batcher import BatchConfig, Batcher
 from service.errors import DeadlineExceeded, Overloaded
 from service.metrics import Metrics
+from service.settings import Settings
 
 
 class Recorder:
@@ -24,7 +25,10 @@ class Recorder:
 
 
 def make(predict, **kw) -> Batcher:
-    return Batcher("m", predict, BatchConfig(**kw), ThreadPoolExecutor(1), Metrics())
+    """A batcher with the service's default knobs, overridden by `kw`."""
+    defaults = Settings()
+    knobs = {name: kw.get(name, getattr(defaults, name)) for name in BatchConfig.__dataclass_fields__}
+    return Batcher("m", predict, BatchConfig(**knobs), ThreadPoolExecutor(1), Metrics())
 
 
 def far() -> float:
