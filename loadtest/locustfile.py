@@ -26,7 +26,7 @@ from locust import FastHttpUser, between, constant, constant_throughput, task
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from training.tasks import get_task  # noqa: E402  (pure Python: no torch needed in a Locust image)
+from contract.tasks import get_task  # noqa: E402  (pure Python: no torch needed in a Locust image)
 
 MODEL = os.environ.get("DHRD_LOAD_MODEL", "cb")
 TASK = get_task(os.environ.get("DHRD_LOAD_TASK", MODEL))

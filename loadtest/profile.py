@@ -31,11 +31,11 @@ def timed(fn, seconds: float, min_runs: int = 3) -> float:
 def profile(export: Path, tokens: int, batch_sizes: list[int], seconds: float, compile: bool = False,
             dtype: str = "bfloat16") -> dict:
     from service.runner import ModelRunner
-    from training import contract
+    from contract.model import pad_batch
     from training.data import load_examples
 
     started = time.perf_counter()
-    runner = ModelRunner.from_export("profile", export, dtype=dtype, compile=compile)
+    runner = ModelRunner.from_export(export, dtype=dtype, compile=compile)
     load_s = time.perf_counter() - started
     started = time.perf_counter()
     runner.warmup()
@@ -50,7 +50,7 @@ def profile(export: Path, tokens: int, batch_sizes: list[int], seconds: float, c
     ids = [runner.tokenizer("x" * 4 * tokens)["input_ids"][:tokens]] * max(batch_sizes)
     rows = []
     for b in batch_sizes:
-        pad = timed(lambda: contract.pad_batch(ids[:b], runner.pad_id), seconds / 4) * 1000
+        pad = timed(lambda: pad_batch(ids[:b], runner.pad_id), seconds / 4) * 1000
         forward = timed(lambda: runner.predict(ids[:b]), seconds)
         rows.append({"batch": b, "forward_ms": round(forward * 1000, 2), "pad_ms": round(pad, 3),
                      "sequences_per_s": round(b / forward, 1), "tokens_per_s": round(b * tokens / forward)})

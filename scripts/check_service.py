@@ -15,13 +15,14 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from contract.tasks import get_task
+from loadtest.accuracy import predict_split
+from loadtest.provenance import commit, machine
+from loadtest.servers import free_port, spawn_until_ready, stop
+from training.data import load_examples
+from training.evaluate import compute_metrics
 
-from loadtest.run import commit, free_port, machine, predict_split, spawn_until_ready  # noqa: E402
-from training.data import load_examples  # noqa: E402
-from training.evaluate import compute_metrics  # noqa: E402
-from training.tasks import get_task  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
@@ -50,8 +51,7 @@ def main() -> int:
         preds = predict_split(url, "/classify", args.model, task, examples, args.batch)
         classify_seconds = time.perf_counter() - t0
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop(server)
     metrics = compute_metrics(task, examples, preds)
     report = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": commit(), "machine": machine(),
               "command": shlex.join(["scripts/check_service.py", *sys.argv[1:]]), "export": str(args.export),

@@ -3,7 +3,8 @@
 Three stages, as in text-embeddings-inference: the handler validates, tokenises and `submit`s
 (awaiting futures); this batcher's task collects sequences and cuts batches; the forward pass
 runs in one worker thread shared by all models (the CPU has no spare cores for two). Requests
-whose client went away, or whose deadline passed, are dropped before they cost a forward pass.
+whose client went away, or whose deadline passed, are dropped before they cost a forward pass,
+and stop counting against `max_queue` the moment their future is cancelled.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, Sized
 
-from .errors import DeadlineExceeded, Overloaded
+from .errors import DeadlineExceeded, Overloaded, ShuttingDown, TooLarge
 from .metrics import Metrics
 
 # A payload is anything whose len() is its token count: a list of token ids for classification,
@@ -37,6 +38,7 @@ class _Pending:
     future: asyncio.Future
     deadline: float
     enqueued: float = field(default_factory=time.perf_counter)
+    queued: bool = True  # counts against max_queue until taken for a batch or finished
 
 
 class Batcher:
@@ -49,29 +51,64 @@ class Batcher:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._arrived = asyncio.Event()  # set by submit; waiting on it (not on queue.get) loses nothing on timeout
         self._task: asyncio.Task | None = None
+        self._waiting = 0  # live queued sequences: what admission and the queue gauge count
+        self._computing = 0  # sequences in the batch being computed now
+        self._held: list[_Pending] = []  # taken from the queue this round (collected or being computed)
+        self._closed = False
         self._batch_seconds = 0.05  # running estimate of one forward pass, for Retry-After
 
     # --- handler side -----------------------------------------------------------------------
     def submit(self, sequences: Sequence[Sized], deadline: float) -> list[asyncio.Future]:
-        """Queue sequences (all or none); returns one future per sequence. Raises Overloaded when full."""
-        if self._queue.qsize() + len(sequences) > self.config.max_queue:
-            self.metrics.rejected.labels("queue_full").inc()
-            waits = (self._queue.qsize() / self.config.max_batch_size + 1) * self._batch_seconds
-            raise Overloaded(f"model {self.name!r} queue is full ({self._queue.qsize()} of "
-                             f"{self.config.max_queue} sequences waiting); retry later", retry_after=waits)
+        """Queue sequences (all or none); returns one future per sequence.
+
+        Raises TooLarge when the request could never fit the queue, Overloaded (retryable) when the
+        live queue is full now, ShuttingDown once the service drains.
+        """
+        if self._closed:
+            raise ShuttingDown(f"model {self.name!r} is shutting down; retry on another replica")
+        n = len(sequences)
+        if n > self.config.max_queue:
+            raise TooLarge(f"{n} inputs can never fit model {self.name!r}'s queue of {self.config.max_queue} "
+                           "sequences; send fewer per request", field="input")
+        if self._waiting + n > self.config.max_queue:
+            waits = (self._waiting / self.config.max_batch_size + 1) * self._batch_seconds
+            raise Overloaded(f"model {self.name!r} queue is full ({self._waiting} of {self.config.max_queue} "
+                             "sequences waiting); retry later", retry_after=waits)
         loop = asyncio.get_running_loop()
         futures = []
         for payload in sequences:
-            fut = loop.create_future()
-            self._queue.put_nowait(_Pending(payload, fut, deadline))
-            futures.append(fut)
+            pending = _Pending(payload, loop.create_future(), deadline)
+            pending.future.add_done_callback(lambda _, p=pending: self._unqueue(p))
+            self._queue.put_nowait(pending)
+            futures.append(pending.future)
+        self._waiting += n
         self._arrived.set()
-        self.metrics.queue_depth.labels(self.name).set(self._queue.qsize())
+        self._gauge()
         return futures
+
+    def _unqueue(self, item: _Pending) -> None:
+        """The sequence stops counting against max_queue (taken for a batch, cancelled, or expired)."""
+        if item.queued:
+            item.queued = False
+            self._waiting -= 1
+            self._gauge()
+
+    def _gauge(self) -> None:
+        self.metrics.queue_depth.labels(self.name).set(self._waiting)
 
     # --- batching task ----------------------------------------------------------------------
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"batcher-{self.name}")
+
+    async def drain(self, grace_s: float) -> int:
+        """Refuse new work, let queued and running work finish for up to `grace_s`, then answer what is
+        left with ShuttingDown (503). Returns how many sequences were answered that way."""
+        self._closed = True
+        end = time.monotonic() + grace_s
+        while (self._waiting or self._computing) and time.monotonic() < end:
+            await asyncio.sleep(0.02)
+        return self._fail_queued(ShuttingDown("the service is shutting down and could not compute this request "
+                                              "within its grace period; retry on another replica"))
 
     async def stop(self) -> None:
         if self._task:
@@ -80,24 +117,37 @@ class Batcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        self._fail_queued(ShuttingDown("the service stopped before this request was computed"))
+
+    def _fail_queued(self, error: Exception) -> int:
+        """Answer every sequence not yet computed (queued or held by a cancelled round) with `error`."""
+        left = list(self._held)
         while not self._queue.empty():
-            item = self._queue.get_nowait()
+            left.append(self._queue.get_nowait())
+        failed = 0
+        for item in left:
             if not item.future.done():
-                item.future.cancel()
+                item.future.set_exception(error)
+                failed += 1
+        return failed
 
     async def _run(self) -> None:
         while True:
-            items = await self._collect()
-            for batch in self._cut(self._live(items)):
-                await self._forward(batch)
+            self._held = []  # filled as it is collected, so stop() can answer a round cut short
+            await self._collect(self._held)
+            for batch in self._cut(self._held):
+                batch = self._live(batch)  # checked again per batch: earlier batches of the round took time
+                if batch:
+                    await self._forward(batch)
 
-    async def _collect(self) -> list[_Pending]:
-        """Wait for one sequence, then gather more until the batch is full or max_wait_ms passed."""
-        items = [await self._queue.get()]
+    async def _collect(self, items: list[_Pending]) -> None:
+        """Wait for one live sequence, then gather more into `items` until the batch is full or max_wait_ms passed."""
+        while not items:
+            items += self._live([await self._queue.get()])
         deadline = time.perf_counter() + self.config.max_wait_ms / 1000
         while len(items) < self.config.max_batch_size:
             if not self._queue.empty():
-                items.append(self._queue.get_nowait())
+                items += self._live([self._queue.get_nowait()])
                 continue
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
@@ -107,18 +157,18 @@ class Batcher:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
             except asyncio.TimeoutError:
                 break
-        self.metrics.queue_depth.labels(self.name).set(self._queue.qsize())
-        return items
+        for item in items:
+            self._unqueue(item)
 
     def _live(self, items: list[_Pending]) -> list[_Pending]:
-        """Drop sequences whose request was cancelled (client gone) or whose deadline passed."""
+        """Drop sequences whose request was cancelled (client gone, deadline) or whose deadline passed."""
         now, live = time.monotonic(), []
         for item in items:
             if item.future.done():
-                self.metrics.rejected.labels("cancelled").inc()
+                self.metrics.dropped.labels(self.name, "cancelled").inc()
             elif item.deadline < now:
                 item.future.set_exception(DeadlineExceeded("request deadline passed while queued"))
-                self.metrics.rejected.labels("deadline").inc()
+                self.metrics.dropped.labels(self.name, "deadline").inc()
             else:
                 live.append(item)
         return live
@@ -144,16 +194,19 @@ class Batcher:
         self.metrics.batch_size.labels(self.name).observe(len(batch))
         self.metrics.batch_tokens.labels(self.name).observe(len(batch) * max(len(p.payload) for p in batch))
         loop = asyncio.get_running_loop()
+        self._computing = len(batch)
         try:
-            probs = await loop.run_in_executor(self.executor, self.predict, [p.payload for p in batch])
+            results = await loop.run_in_executor(self.executor, self.predict, [p.payload for p in batch])
         except Exception as exc:  # a failed forward pass fails its requests, not the batcher
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
+        finally:
+            self._computing = 0
         elapsed = time.perf_counter() - started
         self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
         self.metrics.inference_duration.labels(self.name).observe(elapsed)
-        for item, p in zip(batch, probs):
+        for item, result in zip(batch, results):
             if not item.future.done():
-                item.future.set_result(p)
+                item.future.set_result(result)

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from typing import Any
 
 from .settings import Settings
 
 SKIP = {"models"}
+log = logging.getLogger("dhrd.service")
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,7 +19,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         if name in SKIP:
             continue
         flag = "--" + name.replace("_", "-")
-        help_text = f"{field.description or ''} (env DHRD_{name.upper()}, default {field.get_default()!r})"
+        default = field.get_default(call_default_factory=True)
+        help_text = f"{field.description or ''} (env DHRD_{name.upper()}, default {default!r})"
         if field.annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
@@ -37,18 +40,51 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def serve(args: argparse.Namespace) -> None:
+    """Check every export (before the port opens), then run uvicorn until SIGTERM, then drain."""
     import uvicorn
 
+    from contract.export_reader import check_export
+
     from .app import create_app
-    from .loader import check_files, read_manifest
+    from .server import DrainingServer
 
     settings = settings_from_args(args)
     if not settings.models:
         raise ValueError("no model to serve: pass --model NAME=EXPORT_DIR (or set DHRD_MODELS)")
-    for name, path in settings.models.items():  # fail fast, before binding the port
-        manifest = read_manifest(path)
-        if settings.verify_hashes:
-            check_files(path, manifest)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
-                timeout_graceful_shutdown=10)
+    for name, path in settings.models.items():  # fail fast, before binding the port
+        check_export(path, verify_hashes=settings.verify_hashes)
+    if not settings.verify_hashes:
+        log.warning("--no-verify-hashes: export files are NOT checked against their manifests' sha256")
+    app = create_app(settings, hashes_checked=settings.verify_hashes)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level,
+                            # uvicorn's own cut-off comes after ours, so what we could not finish is answered 503
+                            timeout_graceful_shutdown=settings.grace_s + 10)
+    DrainingServer(config, app).run()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dhrd", description="The serving command of dhrd (see `dhrd --help`).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_serve_arguments(sub.add_parser("serve"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`dhrd serve ...`; returns 2 with a one-line message for a bad export or setting."""
+    from contract.export_reader import ExportError
+    from pydantic import ValidationError
+
+    args = build_parser().parse_args(argv)
+    try:
+        serve(args)
+    except (ExportError, ValidationError, ValueError, FileNotFoundError) as exc:
+        print(f"dhrd serve: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

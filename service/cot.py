@@ -13,14 +13,12 @@ from typing import Sequence
 
 import torch
 
-from training.contract import Manifest, parse_answer
-from training.tasks import Task
+from contract.encoding import load_tokenizer
+from contract.manifest import Manifest
+from contract.text import cot_instruction, parse_answer
 
-from .errors import InvalidInput
-
-COT_PROMPT_VERSION = "cot-v1"
-COT_INSTRUCTION = ("{input}\n\nThink step by step in a few sentences, then give your final answer on the last line "
-                   "as 'Final Answer: X', where X is one of: {choices}.")
+# Stands in for the input while the prompt template is rendered once; never a real input.
+_SLOT = "\x00DHRD-INPUT\x00"
 
 
 @dataclass(frozen=True)
@@ -45,8 +43,7 @@ class CotItem:
 
 @dataclass
 class CotResult:
-    label: int
-    parsed: bool
+    label: int | None  # index into the manifest's labels; None when the text names no answer
     text: str
     generated_tokens: int
 
@@ -54,32 +51,40 @@ class CotResult:
 class CotRunner:
     """Batched generation with the base causal LM that the export's manifest names."""
 
-    def __init__(self, name: str, manifest: Manifest, task: Task, dtype: torch.dtype = torch.bfloat16,
-                 device: str = "cpu"):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    def __init__(self, name: str, manifest: Manifest, dtype: torch.dtype = torch.bfloat16, device: str = "cpu"):
+        from transformers import AutoModelForCausalLM
 
         path = Path(manifest.base_model.get("path") or "")
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"model {name!r}: base model {path} named in the manifest is not available; "
                                     "the CoT endpoint needs it (run `dhrd base-model` or disable --cot)")
-        self.name, self.task, self.manifest = name, task, manifest
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.name, self.manifest = name, manifest
+        self.tokenizer = load_tokenizer(path)
         self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
         self.device = torch.device(device)
+        self.prefix, self.suffix = self._prompt_around_input()
 
-    def prompt_ids(self, text: str, index: int) -> list[int]:
-        choices = ", ".join(self.manifest.label_words)
-        content = COT_INSTRUCTION.format(input=text, choices=choices)
+    def _prompt_around_input(self) -> tuple[list[int], list[int]]:
+        """Token ids before and after the input in the CoT prompt (chat template when the model has one),
+        tokenised once, so each request's input ids are reused as the classifier encoded them."""
+        content = cot_instruction(_SLOT, self.manifest.label_words)
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=True,
-                                                      add_generation_prompt=True, return_dict=True)["input_ids"]
-        ids = self.tokenizer(content)["input_ids"]
-        if not ids:
-            raise InvalidInput(f"input[{index}] is empty", field=f"input.{index}")
-        return ids
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                                      add_generation_prompt=True)
+        else:
+            text = content
+        before, _, after = text.partition(_SLOT)
+        # Special tokens are spelled out in the rendered template; the tokenizer maps them back to their ids.
+        prefix = self.tokenizer(before, add_special_tokens=not getattr(self.tokenizer, "chat_template", None))
+        return prefix["input_ids"], self.tokenizer(after, add_special_tokens=False)["input_ids"]
+
+    def prompt_ids(self, input_ids: list[int]) -> list[int]:
+        """The CoT prompt around one classifier input, given as the ids the classifier's tokenizer made
+        (the export's tokenizer is the base model's); a leading BOS is dropped, the prefix has its own."""
+        bos = self.tokenizer.bos_token_id
+        body = input_ids[1:] if input_ids and bos is not None and input_ids[0] == bos else input_ids
+        return self.prefix + list(body) + self.suffix
 
     @torch.inference_mode()
     def generate(self, items: Sequence[CotItem]) -> list[CotResult]:
@@ -110,6 +115,5 @@ class CotRunner:
         for row in new.tolist():
             n = next((i for i, t in enumerate(row) if t in eos), len(row))
             text = self.tokenizer.decode(row[:n], skip_special_tokens=True).strip()
-            label = parse_answer(text, self.manifest.label_words)
-            results.append(CotResult(label if label is not None else 0, label is not None, text, n + (n < len(row))))
+            results.append(CotResult(parse_answer(text, self.manifest.label_words), text, n + (n < len(row))))
         return results

@@ -53,13 +53,37 @@ class NotReady(ServiceError):
     status, kind = 503, "not_ready"
 
 
+class ShuttingDown(ServiceError):
+    status, kind = 503, "shutting_down"
+
+
 class Disabled(ServiceError):
     status, kind = 404, "disabled"
 
 
+class ClientGone(ServiceError):
+    """The client closed the connection before its answer (nginx's 499); nobody reads the response."""
+
+    status, kind = 499, "client_closed_request"
+
+    def __init__(self, message: str = "client closed the connection"):
+        super().__init__(message)
+
+
+MAX_MESSAGE_CHARS = 500
+
+
+def echo(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """Caller-controlled text made safe to put in an answer: lone surrogates escaped (they cannot be
+    encoded as UTF-8 JSON) and the length capped (a 100 KB model name is not worth echoing)."""
+    safe = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return safe if len(safe) <= limit else safe[:limit] + f"... ({len(safe)} characters)"
+
+
 def error_response(status: int, kind: str, message: str, field: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
-    body = ErrorResponse(error=ErrorDetail(type=kind, message=message, field=field))
+    """The one error shape: `{"error": {"type", "message", "field"}}`."""
+    body = ErrorResponse(error=ErrorDetail(type=kind, message=echo(message), field=field and echo(field, 200)))
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
@@ -71,31 +95,55 @@ def _field_path(loc: tuple) -> str:
     return ".".join(str(p) for p in loc if p != "body" and not (isinstance(p, str) and _TYPE_TAG.fullmatch(p)))
 
 
-def install_handlers(app: FastAPI, on_error=None) -> None:
-    """Validation errors → 422 naming the field; ServiceError → its status; anything else → 500."""
+def count_rejection(request: Request, kind: str) -> None:
+    """The one place a refused or failed request is counted: `dhrd_rejected_requests_total{reason=kind}`."""
+    count_rejection_in(request.scope, kind)
+
+
+def count_rejection_in(scope, kind: str) -> None:
+    """The same, from an ASGI scope (middleware answers before a Request exists)."""
+    state = getattr(getattr(scope.get("app"), "state", None), "dhrd", None)
+    if state is not None:
+        state.metrics.rejected.labels(kind).inc()
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Validation errors → 422 naming the field; ServiceError → its status; each counted once by kind."""
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        if first.get("type") == "json_invalid":  # its loc is ("body", <character offset>), not a field
+            position = first.get("loc", ("body", "?"))[-1]
+            reason = (first.get("ctx") or {}).get("error", first.get("msg"))
+            count_rejection(request, "invalid_input")
+            return error_response(422, "invalid_input", f"body is not valid JSON (at character {position}): {reason}",
+                                  "body")
         field = _field_path(tuple(first.get("loc", ())))
         message = f"{field or 'body'}: {first.get('msg')}"
         if len(errors) > 1:
             message += f" (and {len(errors) - 1} more)"
-        if on_error:
-            on_error(request, 422, "invalid_input")
+        count_rejection(request, "invalid_input")
         return error_response(422, "invalid_input", message, field or None)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        kind = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status_code, "http_error")
-        if on_error:
-            on_error(request, exc.status_code, kind)
+        kind = {404: "not_found", 405: "method_not_allowed", 408: "timeout", 413: "too_large"}.get(exc.status_code,
+                                                                                                  "http_error")
+        count_rejection(request, kind)
         return error_response(exc.status_code, kind, str(exc.detail), "body" if exc.status_code == 413 else None,
                               getattr(exc, "headers", None))
 
     @app.exception_handler(ServiceError)
     async def _service(request: Request, exc: ServiceError):
-        if on_error:
-            on_error(request, exc.status, exc.kind)
+        count_rejection(request, exc.kind)
         return error_response(exc.status, exc.kind, exc.message, exc.field, exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        # A bug or a failing model, not the caller's fault: a JSON 500 that does not leak internals.
+        # Starlette logs the traceback after this answer is sent; the process stays up.
+        count_rejection(request, "internal")
+        return error_response(500, "internal", f"internal error ({type(exc).__name__}); the request was not "
+                                               "completed and may be retried")

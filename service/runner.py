@@ -7,13 +7,13 @@ from typing import Any, Sequence
 
 import torch
 
-from training import contract
-from training.tasks import TaskError
+from contract.encoding import encode_input
+from contract.export_reader import LoadedModel, load_export
+from contract.model import DTYPES, pad_batch
+from contract.tasks import TaskError
+from contract.tasks.base import text_problem
 
 from .errors import InvalidInput
-from .loader import LoadedModel, load_export
-
-DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 @dataclass
@@ -25,48 +25,42 @@ class Encoded:
 class ModelRunner:
     """One served classifier: backbone + pooled head from an export (never an LM head)."""
 
-    def __init__(self, name: str, loaded: LoadedModel, device: str = "cpu", compile: bool = False):
-        self.name = name
-        self.loaded = loaded
+    def __init__(self, loaded: LoadedModel, device: str = "cpu", compile: bool = False):
         self.manifest = loaded.manifest
         self.task = loaded.task
         self.tokenizer = loaded.tokenizer
-        self.model = loaded.model
-        if compile:
-            self.model = compiled(self.model)
+        self.model = compiled(loaded.model) if compile else loaded.model
         self.device = torch.device(device)
         self.pad_id = self.tokenizer.pad_token_id
-        self.dtype = next(self.model.parameters()).dtype
 
     @classmethod
-    def from_export(cls, name: str, path: Path, dtype: str = "bfloat16", device: str = "cpu",
-                    verify_hashes: bool = True, compile: bool = False) -> "ModelRunner":
-        return cls(name, load_export(path, dtype=DTYPES[dtype], device=device, verify_hashes=verify_hashes), device,
+    def from_export(cls, path: Path, dtype: str = "bfloat16", device: str = "cpu", verify_hashes: bool = True,
+                    compile: bool = False) -> "ModelRunner":
+        return cls(load_export(path, dtype=DTYPES[dtype], device=device, verify_hashes=verify_hashes), device,
                    compile)
 
-    @property
-    def labels(self) -> list[str]:
-        return list(self.manifest.labels)
-
     def format(self, item: str | dict[str, Any], index: int) -> str:
-        """Pre-formatted text passes through; a fields object is formatted by the task's template."""
+        """Pre-formatted text passes through; a fields object is checked against the task's declaration
+        and formatted by its template. Raises InvalidInput naming `input.<index>[.<field>]`."""
         if isinstance(item, str):
-            if not item.strip():
-                raise InvalidInput(f"input[{index}] is empty", field=f"input.{index}")
+            problem = "is empty" if not item.strip() else text_problem(item)
+            if problem:
+                raise InvalidInput(f"input[{index}] {problem}", field=f"input.{index}")
             return item
-        unknown = sorted(set(item) - set(self.task.fields))
-        if unknown:
-            raise InvalidInput(f"input[{index}]: unknown field(s) {unknown} for task {self.task.name!r}; "
-                               f"expected {list(self.task.fields)}", field=f"input.{index}.{unknown[0]}")
         try:
+            self.task.check_fields(item)
             return self.task.format(item)
-        except (TaskError, KeyError, TypeError, AttributeError, ValueError) as exc:
-            raise InvalidInput(f"input[{index}]: {exc}", field=f"input.{index}") from exc
+        except TaskError as exc:
+            where = f"input.{index}" + (f".{exc.field}" if exc.field else "")
+            raise InvalidInput(f"input[{index}] (task {self.task.name!r}): {exc}", field=where) from exc
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:  # a template's own check
+            raise InvalidInput(f"input[{index}] (task {self.task.name!r}): {exc}", field=f"input.{index}") from exc
 
     def encode(self, item: str | dict[str, Any], index: int, truncate: bool, limit: int | None = None) -> Encoded:
+        """Token ids of one request item; raises InvalidInput naming the item."""
         text = self.format(item, index)
         max_length = min(limit or self.manifest.max_length, self.manifest.max_length)
-        ids, truncated = contract.encode_input(self.tokenizer, text, max_length)
+        ids, truncated = encode_input(self.tokenizer, text, max_length)
         if truncated and not truncate:
             full = len(self.tokenizer(text)["input_ids"])
             raise InvalidInput(f"input[{index}] has {full} tokens, over the model's limit of {max_length}; "
@@ -76,7 +70,7 @@ class ModelRunner:
     @torch.inference_mode()
     def predict(self, batch: Sequence[Sequence[int]]) -> list[list[float]]:
         """Class probabilities for a batch of token id lists (padded here, to the batch's longest)."""
-        ids, mask = contract.pad_batch(batch, self.pad_id)
+        ids, mask = pad_batch(batch, self.pad_id)
         logits = self.model(ids.to(self.device), mask.to(self.device))
         return logits.float().softmax(-1).cpu().tolist()
 

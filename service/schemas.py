@@ -13,13 +13,14 @@ InputItem = Union[str, dict[str, Any]]
 class ClassifyRequest(BaseModel):
     """`input` is pre-formatted text (a string or a list of strings, as vLLM takes it) or
     structured task fields (an object or list of objects, e.g. `{"premise": ..., "hypothesis": ...}`)
-    that the service formats with the task's template from the training contract."""
+    that the service formats with the task's template from the contract (`contract.tasks`)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(..., description="served model name (see GET /v1/models)", min_length=1)
+    model: str = Field(..., description="served model name (see GET /v1/models)", min_length=1, max_length=256)
     input: Union[str, dict[str, Any], list[InputItem]] = Field(..., description="text(s) or task field object(s)")
-    truncate: bool = Field(True, description="cut over-long inputs (their beginning) instead of answering 422")
+    # strict: "yes", "1" or 1 are not booleans; a client sending them has a bug worth hearing about.
+    truncate: bool = Field(True, strict=True, description="cut over-long inputs (their beginning) instead of answering 422")
     truncate_prompt_tokens: int | None = Field(None, ge=1, description="vLLM's name: keep at most N tokens")
     user: str | None = Field(None, description="accepted for vLLM/OpenAI compatibility; unused")
 
@@ -62,9 +63,11 @@ class CotRequest(ClassifyRequest):
 
 
 class CotData(ClassificationData):
+    label: str | None = Field(..., description="the answer the generated text settles on; null when it names none")
+    probs: list[float] = Field(..., description="1.0 on the parsed label, 0.0 elsewhere (all 0.0 when unparsed)")
     rationale: str
     generated_tokens: int
-    parsed: bool = Field(..., description="an answer was found in the generated text (else the first label)")
+    parsed: bool = Field(..., description="an answer was found in the generated text (else label is null)")
 
 
 class CotResponse(ClassifyResponse):
@@ -82,6 +85,7 @@ class ModelCard(BaseModel):
     base_model: str | None
     contract_version: str
     metrics: dict[str, Any]
+    cot_prompt_version: str | None = Field(None, description="tag of the /classify/cot prompt; null when disabled")
 
 
 class ModelList(BaseModel):

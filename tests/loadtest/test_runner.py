@@ -57,7 +57,7 @@ def test_smoke_run_writes_json_markdown_and_plot(tiny_export, tmp_path):
 def test_peer_scenario_serves_the_hf_export_with_infinity(tmp_path, tiny_backbone, data_dir):
     from training.cli import main
     from training.data import load_examples
-    from training.tasks import get_task
+    from contract.tasks import get_task
 
     from ..conftest import write_rationales
 

@@ -39,9 +39,10 @@ def test_classify_answers_in_vllm_shape_for_text_and_lists():
 
 
 def test_real_export_serves_structured_fields_with_training_side_logits(tiny_export):
-    from service.loader import load_export
-    from training.contract import encode_input, pad_batch
-    from training.tasks import get_task
+    from contract.export_reader import load_export
+    from contract.encoding import encode_input
+    from contract.model import pad_batch
+    from contract.tasks import get_task
 
     fields = [{"premise": "The man went home after work.", "hypothesis": "The man went home."},
               {"premise": "It rained all day.", "hypothesis": "The street is dry."}]
@@ -70,7 +71,7 @@ def test_real_export_serves_structured_fields_with_training_side_logits(tiny_exp
 def test_served_model_has_no_lm_head(tiny_export):
     from service.runner import ModelRunner
 
-    runner = ModelRunner.from_export("cb", tiny_export, dtype="float32")
+    runner = ModelRunner.from_export(tiny_export, dtype="float32")
     names = [n for n, _ in runner.model.named_parameters()]
     assert not any("lm_head" in n for n in names)
     assert {n.split(".")[0] for n in names} == {"backbone", "head"}
@@ -161,7 +162,7 @@ def test_bearer_auth_when_configured():
 
 def test_overload_is_429_with_retry_after():
     async def go():
-        settings = fake_settings(max_queue=4, max_batch_size=2, max_wait_ms=0)
+        settings = fake_settings(max_queue=4, max_inputs_per_request=4, max_batch_size=2, max_wait_ms=0)
         async with serving(settings, {"fake": FakeRunner(delay=0.3)}) as client:
             requests = [client.post("/classify", json={"model": "fake", "input": ["a", "b"]}) for _ in range(8)]
             return await asyncio.gather(*requests)
@@ -173,12 +174,23 @@ def test_overload_is_429_with_retry_after():
     assert int(rejected.headers["retry-after"]) >= 1 and rejected.json()["error"]["type"] == "overloaded"
 
 
-def test_deadline_is_504():
-    async def go():
-        async with serving(fake_settings(request_timeout_s=0.2), {"fake": FakeRunner(delay=0.5)}) as client:
-            return await client.post("/classify", json={"model": "fake", "input": "x"})
+def test_deadline_is_504_counted_once():
+    """One computing, one still queued when the deadline passes: two 504s, two rejections, nothing else."""
+    settings = fake_settings(request_timeout_s=0.2, max_batch_size=1, max_wait_ms=0)
 
-    assert run(go()).status_code == 504
+    async def go():
+        async with serving(settings, {"fake": FakeRunner(delay=0.5)}) as client:
+            responses = await asyncio.gather(*[client.post("/classify", json={"model": "fake", "input": w})
+                                               for w in ("x", "y")])
+            await asyncio.sleep(0.5)  # the batcher reaches the queued one after the first pass
+            return responses, (await client.get("/metrics")).text
+
+    responses, text = run(go())
+    assert [r.status_code for r in responses] == [504, 504]
+    assert all(r.json()["error"]["type"] == "deadline_exceeded" for r in responses)
+    rejected = {s.labels["reason"]: s.value for f in text_string_to_metric_families(text)
+                if f.name == "dhrd_rejected_requests" for s in f.samples if s.name.endswith("_total")}
+    assert rejected == {"deadline_exceeded": 2.0}
 
 
 # --- batching and metrics -----------------------------------------------------------------------
@@ -237,7 +249,10 @@ def test_cot_endpoint_end_to_end(tiny_export):
     assert len(body["data"]) == 2
     for row in body["data"]:
         assert 1 <= row["generated_tokens"] <= 6 and isinstance(row["rationale"], str)
-        assert row["label"] in ("entailment", "contradiction", "neutral") and sum(row["probs"]) == 1.0
+        if row["parsed"]:
+            assert row["label"] in ("entailment", "contradiction", "neutral") and sum(row["probs"]) == 1.0
+        else:  # no answer in the text: no label is invented
+            assert row["label"] is None and sum(row["probs"]) == 0.0
     assert body["usage"]["completion_tokens"] == sum(r["generated_tokens"] for r in body["data"])
     assert too_long.status_code == 422 and too_long.json()["error"]["field"] == "max_new_tokens"
     # min_new_tokens (vLLM's min_tokens) forces a CoT length: the end of text is suppressed until then
@@ -249,7 +264,7 @@ def test_cot_endpoint_end_to_end(tiny_export):
 def test_tampered_export_is_refused(tiny_export, tmp_path):
     import shutil
 
-    from service.loader import ExportError, load_export
+    from contract.export_reader import ExportError, load_export
 
     copy = tmp_path / "cb"
     shutil.copytree(tiny_export, copy)
@@ -300,7 +315,8 @@ def test_a_client_that_disconnects_leaves_no_work_behind():
     sent, metrics = run(go())
     assert sum(runner.batches) == 1  # only the first request was ever computed
     assert sent[0]["status"] == 499
-    assert 'dhrd_rejected_requests_total{reason="cancelled"} 1.0' in metrics
+    assert 'dhrd_rejected_requests_total{reason="client_closed_request"} 1.0' in metrics
+    assert 'dhrd_dropped_sequences_total{model="fake",reason="cancelled"} 1.0' in metrics
 
 
 def _random_json(rng, depth=0):

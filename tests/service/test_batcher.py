@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from service.batcher import BatchConfig, Batcher
-from service.errors import DeadlineExceeded, Overloaded
+from service.errors import DeadlineExceeded, Overloaded, ShuttingDown, TooLarge
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -129,3 +129,70 @@ def test_a_failing_forward_fails_its_requests_not_the_batcher():
         return ok
 
     assert asyncio.run(go()) == [0]
+
+
+def test_cancelled_requests_stop_counting_against_the_queue_at_once():
+    """A burst whose clients gave up (deadline, disconnect) must not leave the queue 'full' of dead work."""
+    async def go():
+        b = make(Recorder(), max_queue=4)  # not started: nothing is ever taken from the queue
+        dead = b.submit([[1]] * 4, far())
+        for f in dead:
+            f.cancel()
+        await asyncio.sleep(0)  # done-callbacks run on the next loop iteration
+        live = b.submit([[1]] * 4, far())  # would be 429 if the dead ones still counted
+        depth = b.metrics.queue_depth.labels("m")._value.get()
+        await b.stop()
+        return live, depth
+
+    live, depth = asyncio.run(go())
+    assert len(live) == 4 and depth == 4
+
+
+def test_a_request_that_can_never_fit_is_413_not_a_retryable_429():
+    async def go():
+        b = make(Recorder(), max_queue=16)
+        with pytest.raises(TooLarge) as info:
+            b.submit([[1]] * 17, far())
+        await b.stop()
+        return info.value
+
+    err = asyncio.run(go())
+    assert err.status == 413 and "Retry-After" not in err.headers
+
+
+def test_expiry_is_checked_before_every_batch_of_a_round():
+    """Batches cut from one collection run one after another; a deadline passing during the first
+    must spare the later ones their forward pass."""
+    async def go():
+        rec = Recorder(delay=0.3)
+        b = make(rec, max_batch_size=8, max_batch_tokens=4, max_wait_ms=50)
+        first = b.submit([[1] * 4], far())
+        short = b.submit([[2] * 4], time.monotonic() + 0.15)  # a batch of its own, after the first
+        b.start()
+        await asyncio.gather(*first)
+        with pytest.raises(DeadlineExceeded):
+            await short[0]
+        await b.stop()
+        return rec
+
+    assert len(asyncio.run(go()).batches) == 1
+
+
+def test_drain_finishes_queued_work_then_answers_the_rest_503():
+    async def go():
+        rec = Recorder(delay=0.1)
+        b = make(rec, max_batch_size=1, max_wait_ms=0)
+        b.start()
+        futures = b.submit([[1]] * 6, far())
+        await asyncio.sleep(0.05)
+        failed = await b.drain(grace_s=0.25)  # room for ~2-3 of the 6 passes
+        with pytest.raises(ShuttingDown):
+            b.submit([[1]], far())
+        await b.stop()
+        outcomes = [("ok" if not f.exception() else type(f.exception()).__name__) if f.done() else "pending"
+                    for f in futures]
+        return failed, outcomes
+
+    failed, outcomes = asyncio.run(go())
+    assert "pending" not in outcomes and outcomes.count("ShuttingDown") == failed >= 1
+    assert outcomes[:2] == ["ok", "ok"]

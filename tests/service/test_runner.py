@@ -9,8 +9,8 @@ from service.runner import ModelRunner
 
 @pytest.mark.slow
 def test_compiled_runner_gives_the_eager_probabilities(tiny_export):
-    eager = ModelRunner.from_export("cb", tiny_export, dtype="float32")
-    fast = ModelRunner.from_export("cb", tiny_export, dtype="float32", compile=True)
+    eager = ModelRunner.from_export(tiny_export, dtype="float32")
+    fast = ModelRunner.from_export(tiny_export, dtype="float32", compile=True)
     fast.warmup()  # compiles the batch-1 and batch>1 graphs
     batch = [eager.encode({"premise": "It rained.", "hypothesis": "The street is wet."}, 0, True).ids,
              eager.encode({"premise": "No one came to the party at all.", "hypothesis": "It was crowded."}, 1,

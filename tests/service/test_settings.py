@@ -6,9 +6,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.cli import settings_from_args
+from service.cli import build_parser, main, settings_from_args
 from service.settings import Settings
-from training.cli import build_parser
 
 
 def test_environment_variables_with_one_prefix(monkeypatch):
@@ -36,7 +35,17 @@ def test_bad_values_are_refused(monkeypatch, env, value):
 
 
 def test_serve_refuses_a_missing_export(tmp_path, capsys):
-    from training.cli import main
-
     assert main(["serve", "--model", f"cb={tmp_path}"]) == 2
     assert "is not a DHRD export" in capsys.readouterr().err
+
+
+def test_a_request_size_that_could_never_be_queued_is_a_settings_error():
+    with pytest.raises(ValidationError, match="max_inputs_per_request .* is over max_queue"):
+        Settings(max_queue=16, max_inputs_per_request=17)
+
+
+def test_help_shows_real_defaults_not_pydantic_internals(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert "PydanticUndefined" not in out and "default []" in out

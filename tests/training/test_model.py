@@ -4,10 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.contract import ClassifierHead, last_token_index, pad_batch, pool
+from contract.manifest import HeadConfig
+from contract.model import ClassifierHead, last_token_index, pad_batch, pool
 from training.data import build_features, collate
 from training.model import DualHeadModel, build_model
-from training.tasks import Example, get_task
+from contract.tasks import Example, get_task
 
 
 
@@ -108,4 +109,4 @@ def test_lm_span_suffix_masks_the_input_tokens(tokenizer):
 
 def test_invalid_loss_weights_are_rejected(tiny_backbone):
     with pytest.raises(ValueError, match="alpha"):
-        DualHeadModel(torch.nn.Identity(), torch.nn.Identity(), ClassifierHead(4, 2), alpha=-1.0)
+        DualHeadModel(torch.nn.Identity(), torch.nn.Identity(), ClassifierHead(HeadConfig(4, 2)), alpha=-1.0)

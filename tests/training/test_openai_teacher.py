@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from training.rationales import OpenAITeacher, TeacherError, retry_after
+from training.rationales.teachers import OpenAITeacher, TeacherError, retry_after
 
 
 class Script:

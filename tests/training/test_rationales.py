@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from training.data import load_examples
-from training.rationales import clean_rationale, generate, load_rationales, read_rows, reject_reason
-from training.tasks import TaskError, get_task
+from training.rationales.generate import generate
+from training.rationales.judge import clean_rationale, reject_reason
+from training.rationales.rows import load_rationales, read_rows
+from contract.tasks import TaskError, get_task
 
 from ..conftest import write_rationales
 from .fakes import EchoTeacher
@@ -83,7 +85,7 @@ def test_committed_rationale_sets_load_in_training(path, data_dir):
 
 
 def test_human_explanations_import_with_labels_checked(tmp_path, data_dir):
-    from training.rationale_imports import import_rationales
+    from training.rationales.imports import import_rationales
 
     copa = get_task("copa")
     examples = load_examples(copa, "train", data_dir)
@@ -119,8 +121,8 @@ def test_generation_resumes_after_kill_without_duplicates_or_gaps(tmp_path, cb_t
 import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})
 from fakes import EchoTeacher
 from training.data import load_examples
-from training.rationales import generate
-from training.tasks import get_task
+from training.rationales.generate import generate
+from contract.tasks import get_task
 task = get_task("cb")
 generate(task, "train", load_examples(task, "train")[:60], EchoTeacher(delay=0.3), {str(out)!r}, batch_size=4,
          progress=False)
@@ -162,7 +164,7 @@ def test_cot_mode_keeps_only_rationales_that_agree_with_gold(tmp_path, cb_train)
 
 
 def test_palm_completions_are_cut_at_the_next_few_shot_example():
-    from training.rationale_imports import parse_palm
+    from training.rationales.imports import parse_palm
 
     nli = "The premise mentions a senator. So the answer is entailment.\n\nPremise: Another example..."
     assert parse_palm(nli) == ("The premise mentions a senator.", "entailment")
@@ -174,7 +176,7 @@ def test_palm_completions_are_cut_at_the_next_few_shot_example():
 
 
 def test_palm_import_keeps_only_rows_agreeing_with_gold(tmp_path, data_dir):
-    from training.rationale_imports import import_rationales
+    from training.rationales.imports import import_rationales
 
     task = get_task("anli1")
     examples = load_examples(task, "train", data_dir)
@@ -186,7 +188,7 @@ def test_palm_import_keeps_only_rows_agreeing_with_gold(tmp_path, data_dir):
 
 
 def test_flan_import_takes_the_rationale_column(tmp_path, data_dir):
-    from training.rationale_imports import import_rationales
+    from training.rationales.imports import import_rationales
 
     task = get_task("strategyqa")
     examples = load_examples(task, "train", data_dir)

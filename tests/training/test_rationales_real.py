@@ -13,8 +13,10 @@ import pytest
 
 from training import base_model
 from training.data import load_examples
-from training.rationales import LocalHFTeacher, OpenAITeacher, generate, read_rows
-from training.tasks import get_task
+from training.rationales.generate import generate
+from training.rationales.rows import read_rows
+from training.rationales.teachers import LocalHFTeacher, OpenAITeacher
+from contract.tasks import get_task
 
 pytestmark = pytest.mark.integration
 

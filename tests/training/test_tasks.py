@@ -7,7 +7,7 @@ import pytest
 
 from training.data import load_examples
 from training.evaluate import compute_metrics
-from training.tasks import TASK_NAMES, Example, TaskError, get_task
+from contract.tasks import TASK_NAMES, Example, TaskError, get_task
 
 
 @pytest.mark.parametrize("name", TASK_NAMES)

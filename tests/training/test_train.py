@@ -15,7 +15,7 @@ import torch
 
 from training.cli import main
 from training.data import load_examples
-from training.tasks import get_task
+from contract.tasks import get_task
 
 from ..conftest import write_rationales
 
@@ -90,7 +90,7 @@ def test_export_has_no_lm_head_and_matches_training_logits(trained_run, tmp_path
     from safetensors.torch import load_file
     from transformers import AutoModel
 
-    from service.loader import load_export
+    from contract.export_reader import load_export
 
     out = tmp_path / "export"
     assert main(["export", str(trained_run), "--out", str(out), "--dtype", "float32", "--verify-examples", "8"]) == 0
@@ -188,8 +188,9 @@ def test_linear_head_exports_an_hf_sequence_classification_model_with_the_same_l
                                                                                       cb_rationales, data_dir):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from service.loader import load_export
-    from training.contract import encode_input, pad_batch
+    from contract.export_reader import load_export
+    from contract.encoding import encode_input
+    from contract.model import pad_batch
 
     run = tmp_path / "run"
     assert main(train_args(tiny_backbone, run, cb_rationales, "--head", "linear", "--max-steps", "2")) == 0

@@ -1,13 +1,4 @@
-"""Import existing human rationales into the rationale JSONL format.
-
-- COPA-SSE (Brassard et al. 2022): crowd-sourced explanations for every COPA question; we take the
-  explanation with the best filtered average rating.
-- WinoWhy (Zhang et al. 2020): human reasons for WSC273 questions; we take the best-scored
-  "Valid" human reason, for WSC examples whose sentence matches and whose label agrees.
-
-Rows are checked against the task's gold labels; unmatched examples are counted, not guessed, so
-a generating teacher can fill them afterwards (`dhrd rationales` skips keys already written).
-"""
+"""Importing existing rationales (human, or another model's) into the rationale file format."""
 from __future__ import annotations
 
 import json
@@ -16,9 +7,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .tasks import Example, Task, TaskError
+from contract.tasks import Example, Task, TaskError
 
-IMPORTERS = ("copa_sse", "winowhy", "palm_cot", "flan")
+from .rows import done_keys, write_summary
 
 
 def _norm(text: str) -> str:
@@ -43,6 +34,8 @@ def _source(name: str, task: Task, wanted: str, data_dir: Path, relative: str) -
 
 
 def copa_sse(task: Task, split: str, examples: Sequence[Example], data_dir: Path) -> tuple[list[dict], dict]:
+    """COPA-SSE (Brassard et al. 2022): crowd-sourced explanations for every COPA question; the one with
+    the best filtered average rating."""
     path = _source("copa_sse", task, "copa", data_dir, "rationales/copa_sse/dev-explained.jsonl")
     # keyed both ways round: COPA-SSE (Balanced COPA) may list the alternatives in the other order
     index: dict[tuple, tuple[dict, int]] = {}
@@ -70,6 +63,8 @@ def copa_sse(task: Task, split: str, examples: Sequence[Example], data_dir: Path
 
 
 def winowhy(task: Task, split: str, examples: Sequence[Example], data_dir: Path) -> tuple[list[dict], dict]:
+    """WinoWhy (Zhang et al. 2020): human reasons for WSC273 questions; the best-scored "Valid" human
+    reason, for WSC examples whose sentence matches and whose label agrees."""
     path = _source("winowhy", task, "wsc", data_dir, "rationales/winowhy/winowhy.json")
     index: dict[str, list[dict]] = {}
     for q in json.loads(path.read_text()):
@@ -160,8 +155,8 @@ def palm_cot(task: Task, split: str, examples: Sequence[Example], data_dir: Path
 
 def flan(task: Task, split: str, examples: Sequence[Example], data_dir: Path) -> tuple[list[dict], dict]:
     """The human rationale column of a FLAN v2 CoT file, for the FLAN extra tasks."""
-    from .data import read_records, split_source
-    from .tasks.flan import FLAN_TASKS
+    from ..data import read_records, split_source
+    from contract.tasks.flan import FLAN_TASKS
 
     if task.name not in FLAN_TASKS:
         raise TaskError(f"import:flan is for tasks {', '.join(FLAN_TASKS)}, not {task.name!r}")
@@ -179,12 +174,21 @@ def flan(task: Task, split: str, examples: Sequence[Example], data_dir: Path) ->
     return rows, stats
 
 
+# `dhrd rationales --teacher import:NAME`
+IMPORTERS = {"copa_sse": copa_sse, "winowhy": winowhy, "palm_cot": palm_cot, "flan": flan}
+
+
 def import_rationales(name: str, task: Task, split: str, examples: Sequence[Example], data_dir: Path,
                       out: Path) -> dict[str, Any]:
-    """Append imported rows for keys not yet in `out`; returns (and writes next to it) a summary."""
-    from .rationales import done_keys, write_summary
+    """Append imported rows for keys not yet in `out`; returns (and writes next to it) a summary.
 
-    importer = {"copa_sse": copa_sse, "winowhy": winowhy, "palm_cot": palm_cot, "flan": flan}.get(name)
+    Rows are checked against the task's gold labels; unmatched examples are counted, not guessed,
+    so a generating teacher can fill them afterwards (`dhrd rationales` skips keys already written).
+
+    Raises:
+        TaskError: an unknown importer, one used for the wrong task, or its source file missing.
+    """
+    importer = IMPORTERS.get(name)
     if importer is None:
         raise TaskError(f"unknown importer {name!r}; known: {', '.join(IMPORTERS)}")
     started = time.time()

@@ -6,7 +6,11 @@ from typing import Any, Callable, Iterator, Mapping
 
 
 class TaskError(ValueError):
-    """Bad task data or declaration; the message names the file, line or field."""
+    """Bad task data or declaration; the message names the file, line or field (`field` when known)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,8 @@ class Task:
         rows: callable turning one raw record into example rows (see `RecordRows`).
         raw_labels: raw label value (as it appears in the data) -> label name.
         spec: a JSON-able description for custom tasks, recorded in export manifests.
+        field_types: fields that are not text: "int" (offsets, indices), "text_list" (answer choices),
+            or "scalar" (custom tasks: text or a number); every other field is "text".
     """
 
     name: str
@@ -56,6 +62,7 @@ class Task:
     rows: Callable[[Mapping[str, Any]], RecordRows] | None = None
     raw_labels: Mapping[Any, str] = field(default_factory=dict)
     spec: Mapping[str, Any] | None = None
+    field_types: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.labels) < 2:
@@ -71,6 +78,27 @@ class Task:
     def num_labels(self) -> int:
         return len(self.labels)
 
+    def check_fields(self, fields: Mapping[str, Any]) -> None:
+        """Structured input as a caller sends it: known names, declared types, required text not blank.
+
+        Raises TaskError whose `field` names the offending field (None for the object as a whole).
+        """
+        unknown = sorted(set(fields) - set(self.fields))
+        if unknown:
+            raise TaskError(f"unknown field(s) {[_short(u) for u in unknown]}; expected {list(self.fields)}",
+                            field=_short(unknown[0]))
+        for name in self.fields:
+            value = fields.get(name)
+            if value is None:
+                if name in self.required:
+                    raise TaskError(f"missing field {name!r}; required: {list(self.required)}", field=name)
+                continue
+            problem = _type_problem(value, self.field_types.get(name, "text"))
+            if problem is None and name in self.required and isinstance(value, str) and not value.strip():
+                problem = "is empty"
+            if problem:
+                raise TaskError(f"field {name!r} {problem}", field=name)
+
     def format(self, fields: Mapping[str, Any]) -> str:
         """Model input text for one example; raises TaskError naming a missing field."""
         missing = [f for f in self.required if f not in fields or fields[f] is None]
@@ -84,6 +112,36 @@ class Task:
         if isinstance(name, str) and name in self.labels:
             return self.labels.index(name)
         raise TaskError(f"task {self.name!r}: label {raw!r} is not one of {list(self.labels)}")
+
+
+def _type_problem(value: Any, kind: str) -> str | None:
+    """Why `value` is not of the declared field kind, or None."""
+    if kind == "int":
+        return None if isinstance(value, int) and not isinstance(value, bool) else f"must be an integer, got {type(value).__name__}"
+    if kind == "text_list":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return "must be a list of strings"
+        return next((p for p in map(text_problem, value) if p), None)
+    if kind == "scalar" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return None
+    if not isinstance(value, str):
+        return f"must be a string, got {type(value).__name__}"
+    return text_problem(value)
+
+
+def text_problem(text: str) -> str | None:
+    """Text a tokenizer cannot take: lone UTF-16 surrogates (valid JSON escapes, not valid Unicode text)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid Unicode text (it holds a lone surrogate)"
+    return None
+
+
+def _short(name: str, limit: int = 40) -> str:
+    """A caller's field name, safe to echo: printable, ASCII-escaped and cut."""
+    shown = name.encode("ascii", "backslashreplace").decode()
+    return shown if len(shown) <= limit else shown[:limit] + "..."
 
 
 def _hashable(value: Any) -> bool:

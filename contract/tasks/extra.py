@@ -45,7 +45,7 @@ def _cqa_rows(record: Mapping[str, Any]) -> RecordRows:
 
 CQA = Task(
     name="cqa", labels=CQA_LETTERS, label_words=CQA_LETTERS, fields=("question", "choices"),
-    required=("question", "choices"), template=_cqa,
+    required=("question", "choices"), template=_cqa, field_types={"choices": "text_list"},
     splits={"train": f"{DSS}/cqa/cqa_train.json", "val": f"{DSS}/cqa/cqa_test.json"}, rows=_cqa_rows,
 )
 

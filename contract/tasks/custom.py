@@ -68,6 +68,7 @@ def task_from_spec(spec: Mapping[str, Any], base_dir: Path | None = None) -> Tas
         splits=splits,
         rows=rows,
         raw_labels={label: label for label in labels},
+        field_types={f: "scalar" for f in fields},
         spec=portable,
     )
 

@@ -1,0 +1,124 @@
+"""Reading an export directory: the manifest, its files' hashes, and the `PooledClassifier` it holds."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .encoding import load_tokenizer
+from .manifest import MANIFEST_DIGEST_FILE, MANIFEST_FILE, WEIGHTS_FILE, Manifest, file_sha256
+from .model import ClassifierHead, PooledClassifier
+from .tasks import Task, TaskError
+
+log = logging.getLogger("dhrd.contract")
+
+
+class ExportError(ValueError):
+    """A bad, incomplete or tampered export; the message names the file and the problem."""
+
+
+@dataclass
+class LoadedModel:
+    """An export in memory: what it promises, the classifier, its tokenizer and task."""
+
+    manifest: Manifest
+    model: PooledClassifier
+    tokenizer: object
+    task: Task
+
+
+def read_manifest(path: Path) -> Manifest:
+    """Parse `<path>/manifest.json`; raises ExportError naming the file and the problem."""
+    file = Path(path) / MANIFEST_FILE
+    if not file.exists():
+        raise ExportError(f"{path} is not a DHRD export (no {MANIFEST_FILE})")
+    try:
+        return Manifest.from_dict(json.loads(file.read_text()))
+    except (json.JSONDecodeError, ValueError) as exc:
+        raise ExportError(f"{file}: {exc}") from exc
+
+
+def check_consistency(path: Path, manifest: Manifest) -> Task:
+    """The manifest must agree with itself and with its task's declaration: a label list that is
+    swapped, short or long would serve wrong labels (or fail mid-request). Returns the task."""
+    try:
+        task = manifest.task_object()
+    except TaskError as exc:
+        raise ExportError(f"{path}: the manifest's task cannot be built: {exc}") from exc
+    problems = []
+    if len(manifest.labels) != manifest.head.num_labels:
+        problems.append(f"{len(manifest.labels)} labels {manifest.labels} for a head of {manifest.head.num_labels} outputs")
+    if list(manifest.labels) != list(task.labels):
+        problems.append(f"labels {manifest.labels} differ from task {task.name!r}'s {list(task.labels)} (order matters)")
+    if list(manifest.label_words) != list(task.label_words):
+        problems.append(f"label_words {manifest.label_words} differ from task {task.name!r}'s {list(task.label_words)}")
+    if problems:
+        raise ExportError(f"{path}: inconsistent export: " + "; ".join(problems))
+    return task
+
+
+def check_manifest_digest(path: Path) -> bool:
+    """`manifest.sha256` (written at export) must match manifest.json. Returns False for exports that
+    predate it (format 1 exports from before contract 1.1's reader), which load with a warning."""
+    digest_file = Path(path) / MANIFEST_DIGEST_FILE
+    if not digest_file.exists():
+        log.warning("%s: no %s; the manifest's own integrity cannot be checked (older export)", path,
+                    MANIFEST_DIGEST_FILE)
+        return False
+    recorded = digest_file.read_text().split()[0] if digest_file.read_text().strip() else ""
+    actual = file_sha256(Path(path) / MANIFEST_FILE)
+    if recorded != actual:
+        raise ExportError(f"{Path(path) / MANIFEST_FILE}: sha256 {actual[:12]}… does not match {MANIFEST_DIGEST_FILE} "
+                          f"({recorded[:12]}…); the manifest was modified or is corrupt")
+    return True
+
+
+def check_export(path: Path, verify_hashes: bool = True) -> Manifest:
+    """Everything that can be checked without building the model: manifest, consistency, hashes."""
+    manifest = read_manifest(path)
+    check_consistency(path, manifest)
+    if verify_hashes:
+        check_manifest_digest(path)
+        check_files(path, manifest)
+    return manifest
+
+
+def check_files(path: Path, manifest: Manifest) -> None:
+    """Every file the manifest lists must exist with the recorded sha256."""
+    if WEIGHTS_FILE not in manifest.files:
+        raise ExportError(f"{path}: manifest lists no {WEIGHTS_FILE}")
+    for name, digest in manifest.files.items():
+        file = Path(path) / name
+        if not file.exists():
+            raise ExportError(f"{path}: missing file {name} listed in the manifest")
+        actual = file_sha256(file)
+        if actual != digest:
+            raise ExportError(f"{file}: sha256 {actual[:12]}… does not match the manifest ({digest[:12]}…); "
+                              "the export was modified or is corrupt")
+
+
+def load_export(path: Path, dtype: torch.dtype = torch.bfloat16, device: str = "cpu",
+                verify_hashes: bool = True) -> LoadedModel:
+    """Build backbone (from config.json, no LM head) + head and load the export's weights strictly."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModel
+
+    path = Path(path)
+    manifest = check_export(path, verify_hashes)
+    state = load_file(str(path / WEIGHTS_FILE))
+    if any("lm_head" in k for k in state):
+        raise ExportError(f"{path}: export contains LM-head tensors; classification exports must not")
+    config = AutoConfig.from_pretrained(path)
+    backbone = AutoModel.from_config(config, dtype=dtype)
+    model = PooledClassifier(backbone, ClassifierHead(manifest.head), manifest.pooling)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of the wrong shape, e.g. a head with other num_labels
+        raise ExportError(f"{path}: weights do not fit the manifest's model: {str(exc).splitlines()[-1].strip()}") from exc
+    if missing or unexpected:
+        raise ExportError(f"{path}: weights do not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    model = model.to(device=device, dtype=dtype).eval()
+    return LoadedModel(manifest, model, load_tokenizer(path), manifest.task_object())

@@ -1,0 +1,26 @@
+"""Exports written by earlier versions still load and mean the same (tests/fixtures/README.md)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.mark.parametrize("name", ["export-v1-cb"])
+def test_an_export_from_an_earlier_version_loads_and_gives_the_same_probabilities(name):
+    from contract.encoding import encode_input
+    from contract.export_reader import load_export
+    from contract.model import pad_batch
+
+    loaded = load_export(FIXTURES / name, dtype=torch.float32)
+    expected = json.loads((FIXTURES / f"{name}.expected.json").read_text())
+    for row in expected:
+        ids, _ = encode_input(loaded.tokenizer, loaded.task.format(row["fields"]), loaded.manifest.max_length)
+        assert ids == row["ids"]
+        with torch.no_grad():
+            probs = loaded.model(*pad_batch([ids], loaded.tokenizer.pad_token_id)).softmax(-1)[0]
+        torch.testing.assert_close(probs, torch.tensor(row["probs"]), atol=1e-6, rtol=1e-5)

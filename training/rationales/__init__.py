@@ -1,0 +1,1 @@
+"""Teacher rationales: the file format, prompts and judging, teachers, resumable generation, and imports."""
