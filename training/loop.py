@@ -8,6 +8,7 @@ import random
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -297,7 +298,8 @@ def _log_step(log, bar, window: LogWindow, state: TrainState, scheduler, d: Dist
     n = max(window.n, 1)
     row = {"step": state.step, "epoch": state.epoch, "loss": window.loss / n, "cls_loss": window.cls / n,
            "lm_loss": window.lm / n, "lr": scheduler.get_last_lr()[0],
-           "tokens_per_s": window.tokens * d.world / elapsed, "time": time.time()}
+           "tokens_per_s": window.tokens * d.world / elapsed, "rss_mb": rss_mb(), "peak_rss_mb": peak_rss_mb(),
+           "time": time.time()}
     if log is not None:
         log.write(json.dumps(row) + "\n")
         log.flush()
@@ -330,4 +332,23 @@ def _end_of_epoch(cfg: TrainConfig, d: Dist, model: DualHeadModel, tokenizer, ta
 def _summary(cfg: TrainConfig, state: TrainState, data_info: dict[str, Any]) -> dict[str, Any]:
     best = max(state.history, key=lambda r: r["val"]["score"]) if state.history else None
     return {"task": cfg.task, "alpha": cfg.alpha, "beta": cfg.beta, "lora": cfg.lora, "steps": state.step,
-            "tokens": state.tokens, "best": best, "history": state.history, "data": data_info}
+            "tokens": state.tokens, "best": best, "history": state.history, "data": data_info,
+            "peak_rss_mb_this_process": peak_rss_mb()}
+
+
+# --- memory ----------------------------------------------------------------------------------
+def rss_mb() -> float:
+    """Resident memory of this process now (Linux /proc; 0 elsewhere), logged to follow its growth."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (getrusage reports KiB on Linux; it is sampled by the
+    kernel, so it can trail the current reading by a little: the larger of the two)."""
+    import resource
+
+    return max(round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), rss_mb())

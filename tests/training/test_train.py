@@ -47,6 +47,9 @@ def test_train_writes_config_log_best_and_summary(trained_run):
     rows = [json.loads(line) for line in (trained_run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 13))
     assert all(r["lm_loss"] > 0 and r["cls_loss"] > 0 and r["tokens_per_s"] > 0 for r in rows)
+    # memory is logged every step, so growth over a run can be read from log.jsonl
+    assert all(0 < r["rss_mb"] <= r["peak_rss_mb"] for r in rows)
+    assert summary["peak_rss_mb_this_process"] >= rows[-1]["peak_rss_mb"]
     assert (trained_run / "best" / "trainable.safetensors").exists()
     assert summary["data"]["rationales_used"] == 24
 

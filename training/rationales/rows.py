@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 from typing import IO, Any, Iterator, Sequence
 
@@ -120,5 +121,8 @@ def write_summary(path: Path, stats: dict[str, Any]) -> dict[str, Any]:
     summary = {"file": Path(path).name, "rows": len(rows), "words_p10_p50_p90": [pct(0.1), pct(0.5), pct(0.9)],
                "teachers": sorted({r.get("teacher", "?") for r in rows}),
                "prompt_versions": sorted({r.get("prompt_version", "?") for r in rows}), "runs": runs}
-    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    # Atomic: a kill mid-write must not leave a torn summary that the resumed run cannot read.
+    tmp = summary_path.with_name(summary_path.name + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, summary_path)
     return {**summary, "this_run": stats}  # the caller also learns what this very run did
