@@ -68,7 +68,7 @@ def check_manifest_digest(path: Path) -> bool:
         log.warning("%s: no %s; the manifest's own integrity cannot be checked (older export)", path,
                     MANIFEST_DIGEST_FILE)
         return False
-    recorded = digest_file.read_text().split()[0] if digest_file.read_text().strip() else ""
+    recorded = (digest_file.read_text().split() or [""])[0]
     actual = file_sha256(Path(path) / MANIFEST_FILE)
     if recorded != actual:
         raise ExportError(f"{Path(path) / MANIFEST_FILE}: sha256 {actual[:12]}… does not match {MANIFEST_DIGEST_FILE} "
@@ -76,14 +76,15 @@ def check_manifest_digest(path: Path) -> bool:
     return True
 
 
-def check_export(path: Path, verify_hashes: bool = True) -> Manifest:
-    """Everything that can be checked without building the model: manifest, consistency, hashes."""
+def check_export(path: Path, verify_hashes: bool = True) -> tuple[Manifest, Task]:
+    """Everything that can be checked without building the model: manifest, consistency, hashes.
+    Returns the manifest and the task it declares."""
     manifest = read_manifest(path)
-    check_consistency(path, manifest)
+    task = check_consistency(path, manifest)
     if verify_hashes:
         check_manifest_digest(path)
         check_files(path, manifest)
-    return manifest
+    return manifest, task
 
 
 def check_files(path: Path, manifest: Manifest) -> None:
@@ -107,7 +108,7 @@ def load_export(path: Path, dtype: torch.dtype = torch.bfloat16, device: str = "
     from transformers import AutoConfig, AutoModel
 
     path = Path(path)
-    manifest = check_export(path, verify_hashes)
+    manifest, task = check_export(path, verify_hashes)
     state = load_file(str(path / WEIGHTS_FILE))
     if any("lm_head" in k for k in state):
         raise ExportError(f"{path}: export contains LM-head tensors; classification exports must not")
@@ -121,4 +122,4 @@ def load_export(path: Path, dtype: torch.dtype = torch.bfloat16, device: str = "
     if missing or unexpected:
         raise ExportError(f"{path}: weights do not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
     model = model.to(device=device, dtype=dtype).eval()
-    return LoadedModel(manifest, model, load_tokenizer(path), manifest.task_object())
+    return LoadedModel(manifest, model, load_tokenizer(path), task)

@@ -69,15 +69,14 @@ class CotRunner:
         """Token ids before and after the input in the CoT prompt (chat template when the model has one),
         tokenised once, so each request's input ids are reused as the classifier encoded them."""
         content = cot_instruction(_SLOT, self.manifest.label_words)
-        if getattr(self.tokenizer, "chat_template", None):
-            text = self.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                                      add_generation_prompt=True)
-        else:
-            text = content
+        chat = bool(getattr(self.tokenizer, "chat_template", None))
+        text = self.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                                  add_generation_prompt=True) if chat else content
         before, _, after = text.partition(_SLOT)
-        # Special tokens are spelled out in the rendered template; the tokenizer maps them back to their ids.
-        prefix = self.tokenizer(before, add_special_tokens=not getattr(self.tokenizer, "chat_template", None))
-        return prefix["input_ids"], self.tokenizer(after, add_special_tokens=False)["input_ids"]
+        # A rendered template spells its special tokens out (the tokenizer maps them back to their ids);
+        # plain text gets the tokenizer's own special tokens, as the classifier's input does.
+        prefix = self.tokenizer(before, add_special_tokens=not chat)["input_ids"]
+        return prefix, self.tokenizer(after, add_special_tokens=False)["input_ids"]
 
     def prompt_ids(self, input_ids: list[int]) -> list[int]:
         """The CoT prompt around one classifier input, given as the ids the classifier's tokenizer made

@@ -95,13 +95,9 @@ def _field_path(loc: tuple) -> str:
     return ".".join(str(p) for p in loc if p != "body" and not (isinstance(p, str) and _TYPE_TAG.fullmatch(p)))
 
 
-def count_rejection(request: Request, kind: str) -> None:
-    """The one place a refused or failed request is counted: `dhrd_rejected_requests_total{reason=kind}`."""
-    count_rejection_in(request.scope, kind)
-
-
-def count_rejection_in(scope, kind: str) -> None:
-    """The same, from an ASGI scope (middleware answers before a Request exists)."""
+def count_rejection(scope, kind: str) -> None:
+    """The one place a refused or failed request is counted: `dhrd_rejected_requests_total{reason=kind}`.
+    Takes the ASGI scope, since middleware answers before a Request exists."""
     state = getattr(getattr(scope.get("app"), "state", None), "dhrd", None)
     if state is not None:
         state.metrics.rejected.labels(kind).inc()
@@ -117,33 +113,33 @@ def install_handlers(app: FastAPI) -> None:
         if first.get("type") == "json_invalid":  # its loc is ("body", <character offset>), not a field
             position = first.get("loc", ("body", "?"))[-1]
             reason = (first.get("ctx") or {}).get("error", first.get("msg"))
-            count_rejection(request, "invalid_input")
+            count_rejection(request.scope, "invalid_input")
             return error_response(422, "invalid_input", f"body is not valid JSON (at character {position}): {reason}",
                                   "body")
         field = _field_path(tuple(first.get("loc", ())))
         message = f"{field or 'body'}: {first.get('msg')}"
         if len(errors) > 1:
             message += f" (and {len(errors) - 1} more)"
-        count_rejection(request, "invalid_input")
+        count_rejection(request.scope, "invalid_input")
         return error_response(422, "invalid_input", message, field or None)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         kind = {404: "not_found", 405: "method_not_allowed", 408: "timeout", 413: "too_large"}.get(exc.status_code,
                                                                                                   "http_error")
-        count_rejection(request, kind)
+        count_rejection(request.scope, kind)
         return error_response(exc.status_code, kind, str(exc.detail), "body" if exc.status_code == 413 else None,
                               getattr(exc, "headers", None))
 
     @app.exception_handler(ServiceError)
     async def _service(request: Request, exc: ServiceError):
-        count_rejection(request, exc.kind)
+        count_rejection(request.scope, exc.kind)
         return error_response(exc.status, exc.kind, exc.message, exc.field, exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         # A bug or a failing model, not the caller's fault: a JSON 500 that does not leak internals.
         # Starlette logs the traceback after this answer is sent; the process stays up.
-        count_rejection(request, "internal")
+        count_rejection(request.scope, "internal")
         return error_response(500, "internal", f"internal error ({type(exc).__name__}); the request was not "
                                                "completed and may be retried")

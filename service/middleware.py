@@ -8,7 +8,7 @@ import time
 
 from fastapi import HTTPException
 
-from .errors import count_rejection_in, error_response
+from .errors import count_rejection, error_response
 from .settings import Settings
 
 TRACKED_PATHS = {"/classify", "/v1/classify", "/classify/cot", "/v1/models", "/health", "/ready", "/metrics"}
@@ -71,14 +71,14 @@ class Admission:
             return await self.app(scope, receive, send)
         path = scope["path"]
         if path in self.protected and not self._authorised(scope):
-            count_rejection_in(scope, "unauthorized")
+            count_rejection(scope, "unauthorized")
             response = error_response(401, "unauthorized", "missing or invalid bearer token", "Authorization",
                                       {"WWW-Authenticate": 'Bearer realm="dhrd"'})
             return await response(scope, receive, send)
         if path not in WORK_PATHS:
             return await self.app(scope, receive, send)
         if self.in_flight >= self.settings.max_concurrent_requests:
-            count_rejection_in(scope, "overloaded")
+            count_rejection(scope, "overloaded")
             response = error_response(429, "overloaded", f"{self.in_flight} requests in flight, the limit is "
                                       f"{self.settings.max_concurrent_requests}; retry later", None,
                                       {"Retry-After": "1"})

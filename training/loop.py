@@ -110,8 +110,8 @@ def make_features(cfg: TrainConfig, task: Task, tokenizer) -> tuple[list[Feature
     """
     split_examples = load_examples(task, "train", cfg.data_dir)
     examples = split_examples[: cfg.train_limit] if cfg.train_limit else split_examples
-    data_info: dict[str, Any] = {"train_file": str(split_path(task, "train", cfg.data_dir)),
-                                 "train_sha256": file_sha256(split_path(task, "train", cfg.data_dir))}
+    train_file = split_path(task, "train", cfg.data_dir)
+    data_info: dict[str, Any] = {"train_file": str(train_file), "train_sha256": file_sha256(train_file)}
     rationales: dict[str, str] = {}
     if cfg.uses_lm or cfg.only_with_rationales:
         rationales, examples = _join_rationales(cfg, task, examples, split_examples, data_info)

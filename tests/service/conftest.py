@@ -51,7 +51,6 @@ class FakeRunner:
         self.manifest = FakeManifest()
         self.task = FAKE_TASK
         self.tokenizer = FakeTokenizer()
-        self.labels = list(self.manifest.labels)
         self.delay = delay
         self.gate = gate
         self.batches: list[int] = []
