@@ -22,9 +22,7 @@ from .state import AppState
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": schemas.ErrorResponse} for code in (401, 404, 408, 413, 422, 429, 500, 503, 504)}
-# Declares the bearer scheme in the OpenAPI document; the key itself is checked by `Admission`
-# from the headers, before the body is read.
-AUTH = [Security(BEARER)]
+
 
 
 def create_app(settings: Settings, runners: dict[str, ModelRunner] | None = None,
@@ -42,6 +40,9 @@ def create_app(settings: Settings, runners: dict[str, ModelRunner] | None = None
         loading.cancel()
         await state.close()
 
+    # The bearer scheme is declared in the OpenAPI document only when a key is required; `Admission`
+    # checks the key itself, from the headers, before the body is read.
+    auth = [Security(BEARER)] if settings.api_key else []
     app = FastAPI(title="DHRD classifier service", version="0.1.0", lifespan=lifespan,
                   description="Pooled classifiers trained with Dual-Head Reasoning Distillation. "
                               "POST /classify speaks vLLM's classification API.")
@@ -74,14 +75,14 @@ def create_app(settings: Settings, runners: dict[str, ModelRunner] | None = None
     async def metrics(state: StateDep) -> Response:
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/models", response_model=schemas.ModelList, responses=ERROR_RESPONSES, dependencies=AUTH)
+    @app.get("/v1/models", response_model=schemas.ModelList, responses=ERROR_RESPONSES, dependencies=auth)
     async def models(state: StateDep) -> schemas.ModelList:
         return schemas.ModelList(data=[schemas.ModelCard(id=name, **served.describe())
                                        for name, served in sorted(state.models.items())])
 
-    @app.post("/classify", response_model=schemas.ClassifyResponse, responses=ERROR_RESPONSES, dependencies=AUTH,
+    @app.post("/classify", response_model=schemas.ClassifyResponse, responses=ERROR_RESPONSES, dependencies=auth,
               summary="Classify text(s) or task field object(s) with the pooled head")
-    @app.post("/v1/classify", response_model=schemas.ClassifyResponse, responses=ERROR_RESPONSES, dependencies=AUTH,
+    @app.post("/v1/classify", response_model=schemas.ClassifyResponse, responses=ERROR_RESPONSES, dependencies=auth,
               summary="The same as POST /classify, under vLLM's versioned path")
     async def classify(body: schemas.ClassifyRequest, request: Request, state: StateDep) -> schemas.ClassifyResponse:
         served = state.model(body.model)
@@ -96,7 +97,7 @@ def create_app(settings: Settings, runners: dict[str, ModelRunner] | None = None
         return schemas.ClassifyResponse(model=body.model, data=data,
                                         usage=schemas.UsageInfo(prompt_tokens=tokens, total_tokens=tokens))
 
-    @app.post("/classify/cot", response_model=schemas.CotResponse, responses=ERROR_RESPONSES, dependencies=AUTH,
+    @app.post("/classify/cot", response_model=schemas.CotResponse, responses=ERROR_RESPONSES, dependencies=auth,
               summary="Chain-of-thought decoding on the same backbone, for comparison")
     async def classify_cot(body: schemas.CotRequest, request: Request, state: StateDep) -> schemas.CotResponse:
         served = state.model(body.model)

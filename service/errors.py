@@ -87,7 +87,8 @@ def error_response(status: int, kind: str, message: str, field: str | None = Non
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
-_TYPE_TAG = re.compile(r"(str|int|float|bool|dict|list|union|literal|function-\w+)(\[.*\])?", re.IGNORECASE)
+_TYPE_TAG = re.compile(r"(str|int|float|bool|dict|list|union|literal|function-\w+|constrained-\w+)(\[.*\])?",
+                       re.IGNORECASE)
 
 
 def _field_path(loc: tuple) -> str:
@@ -109,7 +110,8 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
         errors = exc.errors()
-        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        # The deepest location is the most specific: for a union, the member the value came closest to.
+        first = max(errors, key=lambda e: len(e.get("loc", ())), default={"loc": (), "msg": "invalid request"})
         if first.get("type") == "json_invalid":  # its loc is ("body", <character offset>), not a field
             position = first.get("loc", ("body", "?"))[-1]
             reason = (first.get("ctx") or {}).get("error", first.get("msg"))
@@ -125,6 +127,9 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400:  # FastAPI's "error parsing the body" (e.g. not UTF-8): as malformed JSON
+            count_rejection(request.scope, "invalid_input")
+            return error_response(422, "invalid_input", f"body could not be parsed as JSON: {exc.detail}", "body")
         kind = {404: "not_found", 405: "method_not_allowed", 408: "timeout", 413: "too_large"}.get(exc.status_code,
                                                                                                   "http_error")
         count_rejection(request.scope, kind)

@@ -6,8 +6,12 @@ import uuid
 from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import Annotated
 
-InputItem = Union[str, dict[str, Any]]
+# Plain `str`, not constrained: blank text and text that is not valid Unicode are refused by the
+# service with a 422 naming the item (`input.3`), which a schema constraint would report as `input`.
+Fields = Annotated[dict[str, Any], Field(min_length=1)]
+InputItem = Union[str, Fields]
 
 
 class ClassifyRequest(BaseModel):
@@ -18,7 +22,8 @@ class ClassifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(..., description="served model name (see GET /v1/models)", min_length=1, max_length=256)
-    input: Union[str, dict[str, Any], list[InputItem]] = Field(..., description="text(s) or task field object(s)")
+    input: Union[str, Fields, Annotated[list[InputItem], Field(min_length=1)]] = Field(
+        ..., description="text(s) or task field object(s); which fields depends on the model's task (GET /v1/models)")
     # strict: "yes", "1" or 1 are not booleans; a client sending them has a bug worth hearing about.
     truncate: bool = Field(True, strict=True, description="cut over-long inputs (their beginning) instead of answering 422")
     truncate_prompt_tokens: int | None = Field(None, ge=1, description="vLLM's name: keep at most N tokens")

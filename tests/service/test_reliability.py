@@ -157,8 +157,8 @@ def test_past_the_in_flight_cap_requests_are_429_before_their_body_is_read():
 
 def test_openapi_declares_bearer_auth_and_metrics_as_text():
     async def go():
-        async with serving(Settings(models={}), {"fake": FakeRunner()}) as client:
-            return (await client.get("/openapi.json")).json()
+        async with serving(Settings(models={}, api_key="k"), {"fake": FakeRunner()}) as client:
+            return (await client.get("/openapi.json", headers={"Authorization": "Bearer k"})).json()
 
     doc = run(go())
     assert any(s.get("scheme") == "bearer" for s in doc["components"]["securitySchemes"].values())
