@@ -10,6 +10,7 @@ import asyncio
 import json
 import random
 import signal
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -134,8 +135,8 @@ def main() -> int:
     args = parser.parse_args()
 
     port = free_port()
-    log = args.out / "serve.log"
     args.out.mkdir(parents=True, exist_ok=True)
+    log = Path(tempfile.mkdtemp(prefix="dhrd-soak-")) / "serve.log"  # the server's log stays out of the repo
     flags = ["--request-timeout-s", str(args.request_timeout_s), "--max-queue", "256", "--max-inputs-per-request",
              "128", *args.flags.split()]
     proc = start_server(args.export, "cb", port, flags, log)

@@ -55,7 +55,11 @@ class Batcher:
         self._computing = 0  # sequences in the batch being computed now
         self._held: list[_Pending] = []  # taken from the queue this round (collected or being computed)
         self._closed = False
-        self._batch_seconds = 0.05  # running estimate of one forward pass, for Retry-After
+        # Running estimates of one forward pass and of its cost per sequence: what admission and the
+        # pre-pass check use to tell whether work can still finish before its deadline.
+        self._batch_seconds = 0.05
+        self._sequence_seconds = 0.0
+        self._passes = 0
 
     # --- handler side -----------------------------------------------------------------------
     def submit(self, sequences: Sequence[Sized], deadline: float) -> list[asyncio.Future]:
@@ -70,10 +74,15 @@ class Batcher:
         if n > self.config.max_queue:
             raise TooLarge(f"{n} inputs can never fit model {self.name!r}'s queue of {self.config.max_queue} "
                            "sequences; send fewer per request", field="input")
+        wait = self.expected_wait(n)
         if self._waiting + n > self.config.max_queue:
-            waits = (self._waiting / self.config.max_batch_size + 1) * self._batch_seconds
             raise Overloaded(f"model {self.name!r} queue is full ({self._waiting} of {self.config.max_queue} "
-                             "sequences waiting); retry later", retry_after=waits)
+                             "sequences waiting); retry later", retry_after=wait)
+        if self._waiting and 0 < deadline - time.monotonic() < wait:  # (a past deadline is a 504, below)
+            # An honest queue: work that would wait past its deadline is refused now, retryably, rather
+            # than queued to time out; under overload the passes go to requests that can still finish.
+            raise Overloaded(f"model {self.name!r} would reach this request in ~{wait:.1f} s, past its deadline "
+                             f"({self._waiting} sequences waiting); retry later", retry_after=wait)
         loop = asyncio.get_running_loop()
         futures = []
         for payload in sequences:
@@ -85,6 +94,10 @@ class Batcher:
         self._arrived.set()
         self._gauge()
         return futures
+
+    def expected_wait(self, n: int) -> float:
+        """Seconds until `n` more sequences would be computed: the queue ahead of them, then their pass."""
+        return (self._waiting + self._computing + n) * self._sequence_seconds + self._batch_seconds
 
     def _unqueue(self, item: _Pending) -> None:
         """The sequence stops counting against max_queue (taken for a batch, cancelled, or expired)."""
@@ -161,13 +174,14 @@ class Batcher:
             self._unqueue(item)
 
     def _live(self, items: list[_Pending]) -> list[_Pending]:
-        """Drop sequences whose request was cancelled (client gone, deadline) or whose deadline passed."""
-        now, live = time.monotonic(), []
+        """Drop sequences whose request was cancelled (client gone) or that cannot finish before their
+        deadline: a pass for them would be wasted, and under overload it is what starves the rest."""
+        finish, live = time.monotonic() + self._batch_seconds, []
         for item in items:
             if item.future.done():
                 self.metrics.dropped.labels(self.name, "cancelled").inc()
-            elif item.deadline < now:
-                item.future.set_exception(DeadlineExceeded("request deadline passed while queued"))
+            elif item.deadline < finish:
+                item.future.set_exception(DeadlineExceeded("request deadline would pass before its forward pass ended"))
                 self.metrics.dropped.labels(self.name, "deadline").inc()
             else:
                 live.append(item)
@@ -205,7 +219,10 @@ class Batcher:
         finally:
             self._computing = 0
         elapsed = time.perf_counter() - started
-        self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
+        keep = 0.8 if self._passes else 0.0  # the first pass replaces the start-up guesses
+        self._batch_seconds = keep * self._batch_seconds + (1 - keep) * elapsed
+        self._sequence_seconds = keep * self._sequence_seconds + (1 - keep) * elapsed / len(batch)
+        self._passes += 1
         self.metrics.inference_duration.labels(self.name).observe(elapsed)
         for item, result in zip(batch, results):
             if not item.future.done():

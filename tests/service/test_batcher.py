@@ -196,3 +196,26 @@ def test_drain_finishes_queued_work_then_answers_the_rest_503():
     failed, outcomes = asyncio.run(go())
     assert "pending" not in outcomes and outcomes.count("ShuttingDown") == failed >= 1
     assert outcomes[:2] == ["ok", "ok"]
+
+
+def test_work_that_would_wait_past_its_deadline_is_refused_at_once_not_left_to_time_out():
+    """Under overload the queue is honest: a request that cannot be reached before its deadline gets a
+    retryable 429 now, and the forward passes go to requests that can still finish (goodput)."""
+    async def go():
+        rec = Recorder(delay=0.1)
+        b = make(rec, max_batch_size=1, max_wait_ms=0, max_queue=100)
+        b.start()
+        await asyncio.gather(*b.submit([[1]], far()))  # one pass: the batcher learns its cost
+        outcomes = []
+        for _ in range(10):  # each with 0.35 s to live: only the first few can be reached in time
+            try:
+                outcomes.append(b.submit([[1]], time.monotonic() + 0.35)[0])
+            except Overloaded:
+                outcomes.append("429")
+        results = await asyncio.gather(*[f for f in outcomes if f != "429"], return_exceptions=True)
+        await b.stop()
+        return outcomes.count("429"), results
+
+    refused, results = asyncio.run(go())
+    assert refused >= 5
+    assert all(r == 1 for r in results)  # everything admitted was computed in time: no 504s
