@@ -84,6 +84,8 @@ async def client(url: str, seed: int, until: float, window: list[Window], too_ma
             window[0].statuses[f"{kind}:{outcome}"] += 1
             if outcome == "200":
                 window[0].latencies.append(time.monotonic() - started)
+            elif outcome == "429":  # a well-behaved client waits as told (capped: the overload must go on)
+                await asyncio.sleep(min(float(r.headers.get("retry-after", 1)), 5.0))
 
 
 async def soak(url: str, pid: int, seconds: float, clients: int, interval: float, too_many: int) -> list[dict]:

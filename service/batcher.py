@@ -68,9 +68,25 @@ class Batcher:
         Raises TooLarge when the request could never fit the queue, Overloaded (retryable) when the
         live queue is full now, ShuttingDown once the service drains.
         """
+        n = len(sequences)
+        self.admit(n, deadline)
+        loop = asyncio.get_running_loop()
+        futures = []
+        for payload in sequences:
+            pending = _Pending(payload, loop.create_future(), deadline)
+            pending.future.add_done_callback(lambda _, p=pending: self._unqueue(p))
+            self._queue.put_nowait(pending)
+            futures.append(pending.future)
+        self._waiting += n
+        self._arrived.set()
+        self._gauge()
+        return futures
+
+    def admit(self, n: int, deadline: float) -> None:
+        """Whether `n` sequences due by `deadline` may be queued now; cheap, so handlers call it before
+        tokenising too (a refusal should cost as little as possible). Raises as `submit` does."""
         if self._closed:
             raise ShuttingDown(f"model {self.name!r} is shutting down; retry on another replica")
-        n = len(sequences)
         if n > self.config.max_queue:
             raise TooLarge(f"{n} inputs can never fit model {self.name!r}'s queue of {self.config.max_queue} "
                            "sequences; send fewer per request", field="input")
@@ -83,17 +99,6 @@ class Batcher:
             # than queued to time out; under overload the passes go to requests that can still finish.
             raise Overloaded(f"model {self.name!r} would reach this request in ~{wait:.1f} s, past its deadline "
                              f"({self._waiting} sequences waiting); retry later", retry_after=wait)
-        loop = asyncio.get_running_loop()
-        futures = []
-        for payload in sequences:
-            pending = _Pending(payload, loop.create_future(), deadline)
-            pending.future.add_done_callback(lambda _, p=pending: self._unqueue(p))
-            self._queue.put_nowait(pending)
-            futures.append(pending.future)
-        self._waiting += n
-        self._arrived.set()
-        self._gauge()
-        return futures
 
     def expected_wait(self, n: int) -> float:
         """Seconds until `n` more sequences would be computed: the queue ahead of them, then their pass."""

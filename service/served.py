@@ -77,6 +77,7 @@ class ServedModel:
 
     async def classify(self, items: Sequence[Item], options: InputOptions, deadline: float) -> list[Classification]:
         """Class probabilities of every item, batched with concurrent requests; by `deadline` (monotonic) or 504."""
+        self.batcher.admit(len(items), deadline)  # refuse before tokenising: a 429 should cost little
         encoded = self.encode(items, options)
         probs = await wait_all(self.batcher.submit([e.ids for e in encoded], deadline), deadline)
         labels = self.labels
@@ -88,6 +89,7 @@ class ServedModel:
         """Chain-of-thought answers: the base causal LM decodes around the same (possibly cut) input ids."""
         if self.cot is None or self.cot_batcher is None:
             raise Disabled("the CoT endpoint is disabled; start the service with --cot (DHRD_COT=true)")
+        self.cot_batcher.admit(len(items), deadline)
         encoded = self.encode(items, options)
         prompts = [CotItem(self.cot.prompt_ids(e.ids), params) for e in encoded]
         results = await wait_all(self.cot_batcher.submit(prompts, deadline), deadline)

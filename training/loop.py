@@ -8,7 +8,6 @@ import random
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +20,7 @@ from contract.tasks import Example, Task, TaskError, get_task
 from .config import TrainConfig
 from .data import Features, build_features, collate, load_examples, split_path
 from .evaluate import autocast, compute_metrics, predict_logits
+from .memory import peak_rss_mb, release_free_memory, rss_mb
 from .model import DualHeadModel, make_model
 from .run_dir import (LOG_FILE, SUMMARY_FILE, has_checkpoint, prepare_run_dir, resolve_backbone, restore_checkpoint,
                       save_best, save_checkpoint)
@@ -232,6 +232,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if not boundary:
                 continue
             _optimizer_step(model, optimizer, scheduler, cfg.clip)
+            if cfg.release_memory:
+                release_free_memory()
             state.step += 1
             if state.step % cfg.log_every == 0 or state.step == total_steps:
                 _log_step(log, bar, window, state, scheduler, d)
@@ -335,20 +337,3 @@ def _summary(cfg: TrainConfig, state: TrainState, data_info: dict[str, Any]) -> 
             "tokens": state.tokens, "best": best, "history": state.history, "data": data_info,
             "peak_rss_mb_this_process": peak_rss_mb()}
 
-
-# --- memory ----------------------------------------------------------------------------------
-def rss_mb() -> float:
-    """Resident memory of this process now (Linux /proc; 0 elsewhere), logged to follow its growth."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0.0
-    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (getrusage reports KiB on Linux; it is sampled by the
-    kernel, so it can trail the current reading by a little: the larger of the two)."""
-    import resource
-
-    return max(round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), rss_mb())

@@ -27,7 +27,7 @@ BEST_META_FILE = "meta.json"
 EVAL_DIR = "eval"  # `dhrd evaluate` writes here
 
 # Flags that may differ between a run and its --resume (they do not change what is computed).
-RESUMABLE_CHANGES = ("resume", "progress", "threads", "log_every", "save_every")
+RESUMABLE_CHANGES = ("resume", "progress", "threads", "log_every", "save_every", "release_memory")
 
 
 # --- the configuration -----------------------------------------------------------------------
