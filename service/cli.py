@@ -58,6 +58,7 @@ def serve(args: argparse.Namespace) -> None:
         log.warning("--no-verify-hashes: export files are NOT checked against their manifests' sha256")
     app = create_app(settings, hashes_checked=settings.verify_hashes)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level,
+                            limit_concurrency=settings.max_connections,
                             # uvicorn's own cut-off comes after ours, so what we could not finish is answered 503
                             timeout_graceful_shutdown=settings.grace_s + 10)
     DrainingServer(config, app).run()

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     # past this many requests in flight, POSTs are answered 429 without reading their bodies.
     max_concurrent_requests: int = Field(1024, ge=1, description="requests in flight before an early 429")
     body_timeout_s: float = Field(10.0, gt=0, description="a request body not fully received by then -> 408")
+    # The last line of defence, at the connection level: uvicorn answers requests past this many open
+    # connections with its own plain-text 503 (the one answer that is not our JSON shape).
+    max_connections: int = Field(4096, ge=16, description="open connections before uvicorn refuses more")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="no CORS unless origins are listed")
 
     # --- chain-of-thought comparison endpoint ---------------------------------------------------
