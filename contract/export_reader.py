@@ -109,7 +109,10 @@ def load_export(path: Path, dtype: torch.dtype = torch.bfloat16, device: str = "
 
     path = Path(path)
     manifest, task = check_export(path, verify_hashes)
-    state = load_file(str(path / WEIGHTS_FILE))
+    try:
+        state = load_file(str(path / WEIGHTS_FILE))
+    except Exception as exc:  # safetensors raises its own error types for truncated or garbled files
+        raise ExportError(f"{path / WEIGHTS_FILE}: cannot be read as safetensors ({exc})") from exc
     if any("lm_head" in k for k in state):
         raise ExportError(f"{path}: export contains LM-head tensors; classification exports must not")
     config = AutoConfig.from_pretrained(path)

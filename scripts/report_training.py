@@ -66,17 +66,20 @@ def run_setting(task: str, name: str, flags: list[str], runs_dir: Path, extra: l
             "tokens_per_s": round(summary["tokens"] / train_seconds, 1) if train_seconds else None,
             "best_epoch": summary["best"]["epoch"] if summary["best"] else None,
             "val": summary["best"]["val"] if summary["best"] else None,
-            "final_val": summary["history"][-1]["val"] if summary["history"] else None}
+            "final_val": summary["history"][-1]["val"] if summary["history"] else None,
+            # runs from before the field existed report None
+            "peak_rss_mb": summary.get("peak_rss_mb_this_process")}
 
 
 def markdown(report: dict) -> str:
     keys = [k for k in report["results"][0]["val"] if k != "score"]
-    head = "| setting | wall (s) | steps | train tokens | tokens/s | best epoch | " + " | ".join(f"val {k}" for k in keys)
-    rows = [head + " |", "|" + "---|" * (6 + len(keys))]
+    head = ("| setting | wall (s) | steps | train tokens | tokens/s | peak RSS (MB) | best epoch | "
+            + " | ".join(f"val {k}" for k in keys))
+    rows = [head + " |", "|" + "---|" * (7 + len(keys))]
     for r in report["results"]:
         vals = " | ".join(f"{r['val'][k]:.4f}" for k in keys)
         rows.append(f"| {r['setting']} | {r['wall_seconds']} | {r['steps']} | {r['tokens']} | {r['tokens_per_s']} | "
-                    f"{r['best_epoch']} | {vals} |")
+                    f"{r.get('peak_rss_mb')} | {r['best_epoch']} | {vals} |")
     m = report["machine"]
     rows.append("")
     rows.append(f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}; date {report['date']}; "

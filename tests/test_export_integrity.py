@@ -56,3 +56,22 @@ def test_an_edited_manifest_fails_its_digest(tiny_export, tmp_path):
     with pytest.raises(ExportError, match="manifest.json: sha256 .* does not match manifest.sha256"):
         load_export(copy)
     load_export(copy, verify_hashes=False)  # the operator's explicit opt-out still loads it
+
+
+def test_truncated_weights_are_an_export_error_even_without_hash_checks(tiny_export, tmp_path):
+    copy = tmp_path / "export"
+    shutil.copytree(tiny_export, copy)
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ExportError, match="model.safetensors: sha256"):
+        check_export(copy)
+    with pytest.raises(ExportError, match="cannot be read as safetensors"):
+        load_export(copy, verify_hashes=False)
+
+
+def test_a_missing_file_is_named(tiny_export, tmp_path):
+    copy = tmp_path / "export"
+    shutil.copytree(tiny_export, copy)
+    (copy / "tokenizer.json").unlink()
+    with pytest.raises(ExportError, match="missing file tokenizer.json"):
+        check_export(copy)
