@@ -43,8 +43,6 @@ def serve(args: argparse.Namespace) -> None:
     """Check every export (before the port opens), then run uvicorn until SIGTERM, then drain."""
     import uvicorn
 
-    from contract.export_reader import check_export
-
     from .app import create_app
     from .server import DrainingServer
 
@@ -52,16 +50,24 @@ def serve(args: argparse.Namespace) -> None:
     if not settings.models:
         raise ValueError("no model to serve: pass --model NAME=EXPORT_DIR (or set DHRD_MODELS)")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name, path in settings.models.items():  # fail fast, before binding the port
-        check_export(path, verify_hashes=settings.verify_hashes)
-    if not settings.verify_hashes:
-        log.warning("--no-verify-hashes: export files are NOT checked against their manifests' sha256")
+    check_exports(settings)
     app = create_app(settings, hashes_checked=settings.verify_hashes)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level,
                             limit_concurrency=settings.max_connections,
                             # uvicorn's own cut-off comes after ours, so what we could not finish is answered 503
                             timeout_graceful_shutdown=settings.grace_s + 10)
     DrainingServer(config, app).run()
+
+
+def check_exports(settings: Settings) -> None:
+    """Every export's manifest, consistency and (unless disabled, loudly) file hashes, before the port
+    opens; the app then loads them without hashing again. Raises ExportError naming the problem."""
+    from contract.export_reader import check_export
+
+    for path in settings.models.values():
+        check_export(path, verify_hashes=settings.verify_hashes)
+    if not settings.verify_hashes:
+        log.warning("--no-verify-hashes: export files are NOT checked against their manifests' sha256")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -65,7 +65,8 @@ class TrainConfig:
     log_every: int = field(default=1, metadata={"help": "log every N optimizer steps"})
     resume: bool = field(default=False, metadata={"help": "continue from <out>/checkpoints/last.pt"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
-    release_memory: bool = field(default=False, metadata={
+    # Measured (TRAINING.md, "Memory"): RSS between steps 2.7 GB instead of 9.3 GB after 40 CB steps, same tokens/s.
+    release_memory: bool = field(default=True, metadata={
         "help": "return freed heap to the OS after every optimizer step (glibc malloc_trim; bounds CPU RSS)"})
 
     def __post_init__(self) -> None:

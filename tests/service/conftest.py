@@ -68,9 +68,9 @@ class FakeRunner:
 
 
 @asynccontextmanager
-async def serving(settings: Settings, runners=None, wait_ready: bool = True):
+async def serving(settings: Settings, runners=None, wait_ready: bool = True, hashes_checked: bool = False):
     """Run the app's lifespan and yield an httpx client talking to it in-process."""
-    app = create_app(settings, runners)
+    app = create_app(settings, runners, hashes_checked=hashes_checked)
     async with app.router.lifespan_context(app):
         # Starlette re-raises an unexpected error after answering (for the server to log); a real server
         # keeps going, and so does this client: it sees the JSON 500 that was sent.

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.cli import build_parser, main, settings_from_args
+from service.cli import build_parser, check_exports, main, settings_from_args
 from service.settings import Settings
 
 
@@ -49,3 +49,29 @@ def test_help_shows_real_defaults_not_pydantic_internals(capsys):
         build_parser().parse_args(["serve", "--help"])
     out = capsys.readouterr().out
     assert "PydanticUndefined" not in out and "default []" in out
+
+
+def test_skipping_hash_checks_is_logged_as_a_warning(tiny_export, caplog):
+    with caplog.at_level("WARNING", logger="dhrd.service"):
+        check_exports(Settings(models={"cb": tiny_export}, verify_hashes=False))
+    assert any("NOT checked" in r.getMessage() for r in caplog.records)
+
+
+def test_hashes_checked_before_start_up_are_not_checked_again(tiny_export, monkeypatch):
+    import asyncio
+
+    import contract.export_reader as reader
+
+    from .conftest import serving
+
+    calls = []
+    real = reader.check_files
+    monkeypatch.setattr(reader, "check_files", lambda *a: calls.append(a) or real(*a))
+    settings = Settings(models={"cb": tiny_export}, dtype="float32")
+    check_exports(settings)
+
+    async def go():
+        async with serving(settings, hashes_checked=True) as client:
+            return (await client.get("/ready")).status_code
+
+    assert asyncio.run(go()) == 200 and len(calls) == 1
