@@ -21,20 +21,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_ok(url: str, timeout: float, poll: float = 0.5, alive=lambda: True) -> bool:
+    """Poll `url` until it answers 200 (True), `timeout` passes or `alive()` turns false (False)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and alive():
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(poll)
+    return False
+
+
 def spawn_until_ready(cmd: list[str], probe_url: str, log: Path, timeout: float = 300,
                       poll: float = 0.5) -> subprocess.Popen:
     """Start a server process and wait until `probe_url` answers 200 (or fail, naming its log)."""
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{Path(cmd[0]).name} exited ({proc.returncode}); see {log}")
-        try:
-            if httpx.get(probe_url, timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(poll)
+    if wait_until_ok(probe_url, timeout, poll, alive=lambda: proc.poll() is None):
+        return proc
+    if proc.poll() is not None:
+        raise RuntimeError(f"{Path(cmd[0]).name} exited ({proc.returncode}); see {log}")
     proc.kill()
     raise RuntimeError(f"{Path(cmd[0]).name} not ready in {timeout:g} s; see {log}")
 

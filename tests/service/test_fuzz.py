@@ -7,10 +7,8 @@ model and are refused with a 422 naming the field (tests/service/test_reliabilit
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 
-import httpx
 import pytest
 import schemathesis
 import uvicorn
@@ -18,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import positive_data_acceptance
 from schemathesis.generation import GenerationMode
 
-from loadtest.servers import free_port
+from loadtest.servers import free_port, wait_until_ok
 from service.app import create_app
 from service.settings import Settings
 
@@ -38,13 +36,7 @@ def live_server():
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
+    assert wait_until_ok(f"{base}/ready", timeout=10, poll=0.05)
     yield base, app
     server.should_exit = True
     thread.join(10)

@@ -2,15 +2,13 @@
 OpenAI-compatible server on loopback (`transformers serve` with the embedded model)."""
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
+from loadtest.servers import free_port, wait_until_ok
 from training import base_model
 from training.data import load_examples
 from training.rationales.generate import generate
@@ -48,26 +46,15 @@ def test_embedded_teacher_writes_rationales(smollm2, cb_examples, tmp_path):
     check_rows(out, cb_examples, "hf:", generate(get_task("cb"), "train", cb_examples, teacher, out, progress=False))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_openai_compatible_server_on_loopback(smollm2, cb_examples, tmp_path):
-    port = _free_port()
+    port = free_port()
     cli = Path(sys.executable).parent / "transformers"
     proc = subprocess.Popen([str(cli), "serve", str(smollm2), "--host", "127.0.0.1", "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
-        for _ in range(240):
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        wait_until_ok(f"{url}/health", timeout=120)
         teacher = OpenAITeacher(f"{url}/v1", str(smollm2), concurrency=2, max_new_tokens=48, timeout=120)
         out = tmp_path / "cb.jsonl"
         summary = generate(get_task("cb"), "train", cb_examples, teacher, out, batch_size=3, progress=False)
