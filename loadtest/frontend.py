@@ -1,0 +1,76 @@
+"""The CPU-measurable proxy for the serving front end: `/classify` req/s at saturation with a tiny
+random model (its forward pass costs almost nothing), next to what a null server (same uvicorn,
+fixed JSON answer) serves to the same raw keep-alive client, in one run.
+
+    .venv/bin/python -m loadtest.frontend                      # writes loadtest/results/frontend/
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import REPO
+from .provenance import commit, machine
+from .servers import BIN, free_port, spawn_until_ready, stop
+
+TINY_EXPORT = REPO / "tests" / "fixtures" / "export-v1-cb"  # 2 layers, 64 wide: the forward pass is ~free
+BODY = json.dumps({"model": "cb", "input": {"premise": "It rained all day and the streets were wet.",
+                                            "hypothesis": "The ground got wet."}})
+
+
+def drive(port: int, connections: int, seconds: float) -> dict:
+    """The raw client in its own process (its own GIL), against one server."""
+    out = subprocess.run([sys.executable, "-m", "loadtest.rawclient", "--port", str(port), "--body", BODY,
+                          "--connections", str(connections), "--seconds", str(seconds)],
+                         capture_output=True, text=True, timeout=seconds + 120, cwd=REPO)
+    if out.returncode != 0:
+        raise RuntimeError(f"rawclient failed: {out.stderr[-1000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure(name: str, cmd: list[str], probe: str, port: int, connections: int, seconds: float, log: Path) -> dict:
+    proc = spawn_until_ready(cmd, f"http://127.0.0.1:{port}{probe}", log, timeout=300, poll=0.2)
+    try:
+        result = drive(port, connections, seconds)
+    finally:
+        stop(proc)
+    print(f"[frontend] {name}: {json.dumps(result)}", flush=True)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--export", type=Path, default=TINY_EXPORT)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--flags", default="--max-batch-size 64 --max-batch-tokens 8192 --max-wait-ms 2",
+                        help="dhrd serve flags (batching for a model whose forward pass is nearly free)")
+    parser.add_argument("--out", type=Path, default=REPO / "loadtest" / "results" / "frontend")
+    args = parser.parse_args()
+    logs = Path(tempfile.mkdtemp(prefix="dhrd-frontend-"))
+    port = free_port()
+    null = measure("null-server", [sys.executable, "-m", "loadtest.null_server", str(port)], "/", port,
+                   args.connections, args.seconds, logs / "null.log")
+    port = free_port()
+    dhrd = measure("dhrd-tiny", [str(BIN / "dhrd"), "serve", "--model", f"cb={args.export}", "--port", str(port),
+                                 *args.flags.split(), "--log-level", "warning"], "/ready", port,
+                   args.connections, args.seconds, logs / "dhrd.log")
+    report = {"machine": machine(), "commit": commit(), "date": time.strftime("%Y-%m-%d"),
+              "command": "python -m loadtest.frontend " + " ".join(sys.argv[1:]), "connections": args.connections,
+              "seconds": args.seconds, "serve_flags": args.flags, "export": str(args.export),
+              "null_server": null, "dhrd": dhrd,
+              "dhrd_share_of_null_percent": round(100 * dhrd["req_per_s"] / max(null["req_per_s"], 1e-9), 1)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"{report['date']}-{report['machine']['node']}"
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: report[k] for k in ("null_server", "dhrd", "dhrd_share_of_null_percent")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
