@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
-from typing_extensions import Annotated
 
 # Plain `str`, not constrained: blank text and text that is not valid Unicode are refused by the
 # service with a 422 naming the item (`input.3`), which a schema constraint would report as `input`.
