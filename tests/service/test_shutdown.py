@@ -19,10 +19,11 @@ BODY = {"model": "cb", "input": [{"premise": f"It rained on day {i}.", "hypothes
 
 def sigterm_under_load(export: Path, tmp_path: Path, grace_s: float, clients: int = 16) -> Counter:
     """Start the service, put `clients` requests of 64 inputs in flight (one sequence per forward pass,
-    so they queue), SIGTERM it, and classify every answer."""
+    so they queue), SIGTERM it, and classify every answer. The request deadline is far (120 s), so
+    the honest queue admits them all: what happens to them is the drain's doing alone."""
     port = free_port()
     cmd = [str(Path(sys.executable).parent / "dhrd"), "serve", "--model", f"cb={export}", "--port", str(port),
-           "--dtype", "float32", "--max-batch-size", "1", "--max-wait-ms", "0", "--max-queue", "4096",
+           "--dtype", "float32", "--max-batch-size", "1", "--max-wait-ms", "0", "--max-queue", "4096", "--request-timeout-s", "120",
            "--shutdown-grace-s", str(grace_s),
            "--log-level", "warning"]
     proc = spawn_until_ready(cmd, f"http://127.0.0.1:{port}/ready", tmp_path / "serve.log", timeout=120)
