@@ -1,26 +1,67 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: set up .venv, materialise SmolLM2-135M-Instruct, train a
 # DHRD classifier on CB with the committed rationales, evaluate and export it to exports/cb, then
-# serve it on http://127.0.0.1:8000 (POST /classify). Re-running reuses what is done: a finished
-# run is not retrained, an interrupted one resumes, and the service starts from the export.
+# serve it on http://127.0.0.1:8000 (POST /classify) and, once it is ready, print the curl to try.
+# Re-running reuses what is done: a finished run is not retrained, an interrupted one resumes, and
+# the service starts from the export.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 DHRD=.venv/bin/dhrd
 RUN=${DHRD_DEMO_RUN:-runs/cb-dhrd}
 EXPORT=${DHRD_DEMO_EXPORT:-exports/cb}
-$DHRD base-model
 if [ ! -f "$RUN/summary.json" ]; then
+  $DHRD base-model  # the backbone is needed to train and to export, not to serve
   resume=""
   [ -f "$RUN/checkpoints/last.pt" ] && resume="--resume"
   $DHRD train --task cb --out "$RUN" $resume
 fi
 if [ ! -f "$EXPORT/manifest.json" ]; then
+  $DHRD base-model
   $DHRD evaluate "$RUN" --split val
   $DHRD export "$RUN" --out "$EXPORT"
 fi
 [ "${DHRD_DEMO_SERVE:-1}" = 0 ] && exit 0  # scripts/benchmark.sh: build the export only
-echo "serving $EXPORT as model 'cb'; try:"
-echo "  curl -s -X POST http://127.0.0.1:${DHRD_PORT:-8000}/classify -H 'content-type: application/json' \\"
-echo "    -d '{\"model\": \"cb\", \"input\": {\"premise\": \"It rained all day.\", \"hypothesis\": \"The ground got wet.\"}}'"
-exec $DHRD serve --model "cb=$EXPORT"
+
+# Serve in the background, say how to call it once /ready answers 200, then wait for the server.
+# Ctrl-C or SIGTERM is passed on as SIGTERM: the service drains queued work before it exits.
+port=${DHRD_PORT:-8000}
+host=${DHRD_HOST:-127.0.0.1}
+[ "$host" = 0.0.0.0 ] && host=127.0.0.1
+url="http://$host:$port"
+echo "demo: starting the service ($EXPORT as model 'cb') on $url; loading and warm-up take a few seconds"
+$DHRD serve --model "cb=$EXPORT" &
+server=$!
+stopping=0
+trap 'stopping=1; kill -TERM "$server" 2>/dev/null || true' INT TERM
+until .venv/bin/python -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)" \
+      "$url/ready" 2>/dev/null; do
+  if ! kill -0 "$server" 2>/dev/null; then
+    rc=0; wait "$server" || rc=$?
+    echo "demo: the service exited (status $rc) before it was ready" >&2
+    exit "$rc"
+  fi
+  sleep 1
+done
+cat <<EOF
+
+demo: the service is ready at $url. Try:
+
+  curl -s -X POST $url/classify -H 'content-type: application/json' \\
+    -d '{"model": "cb", "input": {"premise": "It rained all day.", "hypothesis": "The ground got wet."}}'
+
+  API documentation:  $url/docs
+  Prometheus metrics: $url/metrics
+  served models:      $url/v1/models
+
+  Ctrl-C stops it (queued work is finished first).
+
+EOF
+rc=0; wait "$server" || rc=$?
+# A trapped signal ends the wait early; wait again for the service's own exit after its drain. uvicorn
+# re-raises the SIGTERM it handled, so 143 (128 + SIGTERM) is then the normal end of a stop we asked for.
+if [ "$stopping" = 1 ]; then
+  rc=0; wait "$server" || rc=$?
+  [ "$rc" = 143 ] && rc=0
+fi
+exit "$rc"
