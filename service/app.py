@@ -7,13 +7,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request, Response, Security
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import schemas
 from .cot import GenParams
 from .deps import BEARER, StateDep
 from .errors import ClientGone, InvalidInput, TooLarge, error_response, install_handlers
-from .metrics import Metrics
+from .metrics import Metrics, exposition
 from .middleware import Admission, BodyGuard, Observe
 from .runner import ModelRunner
 from .served import InputOptions, check_generation_params
@@ -26,16 +26,19 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def create_app(settings: Settings, runners: dict[str, ModelRunner] | None = None,
-               hashes_checked: bool = False) -> FastAPI:
+               hashes_checked: bool = False, engine_socket: str | None = None) -> FastAPI:
     """Build the app. `runners` (tests) are served in addition to / instead of loading `settings.models`;
-    `hashes_checked`: the caller verified every export's sha256 already (`dhrd serve`), so loading skips it."""
+    `hashes_checked`: the caller verified every export's sha256 already (`dhrd serve`), so loading skips it;
+    `engine_socket`: a front-end process of `--workers N`, whose forward passes run in the engine process
+    listening there."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state = AppState(settings, Metrics())
         app.state.dhrd = state
         # Load in the background so /health and /ready answer (503) while models load and warm up.
-        loading = asyncio.create_task(state.load(runners, verify_hashes=settings.verify_hashes and not hashes_checked))
+        loading = asyncio.create_task(state.load(runners, verify_hashes=settings.verify_hashes and not hashes_checked,
+                                                 engine_socket=engine_socket))
         yield
         loading.cancel()
         await state.close()
@@ -68,12 +71,14 @@ def create_app(settings: Settings, runners: dict[str, ModelRunner] | None = None
             return error_response(503, "shutting_down", "the service is draining before it stops")
         if not state.ready:
             return error_response(503, "not_ready", state.load_error or "models are loading")
+        if not state.serving:
+            return error_response(503, "not_ready", "the engine process is gone")
         return {"status": "ready", "models": sorted(state.models)}
 
     @app.get("/metrics", summary="Prometheus metrics (text exposition format)", response_class=Response,
              responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}})
     async def metrics(state: StateDep) -> Response:
-        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(exposition(state.metrics), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models", response_model=schemas.ModelList, responses=ERROR_RESPONSES, dependencies=auth)
     async def models(state: StateDep) -> schemas.ModelList:

@@ -82,6 +82,10 @@ class Batcher:
         self._gauge()
         return futures
 
+    async def run(self, sequences: Sequence[Sized], deadline: float) -> list[Any]:
+        """Queue sequences and wait for all their results, by `deadline` (monotonic) or DeadlineExceeded."""
+        return await wait_all(self.submit(sequences, deadline), deadline)
+
     def admit(self, n: int, deadline: float) -> None:
         """Whether `n` sequences due by `deadline` may be queued now; cheap, so handlers call it before
         tokenising too (a refusal should cost as little as possible). Raises as `submit` does."""
@@ -232,3 +236,34 @@ class Batcher:
         for item, result in zip(batch, results):
             if not item.future.done():
                 item.future.set_result(result)
+
+
+async def wait_all(futures: list[asyncio.Future], deadline: float) -> list:
+    """Results of every future, in order. At the deadline, or when the caller is cancelled (client gone),
+    the futures are cancelled so the batcher skips them before they cost a forward pass."""
+    try:
+        done, pending = await asyncio.wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+    except asyncio.CancelledError:
+        _abandon(futures)
+        raise
+    if pending:
+        _abandon(futures)
+        raise DeadlineExceeded("no result before the request deadline (request_timeout_s)")
+    if any(f.cancelled() for f in futures):  # the batcher was stopped under it
+        _abandon(futures)
+        raise ShuttingDown("the service stopped before this request was computed; retry on another replica")
+    failed = next((f for f in futures if f.exception() is not None), None)
+    if failed is not None:
+        _abandon(futures)
+        raise failed.exception()  # type: ignore[misc]
+    return [f.result() for f in futures]
+
+
+def _abandon(futures: list[asyncio.Future]) -> None:
+    """Cancel what is pending and mark finished failures as seen: an exception nobody retrieves is
+    logged by asyncio as an error, and these outcomes (deadline, client gone) are expected."""
+    for f in futures:
+        if not f.done():
+            f.cancel()
+        elif not f.cancelled():
+            f.exception()

@@ -51,6 +51,13 @@ def serve(args: argparse.Namespace) -> None:
         raise ValueError("no model to serve: pass --model NAME=EXPORT_DIR (or set DHRD_MODELS)")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     check_exports(settings)
+    if settings.workers:
+        from .supervisor import run
+
+        code = run(settings, args.log_level)
+        if code:
+            raise SystemExit(code)
+        return
     app = create_app(settings, hashes_checked=settings.verify_hashes)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level,
                             limit_concurrency=settings.max_connections,

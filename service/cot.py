@@ -48,27 +48,20 @@ class CotResult:
     generated_tokens: int
 
 
-class CotRunner:
-    """Batched generation with the base causal LM that the export's manifest names."""
+class CotPrompt:
+    """The CoT prompt around a classifier input, from the base model's tokenizer only (no weights):
+    what a front-end process needs to turn a request into the ids the engine decodes."""
 
-    def __init__(self, name: str, manifest: Manifest, dtype: torch.dtype = torch.bfloat16, device: str = "cpu"):
-        from transformers import AutoModelForCausalLM
-
-        path = Path(manifest.base_model.get("path") or "")
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(f"model {name!r}: base model {path} named in the manifest is not available; "
-                                    "the CoT endpoint needs it (run `dhrd base-model` or disable --cot)")
-        self.name, self.manifest = name, manifest
+    def __init__(self, name: str, manifest: Manifest):
+        path = base_model_path(name, manifest)
         self.tokenizer = load_tokenizer(path)
         self.tokenizer.padding_side = "left"
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-        self.device = torch.device(device)
-        self.prefix, self.suffix = self._prompt_around_input()
+        self.prefix, self.suffix = self._prompt_around_input(manifest)
 
-    def _prompt_around_input(self) -> tuple[list[int], list[int]]:
+    def _prompt_around_input(self, manifest: Manifest) -> tuple[list[int], list[int]]:
         """Token ids before and after the input in the CoT prompt (chat template when the model has one),
         tokenised once, so each request's input ids are reused as the classifier encoded them."""
-        content = cot_instruction(_SLOT, self.manifest.label_words)
+        content = cot_instruction(_SLOT, manifest.label_words)
         chat = bool(getattr(self.tokenizer, "chat_template", None))
         text = self.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                                   add_generation_prompt=True) if chat else content
@@ -85,6 +78,42 @@ class CotRunner:
         body = input_ids[1:] if input_ids and bos is not None and input_ids[0] == bos else input_ids
         return self.prefix + list(body) + self.suffix
 
+
+def base_model_path(name: str, manifest: Manifest) -> Path:
+    path = Path(manifest.base_model.get("path") or "")
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"model {name!r}: base model {path} named in the manifest is not available; "
+                                "the CoT endpoint needs it (run `dhrd base-model` or disable --cot)")
+    return path
+
+
+# How the CoT baseline decodes. "dynamic": plain `generate()` (a growing KV cache, eager). "static": a
+# preallocated KV cache, which transformers compiles (torch.compile, CUDA graphs) on a GPU: the fair
+# baseline an inference engine would give CoT. Prompts are left-padded to a multiple of this many tokens
+# so the static cache (and its compiled graph) keeps one shape per batch size.
+CACHE_MODES = ("dynamic", "static")
+STATIC_PROMPT_MULTIPLE = 64
+
+
+class CotRunner:
+    """Batched generation with the base causal LM that the export's manifest names."""
+
+    def __init__(self, name: str, manifest: Manifest, dtype: torch.dtype = torch.bfloat16, device: str = "cpu",
+                 cache: str = "dynamic"):
+        from transformers import AutoModelForCausalLM
+
+        if cache not in CACHE_MODES:
+            raise ValueError(f"CoT cache must be one of {CACHE_MODES}, got {cache!r}")
+        self.name, self.manifest, self.cache = name, manifest, cache
+        self.prompt = CotPrompt(name, manifest)
+        self.tokenizer = self.prompt.tokenizer
+        path = base_model_path(name, manifest)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        self.device = torch.device(device)
+
+    def prompt_ids(self, input_ids: list[int]) -> list[int]:
+        return self.prompt.prompt_ids(input_ids)
+
     @torch.inference_mode()
     def generate(self, items: Sequence[CotItem]) -> list[CotResult]:
         """Decode items; those with equal parameters share one `generate()` call."""
@@ -97,9 +126,13 @@ class CotRunner:
         return results  # type: ignore[return-value]
 
     def _generate_group(self, prompts: list[list[int]], p: GenParams) -> list[CotResult]:
-        batch = self.tokenizer.pad({"input_ids": prompts}, return_tensors="pt", padding=True)
+        multiple = STATIC_PROMPT_MULTIPLE if self.cache == "static" else None
+        batch = self.tokenizer.pad({"input_ids": prompts}, return_tensors="pt", padding=True,
+                                   pad_to_multiple_of=multiple)
         kwargs = {"do_sample": p.temperature > 0, "max_new_tokens": p.max_new_tokens,
                   "pad_token_id": self.tokenizer.pad_token_id}
+        if self.cache == "static":
+            kwargs["cache_implementation"] = "static"
         if p.min_new_tokens:
             kwargs["min_new_tokens"] = p.min_new_tokens
         if p.temperature > 0:

@@ -70,6 +70,12 @@ class ClientGone(ServiceError):
         super().__init__(message)
 
 
+def error_class(kind: str) -> type[ServiceError]:
+    """The error class of a `kind` (how errors cross from the engine process); unknown kinds are internal."""
+    classes = {cls.kind: cls for cls in ServiceError.__subclasses__()}
+    return classes.get(kind, ServiceError)
+
+
 MAX_MESSAGE_CHARS = 500
 
 

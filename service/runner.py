@@ -1,4 +1,5 @@
-"""The model runner: tokenise inputs and run the pooled classifier on a batch. Synchronous; no asyncio, no HTTP."""
+"""Request items → token ids (`InputEncoder`, what a front end needs), and the pooled classifier on a
+batch (`ModelRunner`, what the engine needs). Synchronous; no asyncio, no HTTP."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,7 +9,8 @@ from typing import Any, Sequence
 import torch
 
 from contract.encoding import encode_input
-from contract.export_reader import LoadedModel, load_export
+from contract.encoding import load_tokenizer
+from contract.export_reader import LoadedModel, check_export, load_export
 from contract.model import DTYPES, pad_batch
 from contract.tasks import TaskError
 from contract.tasks.base import text_problem
@@ -22,22 +24,20 @@ class Encoded:
     truncated: bool
 
 
-class ModelRunner:
-    """One served classifier: backbone + pooled head from an export (never an LM head)."""
+class InputEncoder:
+    """An export's task, template and tokenizer: request items → token ids. No weights: a front-end
+    process holds only this, and sends the ids to the engine."""
 
-    def __init__(self, loaded: LoadedModel, device: str = "cpu", compile: bool = False):
-        self.manifest = loaded.manifest
-        self.task = loaded.task
-        self.tokenizer = loaded.tokenizer
-        self.model = compiled(loaded.model) if compile else loaded.model
-        self.device = torch.device(device)
-        self.pad_id = self.tokenizer.pad_token_id
+    def __init__(self, manifest, task, tokenizer):
+        self.manifest = manifest
+        self.task = task
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id
 
     @classmethod
-    def from_export(cls, path: Path, dtype: str = "bfloat16", device: str = "cpu", verify_hashes: bool = True,
-                    compile: bool = False) -> "ModelRunner":
-        return cls(load_export(path, dtype=DTYPES[dtype], device=device, verify_hashes=verify_hashes), device,
-                   compile)
+    def from_export(cls, path: Path, verify_hashes: bool = False) -> "InputEncoder":
+        manifest, task = check_export(Path(path), verify_hashes)
+        return cls(manifest, task, load_tokenizer(path))
 
     def format(self, item: str | dict[str, Any], index: int) -> str:
         """Pre-formatted text passes through; a fields object is checked against the task's declaration
@@ -66,6 +66,21 @@ class ModelRunner:
             raise InvalidInput(f"input[{index}] has {full} tokens, over the model's limit of {max_length}; "
                                "send truncate=true to cut its beginning", field=f"input.{index}")
         return Encoded(ids, truncated)
+
+
+class ModelRunner(InputEncoder):
+    """One served classifier: backbone + pooled head from an export (never an LM head)."""
+
+    def __init__(self, loaded: LoadedModel, device: str = "cpu", compile: bool = False):
+        super().__init__(loaded.manifest, loaded.task, loaded.tokenizer)
+        self.model = compiled(loaded.model) if compile else loaded.model
+        self.device = torch.device(device)
+
+    @classmethod
+    def from_export(cls, path: Path, dtype: str = "bfloat16", device: str = "cpu", verify_hashes: bool = True,
+                    compile: bool = False) -> "ModelRunner":
+        return cls(load_export(path, dtype=DTYPES[dtype], device=device, verify_hashes=verify_hashes), device,
+                   compile)
 
     @torch.inference_mode()
     def predict(self, batch: Sequence[Sequence[int]]) -> list[list[float]]:

@@ -1,24 +1,35 @@
 """`ServedModel`: one served classifier as the handlers see it: `classify(items)` and `generate(items)`.
 
 Handlers never touch a tokenizer, manifest or task: they pass request items in and get typed
-results out. Behind this seam a model is a runner (tokenise, forward) plus a batcher; the CoT
-comparison adds a generator and its own batcher.
+results out. Behind this seam a model is an encoder (items → token ids, in this process) and a
+queue to the forward pass: a `Batcher` in this process (`--workers 0`) or a `RemoteQueue` to the
+engine process. The CoT comparison adds its prompt (ids around the input) and its own queue.
 """
 from __future__ import annotations
 
-import asyncio
-import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence, Sized
 
 from contract.text import COT_ENDPOINT_PROMPT_VERSION
 
-from .batcher import Batcher
-from .cot import CotItem, CotRunner, GenParams
-from .errors import DeadlineExceeded, Disabled, InvalidInput, ShuttingDown
-from .runner import Encoded, ModelRunner
+from .cot import CotItem, CotPrompt, GenParams
+from .errors import Disabled, InvalidInput
+from .runner import Encoded, InputEncoder
 
 Item = str | dict[str, Any]
+
+
+class WorkQueue(Protocol):
+    """What a served model needs from the forward pass: `batcher.Batcher` in-process, or
+    `engine_client.RemoteQueue` to the engine process."""
+
+    def admit(self, n: int, deadline: float) -> None: ...
+
+    async def run(self, sequences: Sequence[Sized], deadline: float) -> list[Any]: ...
+
+    async def drain(self, grace_s: float) -> int: ...
+
+    async def stop(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -51,10 +62,10 @@ class Generation:
 class ServedModel:
     """A served classifier: the pooled head through dynamic batching, and (with --cot) CoT decoding."""
 
-    def __init__(self, name: str, runner: ModelRunner, batcher: Batcher, cot: CotRunner | None = None,
-                 cot_batcher: Batcher | None = None):
+    def __init__(self, name: str, runner: InputEncoder, batcher: WorkQueue, cot: CotPrompt | None = None,
+                 cot_batcher: WorkQueue | None = None):
         self.name = name
-        self.runner = runner
+        self.runner = runner  # an encoder; in-process it is the whole ModelRunner
         self.batcher = batcher
         self.cot = cot
         self.cot_batcher = cot_batcher
@@ -79,7 +90,7 @@ class ServedModel:
         """Class probabilities of every item, batched with concurrent requests; by `deadline` (monotonic) or 504."""
         self.batcher.admit(len(items), deadline)  # refuse before tokenising: a 429 should cost little
         encoded = self.encode(items, options)
-        probs = await wait_all(self.batcher.submit([e.ids for e in encoded], deadline), deadline)
+        probs = await self.batcher.run([e.ids for e in encoded], deadline)
         labels = self.labels
         return [Classification(labels[max(range(len(p)), key=p.__getitem__)], p, e.truncated, len(e.ids))
                 for p, e in zip(probs, encoded)]
@@ -92,7 +103,7 @@ class ServedModel:
         self.cot_batcher.admit(len(items), deadline)
         encoded = self.encode(items, options)
         prompts = [CotItem(self.cot.prompt_ids(e.ids), params) for e in encoded]
-        results = await wait_all(self.cot_batcher.submit(prompts, deadline), deadline)
+        results = await self.cot_batcher.run(prompts, deadline)
         labels = self.labels
         return [Generation(None if r.label is None else labels[r.label],
                            [float(k == r.label) for k in range(len(labels))], e.truncated, len(p.ids), r.text,
@@ -108,34 +119,3 @@ def check_generation_params(params: GenParams, server_limit: int) -> None:
     if params.min_new_tokens > params.max_new_tokens:
         raise InvalidInput(f"min_new_tokens {params.min_new_tokens} is over max_new_tokens {params.max_new_tokens}",
                            field="min_new_tokens")
-
-
-async def wait_all(futures: list[asyncio.Future], deadline: float) -> list:
-    """Results of every future, in order. At the deadline, or when the caller is cancelled (client gone),
-    the futures are cancelled so the batcher skips them before they cost a forward pass."""
-    try:
-        done, pending = await asyncio.wait(futures, timeout=max(0.0, deadline - time.monotonic()))
-    except asyncio.CancelledError:
-        _abandon(futures)
-        raise
-    if pending:
-        _abandon(futures)
-        raise DeadlineExceeded("no result before the request deadline (request_timeout_s)")
-    if any(f.cancelled() for f in futures):  # the batcher was stopped under it
-        _abandon(futures)
-        raise ShuttingDown("the service stopped before this request was computed; retry on another replica")
-    failed = next((f for f in futures if f.exception() is not None), None)
-    if failed is not None:
-        _abandon(futures)
-        raise failed.exception()  # type: ignore[misc]
-    return [f.result() for f in futures]
-
-
-def _abandon(futures: list[asyncio.Future]) -> None:
-    """Cancel what is pending and mark finished failures as seen: an exception nobody retrieves is
-    logged by asyncio as an error, and these outcomes (deadline, client gone) are expected."""
-    for f in futures:
-        if not f.done():
-            f.cancel()
-        elif not f.cancelled():
-            f.exception()

@@ -18,6 +18,11 @@ class Settings(BaseSettings):
     models: Annotated[dict[str, Path], NoDecode] = Field(default_factory=dict, description="served name -> export directory")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    # 0: one process; the event loop and the forward pass share its GIL. N >= 1: N front-end processes
+    # (HTTP, validation, tokenisation) feed one engine process (batching, forward passes) over a local
+    # socket, so the front end scales with cores and never starves the device (ARCHITECTURE.md).
+    workers: int = Field(0, ge=0, le=64, description="front-end processes feeding one engine process "
+                                                     "(0: serve in one process)")
 
     # --- model runner ---------------------------------------------------------------------
     dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="weight and compute dtype")
@@ -26,6 +31,8 @@ class Settings(BaseSettings):
     verify_hashes: bool = Field(True, description="check every export file against its manifest sha256")
     compile: bool = Field(False, description="torch.compile the classifier (inductor, frozen weights); slower "
                                              "start-up, see BENCHMARKS.md for what it buys")
+    cuda_graphs: bool = Field(True, description="on a CUDA device, capture the classifier as CUDA graphs for "
+                                                "(batch, length) buckets at start-up; eager otherwise")
 
     # --- dynamic batching -------------------------------------------------------------------
     max_batch_size: int = Field(32, ge=1, le=1024, description="sequences per forward pass")
@@ -57,6 +64,8 @@ class Settings(BaseSettings):
     cot: bool = Field(False, description="enable POST /classify/cot (loads each export's base causal LM)")
     cot_max_new_tokens: int = Field(500, ge=1, le=4096, description="upper limit a request may ask for")
     cot_max_batch_size: int = Field(8, ge=1, le=256)
+    cot_cache: Literal["dynamic", "static"] = Field("dynamic", description="CoT KV cache: 'static' is "
+                                                    "preallocated and compiled by transformers on a GPU")
     # A 500-token decode on a 2-core CPU takes minutes, far past the classifier's deadline.
     cot_request_timeout_s: float = Field(900.0, gt=0, description="per-request deadline of POST /classify/cot")
 

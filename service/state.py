@@ -1,17 +1,18 @@
-"""The app's lifespan objects: served models (runner + batcher, optional CoT), settings, metrics, readiness."""
+"""The app's lifespan objects: served models (encoder + queue to the forward pass), settings, metrics,
+readiness. The forward pass runs in this process (`EngineCore`, `--workers 0`) or in the engine
+process (`EngineClient`, `--workers N`)."""
 from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from contract.model import DTYPES
-
-from .batcher import BatchConfig, Batcher
+from .engine import EngineCore
+from .engine_client import EngineClient, RemoteQueue
 from .errors import NotReady, ShuttingDown, UnknownModel
 from .metrics import Metrics
-from .runner import ModelRunner
+from .runner import InputEncoder, ModelRunner
 from .served import ServedModel
 from .settings import Settings
 
@@ -26,11 +27,8 @@ class AppState:
     ready: bool = False
     draining: bool = False
     load_error: str | None = None
-    # One worker thread runs all torch work (loading, warm-up, every forward pass): two forward passes
-    # at once would only fight over the cores, and on CPU each thread that runs torch ops gets an
-    # OpenMP team of its own; with a second team alive the forward ran ~20 % slower here
-    # (python -m loadtest.profile vs the service, BENCHMARKS.md).
-    executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="dhrd-fwd"))
+    engine: EngineCore | None = None  # in-process forward passes
+    client: EngineClient | None = None  # or the engine process's socket
 
     def model(self, name: str) -> ServedModel:
         """The served model called `name`; raises NotReady before warm-up, UnknownModel for other names,
@@ -44,66 +42,71 @@ class AppState:
             raise UnknownModel(f"model {name[:64]!r} is not served; available: {sorted(self.models)}", field="model")
         return served
 
-    async def load(self, runners: dict[str, ModelRunner] | None = None, verify_hashes: bool = True) -> None:
-        """Load (unless given), warm up and start batching for every model; then mark ready."""
-        s = self.settings
-        loop = asyncio.get_running_loop()
-        try:
-            if s.threads:  # OpenMP thread counts are per calling thread: set it where torch runs
-                import torch
+    @property
+    def serving(self) -> bool:
+        """Ready, and (with an engine process) still connected to it."""
+        return self.ready and (self.client is None or self.client.alive)
 
-                await loop.run_in_executor(self.executor, torch.set_num_threads, s.threads)
-            runners = dict(runners or {})
-            for name, path in s.models.items():
-                if name not in runners:
-                    runners[name] = await loop.run_in_executor(
-                        self.executor, ModelRunner.from_export, path, s.dtype, s.device, verify_hashes, s.compile)
-            for name, runner in runners.items():
-                await loop.run_in_executor(self.executor, runner.warmup)
-                self.models[name] = ServedModel(name, runner, self._batcher(name, runner.predict, s.max_batch_size,
-                                                                            s.max_batch_tokens))
-            if s.cot:
-                for name, cot in (await loop.run_in_executor(self.executor, self._load_cot)).items():
-                    served = self.models[name]
-                    # Generation batches are bounded by count; their metrics carry the label "<model>:cot".
-                    served.cot = cot
-                    served.cot_batcher = self._batcher(f"{name}:cot", cot.generate, s.cot_max_batch_size, 10**9)
+    async def load(self, runners: dict[str, ModelRunner] | None = None, verify_hashes: bool = True,
+                   engine_socket: str | Path | None = None) -> None:
+        """Load and warm up every model (here, or wait for the engine process); then mark ready."""
+        try:
+            if engine_socket is None:
+                await self._load_here(runners, verify_hashes)
+            else:
+                await self._connect(engine_socket)
         except Exception as exc:  # reported by /ready; the process stays up to say why
-            self.load_error = f"loading failed: {exc}"
+            self.load_error = self.load_error or f"loading failed: {exc}"
             log.exception("model loading failed")
             return
         self.ready = True
         self.metrics.ready.set(1)
         log.info("ready: %s", ", ".join(self.models))
 
-    def _batcher(self, name: str, predict, max_batch_size: int, max_batch_tokens: int) -> Batcher:
-        s = self.settings
-        batcher = Batcher(name, predict, BatchConfig(max_batch_size, max_batch_tokens, s.max_wait_ms, s.max_queue),
-                          self.executor, self.metrics)
-        batcher.start()
-        return batcher
+    async def _load_here(self, runners: dict[str, ModelRunner] | None, verify_hashes: bool) -> None:
+        self.engine = EngineCore(self.settings, self.metrics)
+        await self.engine.load(runners, verify_hashes)
+        for name, m in self.engine.models.items():
+            self.models[name] = ServedModel(name, m.runner, m.batcher, m.cot.prompt if m.cot else None, m.cot_batcher)
 
-    def _load_cot(self) -> dict:
-        """Each model's base causal LM for the CoT endpoint (runs in the torch thread)."""
-        from .cot import CotRunner
+    async def _connect(self, engine_socket: str | Path) -> None:
+        """Front-end process: tokenizers and manifests here, weights and forward passes in the engine."""
+        from .cot import CotPrompt
 
         s = self.settings
-        return {name: CotRunner(name, served.runner.manifest, DTYPES[s.dtype], s.device)
-                for name, served in self.models.items()}
+        loop = asyncio.get_running_loop()
+        self.client = EngineClient(engine_socket)
+        await self.client.connect()
+        for name, path in s.models.items():
+            encoder = await loop.run_in_executor(None, InputEncoder.from_export, path)
+            cot = await loop.run_in_executor(None, CotPrompt, name, encoder.manifest) if s.cot else None
+            self.models[name] = ServedModel(name, encoder, RemoteQueue(self.client, name, "classify", s.max_queue), cot,
+                                            RemoteQueue(self.client, name, "cot", s.max_queue) if s.cot else None)
+        while True:  # the engine loads and warms up the weights; /ready says 503 meanwhile
+            ready, error = await self.client.status()
+            if ready:
+                return
+            if error:
+                self.load_error = error
+                raise RuntimeError(error)
+            await asyncio.sleep(0.1)
+
+    def queues(self) -> list:
+        return [q for s in self.models.values() for q in (s.batcher, s.cot_batcher) if q is not None]
 
     async def drain(self) -> None:
         """SIGTERM: fail readiness (a load balancer stops sending), refuse new work, let queued work finish
         within the grace period, answer what is left 503."""
         self.draining = True
         self.metrics.ready.set(0)
-        batchers = [b for s in self.models.values() for b in (s.batcher, s.cot_batcher) if b is not None]
-        failed = await asyncio.gather(*(b.drain(self.settings.grace_s) for b in batchers))
+        failed = await asyncio.gather(*(q.drain(self.settings.grace_s) for q in self.queues()))
         log.info("drained: %d queued sequence(s) answered 503 after the %.0f s grace period", sum(failed),
                  self.settings.grace_s)
 
     async def close(self) -> None:
-        for served in self.models.values():
-            await served.batcher.stop()
-            if served.cot_batcher:
-                await served.cot_batcher.stop()
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        for queue in self.queues():
+            await queue.stop()
+        if self.engine is not None:
+            await self.engine.close()
+        if self.client is not None:
+            await self.client.close()

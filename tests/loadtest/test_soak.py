@@ -24,5 +24,6 @@ def test_a_short_soak_reports_rows_and_sees_no_server_errors(tmp_path):
     assert {"bad_json:422", "surrogate:422", "too_many:413"} <= outcomes
     assert not [k for k in outcomes if k.split(":")[1].startswith("5") or "not-json" in k], outcomes
     assert report["ready_after_soak"] == 200
-    assert set(report["sigterm"]) <= {"200", "503:shutting_down"}, report["sigterm"]
+    # 429: on a busy machine the honest queue may refuse work it could not finish by the 2 s deadline.
+    assert set(report["sigterm"]) <= {"200", "503:shutting_down", "429:overloaded"}, report["sigterm"]
     assert (tmp_path / next(tmp_path.glob("*.json")).with_suffix(".md").name).exists()

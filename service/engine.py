@@ -1,0 +1,89 @@
+"""`EngineCore`: what runs the models. It loads each export, warms it up, and gives every model a
+`Batcher` whose forward passes run on one torch thread; with `--cot`, each model's base causal LM gets
+its own batcher. It knows nothing of HTTP: the app drives it in-process (`--workers 0`), and the
+engine process (`engine_server.py`) drives it for front-end processes over a local socket.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from contract.model import DTYPES
+
+from .batcher import BatchConfig, Batcher
+from .cot import CotRunner
+from .metrics import Metrics
+from .runner import ModelRunner
+from .settings import Settings
+
+log = logging.getLogger("dhrd.engine")
+
+
+@dataclass
+class EngineModel:
+    """One model as the engine runs it."""
+
+    runner: ModelRunner
+    batcher: Batcher
+    cot: CotRunner | None = None
+    cot_batcher: Batcher | None = None
+
+
+class EngineCore:
+    def __init__(self, settings: Settings, metrics: Metrics):
+        self.settings = settings
+        self.metrics = metrics
+        self.models: dict[str, EngineModel] = {}
+        # One worker thread runs all torch work (loading, warm-up, every forward pass): two forward passes
+        # at once would only fight over the cores, and on CPU each thread that runs torch ops gets an
+        # OpenMP team of its own; with a second team alive the forward ran ~20 % slower here
+        # (python -m loadtest.profile vs the service, BENCHMARKS.md).
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="dhrd-fwd")
+
+    async def load(self, runners: dict[str, ModelRunner] | None = None, verify_hashes: bool = True) -> None:
+        """Load (unless given) and warm up every model, start its batchers. Raises what loading raised."""
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        if s.threads:  # OpenMP thread counts are per calling thread: set it where torch runs
+            import torch
+
+            await loop.run_in_executor(self.executor, torch.set_num_threads, s.threads)
+        runners = dict(runners or {})
+        for name, path in s.models.items():
+            if name not in runners:
+                runners[name] = await loop.run_in_executor(
+                    self.executor, ModelRunner.from_export, path, s.dtype, s.device, verify_hashes, s.compile)
+        for name, runner in runners.items():
+            if s.cuda_graphs and s.device.startswith("cuda") and hasattr(runner, "use_cuda_graphs"):
+                await loop.run_in_executor(self.executor, runner.use_cuda_graphs, s.max_batch_size, s.max_batch_tokens)
+            await loop.run_in_executor(self.executor, runner.warmup)
+            self.models[name] = EngineModel(runner, self._batcher(name, runner.predict, s.max_batch_size,
+                                                                   s.max_batch_tokens))
+        if s.cot:
+            for name, model in self.models.items():
+                cot = await loop.run_in_executor(self.executor, CotRunner, name, model.runner.manifest,
+                                                 DTYPES[s.dtype], s.device, s.cot_cache)
+                # Generation batches are bounded by count; their metrics carry the label "<model>:cot".
+                model.cot = cot
+                model.cot_batcher = self._batcher(f"{name}:cot", cot.generate, s.cot_max_batch_size, 10**9)
+
+    def _batcher(self, name: str, predict, max_batch_size: int, max_batch_tokens: int) -> Batcher:
+        s = self.settings
+        batcher = Batcher(name, predict, BatchConfig(max_batch_size, max_batch_tokens, s.max_wait_ms, s.max_queue),
+                          self.executor, self.metrics)
+        batcher.start()
+        return batcher
+
+    def batchers(self) -> list[Batcher]:
+        return [b for m in self.models.values() for b in (m.batcher, m.cot_batcher) if b is not None]
+
+    async def drain(self, grace_s: float) -> int:
+        """Refuse new work, let queued work finish within `grace_s`; returns how many sequences got 503."""
+        return sum(await asyncio.gather(*(b.drain(grace_s) for b in self.batchers())))
+
+    async def close(self) -> None:
+        for batcher in self.batchers():
+            await batcher.stop()
+        self.executor.shutdown(wait=False, cancel_futures=True)

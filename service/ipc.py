@@ -1,0 +1,63 @@
+"""The local channel between front-end processes and the engine process: length-prefixed pickled
+messages over a Unix socket, and service errors as plain tuples on the wire.
+
+Why pickle: both ends are this package, the socket lives in a directory only the service's user can
+open (mode 0700, made by `dhrd serve`), and pickling a list of token id lists is the cheapest encoding
+Python has. Why a Unix socket and asyncio streams rather than ZeroMQ: no new dependency, and one
+connection per front end keeps ordering and back-pressure simple.
+
+Messages (tuples; the first element names the kind):
+  front end → engine: ("run", rid, model, kind, payloads, deadline)  kind "classify" | "cot"
+                      ("cancel", rid)
+                      ("status",)
+  engine → front end: ("ok", rid, results) · ("err", rid, wire_error) · ("status", ready, load_error, stats)
+`deadline` is time.monotonic(): one clock for every process on the host.
+"""
+from __future__ import annotations
+
+import asyncio
+import pickle
+import struct
+from typing import Any
+
+from .errors import ServiceError, error_class
+
+HEADER = struct.Struct("!I")
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # a corrupt length must not make a reader allocate without bound
+
+
+class ChannelClosed(ConnectionError):
+    """The other end of the channel went away."""
+
+
+def pack(message: tuple) -> bytes:
+    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return HEADER.pack(len(body)) + body
+
+
+async def read(reader: asyncio.StreamReader) -> tuple:
+    """The next message; raises ChannelClosed at end of stream."""
+    try:
+        (size,) = HEADER.unpack(await reader.readexactly(HEADER.size))
+        if size > MAX_MESSAGE_BYTES:
+            raise ChannelClosed(f"message of {size} bytes announced; the channel is corrupt")
+        return pickle.loads(await reader.readexactly(size))
+    except (asyncio.IncompleteReadError, ConnectionError) as exc:
+        raise ChannelClosed(str(exc) or "channel closed") from exc
+
+
+def error_to_wire(exc: BaseException) -> tuple[str, str, str | None, dict[str, str]]:
+    """A service error as (kind, message, field, headers); anything else as an internal error."""
+    if isinstance(exc, ServiceError):
+        return exc.kind, exc.message, exc.field, dict(exc.headers)
+    return "internal", f"the forward pass failed: {type(exc).__name__}: {exc}", None, {}
+
+
+def error_from_wire(wire: tuple[str, str, str | None, dict[str, str]]) -> ServiceError:
+    kind, message, field, headers = wire
+    cls = error_class(kind)
+    exc = cls.__new__(cls)
+    ServiceError.__init__(exc, message, field, headers)  # subclasses' own __init__ only shape these
+    return exc
+
+
