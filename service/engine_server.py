@@ -22,8 +22,9 @@ log = logging.getLogger("dhrd.engine")
 
 
 class EngineServer:
-    def __init__(self, settings: Settings, socket_path: str):
+    def __init__(self, settings: Settings, socket_path: str, runners: dict | None = None):
         self.settings = settings
+        self.runners = runners  # tests: models given instead of loaded from settings.models
         self.socket_path = socket_path
         self.metrics = Metrics()
         self.core = EngineCore(settings, self.metrics)
@@ -32,7 +33,7 @@ class EngineServer:
 
     async def load(self, verify_hashes: bool) -> None:
         try:
-            await self.core.load(verify_hashes=verify_hashes)
+            await self.core.load(self.runners, verify_hashes=verify_hashes)
         except Exception as exc:  # reported to the front ends, whose /ready says why
             self.load_error = f"loading failed: {exc}"
             log.exception("model loading failed")
@@ -86,10 +87,8 @@ class EngineServer:
             raise Disabled("the CoT endpoint is disabled; start the service with --cot (DHRD_COT=true)")
         return queue
 
-    async def serve(self, verify_hashes: bool) -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
+    async def serve(self, verify_hashes: bool, stop: asyncio.Event) -> None:
+        """Listen, load, and serve until `stop` is set; then drain briefly and close."""
         server = await asyncio.start_unix_server(self.handle, path=self.socket_path)
         os.chmod(self.socket_path, 0o600)
         loading = asyncio.create_task(self.load(verify_hashes))
@@ -110,4 +109,9 @@ def main(settings: Settings, socket_path: str, log_level: str, verify_hashes: bo
         from uvloop import run
     except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
         run = asyncio.run
-    run(EngineServer(settings, socket_path).serve(verify_hashes))
+    async def serve() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await EngineServer(settings, socket_path).serve(verify_hashes, stop)
+
+    run(serve())

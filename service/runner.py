@@ -2,6 +2,7 @@
 batch (`ModelRunner`, what the engine needs). Synchronous; no asyncio, no HTTP."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,6 +17,8 @@ from contract.tasks import TaskError
 from contract.tasks.base import text_problem
 
 from .errors import InvalidInput
+
+log = logging.getLogger("dhrd.engine")
 
 
 @dataclass
@@ -75,6 +78,8 @@ class ModelRunner(InputEncoder):
         super().__init__(loaded.manifest, loaded.task, loaded.tokenizer)
         self.model = compiled(loaded.model) if compile else loaded.model
         self.device = torch.device(device)
+        self.graphs = None  # a CudaGraphClassifier once captured (use_cuda_graphs)
+        self.eager_passes = 0  # forward passes no captured bucket held (CUDA graphs on)
 
     @classmethod
     def from_export(cls, path: Path, dtype: str = "bfloat16", device: str = "cpu", verify_hashes: bool = True,
@@ -82,9 +87,31 @@ class ModelRunner(InputEncoder):
         return cls(load_export(path, dtype=DTYPES[dtype], device=device, verify_hashes=verify_hashes), device,
                    compile)
 
+    def use_cuda_graphs(self, max_batch_size: int, max_batch_tokens: int) -> bool:
+        """Capture the classifier as CUDA graphs (graphs.py); on any failure keep eager and say why."""
+        from .graphs import CudaGraphClassifier
+
+        if self.device.type != "cuda" or self.manifest.pooling != "last":
+            log.info("CUDA graphs not used (device %s, pooling %s)", self.device, self.manifest.pooling)
+            return False
+        try:
+            graphs = CudaGraphClassifier(self.model, self.pad_id, self.device, max_batch_size,
+                                         self.manifest.max_length, max_batch_tokens)
+            graphs.capture()
+        except Exception:  # an eager service beats no service; the log and the benchmark say which ran
+            log.warning("CUDA graph capture failed; serving eager", exc_info=True)
+            return False
+        self.graphs = graphs
+        return True
+
     @torch.inference_mode()
     def predict(self, batch: Sequence[Sequence[int]]) -> list[list[float]]:
         """Class probabilities for a batch of token id lists (padded here, to the batch's longest)."""
+        if self.graphs is not None:
+            probs = self.graphs.predict(batch)
+            if probs is not None:
+                return probs
+            self.eager_passes += 1
         ids, mask = pad_batch(batch, self.pad_id)
         logits = self.model(ids.to(self.device), mask.to(self.device))
         return logits.float().softmax(-1).cpu().tolist()

@@ -68,9 +68,10 @@ class FakeRunner:
 
 
 @asynccontextmanager
-async def serving(settings: Settings, runners=None, wait_ready: bool = True, hashes_checked: bool = False):
+async def serving(settings: Settings, runners=None, wait_ready: bool = True, hashes_checked: bool = False,
+                  engine_socket=None):
     """Run the app's lifespan and yield an httpx client talking to it in-process."""
-    app = create_app(settings, runners, hashes_checked=hashes_checked)
+    app = create_app(settings, runners, hashes_checked=hashes_checked, engine_socket=engine_socket)
     async with app.router.lifespan_context(app):
         # Starlette re-raises an unexpected error after answering (for the server to log); a real server
         # keeps going, and so does this client: it sees the JSON 500 that was sent.

@@ -1,0 +1,180 @@
+"""`--workers N`: front ends tokenise, the engine process computes. The same answers as one process,
+the engine's errors as the same JSON, drains and deaths handled (ARCHITECTURE.md, supervisor.py)."""
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from loadtest.servers import free_port
+from service import ipc
+from service.engine_server import EngineServer
+from service.errors import Overloaded, ServiceError
+from service.runner import ModelRunner
+from service.settings import Settings
+
+from .conftest import serving
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "export-v1-cb"
+PAIR = {"premise": "It rained all day.", "hypothesis": "The streets were wet."}
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+class SlowRunner(ModelRunner):
+    """The fixture model with a slow forward pass, so work queues up in the engine."""
+
+    delay = 0.0
+
+    def predict(self, batch):
+        time.sleep(self.delay)
+        return super().predict(batch)
+
+
+@asynccontextmanager
+async def engine_and_front(tmp_path, delay: float = 0.0, **settings):
+    """An engine server and a front-end app in this event loop, joined by a real Unix socket."""
+    s = Settings(models={"cb": FIXTURE}, dtype="float32", **settings)
+    runner = SlowRunner.from_export(FIXTURE, dtype="float32")
+    runner.delay = delay
+    socket_path = str(tmp_path / "engine.sock")
+    stop = asyncio.Event()
+    engine = EngineServer(s, socket_path, runners={"cb": runner})
+    task = asyncio.create_task(engine.serve(False, stop))
+    try:
+        async with serving(s, engine_socket=socket_path) as client:
+            yield client, engine
+    finally:
+        stop.set()
+        await task
+
+
+def test_the_front_end_answers_what_one_process_answers(tmp_path):
+    async def go():
+        async with engine_and_front(tmp_path) as (client, _):
+            remote = (await client.post("/classify", json={"model": "cb", "input": [PAIR, PAIR]})).json()
+            models = (await client.get("/v1/models")).json()
+        async with serving(Settings(models={"cb": FIXTURE}, dtype="float32")) as client:
+            local = (await client.post("/classify", json={"model": "cb", "input": [PAIR, PAIR]})).json()
+        return remote, local, models
+
+    remote, local, models = run(go())
+    assert [d["probs"] for d in remote["data"]] == [d["probs"] for d in local["data"]]
+    assert remote["usage"] == local["usage"] and models["data"][0]["id"] == "cb"
+
+
+def test_engine_refusals_reach_the_caller_as_the_same_json_with_retry_after(tmp_path):
+    async def go():
+        async with engine_and_front(tmp_path, delay=0.4, max_queue=4, max_inputs_per_request=4,
+                                    max_batch_size=4) as (client, _):
+            body = {"model": "cb", "input": [PAIR] * 4}
+            return await asyncio.gather(*(client.post("/classify", json=body) for _ in range(4)))
+
+    answers = run(go())
+    codes = sorted(r.status_code for r in answers)
+    assert 200 in codes and 429 in codes, codes
+    refused = next(r for r in answers if r.status_code == 429)
+    assert refused.json()["error"]["type"] == "overloaded" and int(refused.headers["retry-after"]) >= 1
+
+
+def test_a_drain_answers_work_still_in_the_engine_503(tmp_path):
+    async def go():
+        async with engine_and_front(tmp_path, delay=1.0, shutdown_grace_s=0.1) as (client, _):
+            state = client.app.state.dhrd
+            pending = asyncio.create_task(client.post("/classify", json={"model": "cb", "input": PAIR}))
+            await asyncio.sleep(0.2)
+            await state.drain()
+            answer = await pending
+            ready = await client.get("/ready")
+            return answer, ready
+
+    answer, ready = run(go())
+    assert answer.status_code == 503 and answer.json()["error"]["type"] == "shutting_down"
+    assert ready.status_code == 503
+
+
+def test_when_the_engine_goes_away_the_front_end_says_503_not_500(tmp_path):
+    async def go():
+        async with engine_and_front(tmp_path) as (client, engine):
+            assert (await client.get("/ready")).status_code == 200
+            await engine.core.close()
+            client.app.state.dhrd.client._writer.transport.abort()  # the socket breaks, as if the engine died
+            await asyncio.sleep(0.1)
+            return await client.get("/ready"), await client.post("/classify", json={"model": "cb", "input": PAIR})
+
+    ready, answer = run(go())
+    assert ready.status_code == 503 and "engine" in ready.json()["error"]["message"]
+    assert answer.status_code == 503 and answer.json()["error"]["type"] == "shutting_down"
+
+
+def test_errors_cross_the_socket_with_their_kind_field_and_headers():
+    wire = ipc.error_to_wire(Overloaded("queue full", retry_after=3))
+    back = ipc.error_from_wire(wire)
+    assert isinstance(back, Overloaded) and back.status == 429 and back.headers == {"Retry-After": "3"}
+    other = ipc.error_from_wire(ipc.error_to_wire(RuntimeError("boom")))
+    assert type(other) is ServiceError and other.status == 500 and "boom" in other.message
+
+
+@pytest.mark.slow
+def test_dhrd_serve_with_workers_serves_reports_every_process_and_stops_cleanly(tmp_path):
+    port = free_port()
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen([sys.executable, "-m", "dhrd", "serve", "--model", f"cb={FIXTURE}", "--port", str(port),
+                             "--workers", "2", "--shutdown-grace-s", "2"], stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        answers = [httpx.post(url + "/classify", json={"model": "cb", "input": PAIR}, timeout=10) for _ in range(8)]
+        assert {a.status_code for a in answers} == {200}
+        metrics = httpx.get(url + "/metrics", timeout=5).text
+        # front-end series and engine series, summed over processes by any front end
+        assert re.search(r'dhrd_requests_total\{endpoint="/classify",model="cb",status="200"\} 8\.0', metrics)
+        assert re.search(r'dhrd_batch_size_count\{model="cb"\} [1-8]\.0', metrics)
+        assert "dhrd_ready 1.0" in metrics
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert "engine stopped" in text and "Traceback" not in text, text[-3000:]
+
+
+@pytest.mark.slow
+def test_if_the_engine_dies_the_supervisor_stops_the_service_and_exits_nonzero(tmp_path):
+    port = free_port()
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen([sys.executable, "-m", "dhrd", "serve", "--model", f"cb={FIXTURE}", "--port", str(port),
+                             "--workers", "1"], stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        for _ in range(600):
+            match = re.search(r"one engine \(pid (\d+)\)", log.read_text())
+            if match:
+                break
+            time.sleep(0.1)
+        assert match, log.read_text()
+        os.kill(int(match.group(1)), signal.SIGKILL)
+        assert proc.wait(timeout=60) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "dhrd-engine exited with code -9" in log.read_text()
