@@ -181,29 +181,43 @@ def test_environment_names_real_settings_and_parses(container):
     assert all(str(path).startswith("/exports/") for path in settings.models.values())
 
 
-def uvicorn_margin_s() -> float:
-    """Seconds uvicorn's graceful shutdown lasts past the drain's grace period (service/cli.py)."""
-    source = (REPO / "service" / "cli.py").read_text()
-    found = re.search(r"timeout_graceful_shutdown\s*=\s*settings\.grace_s\s*\+\s*([\d.]+)", source)
-    assert found, "service/cli.py no longer sets timeout_graceful_shutdown = grace_s + N: re-check the drain timing"
-    return float(found.group(1))
+def shutdown_margin_s(workers: int) -> float:
+    """Seconds the process may still take past the drain's grace period after SIGTERM: uvicorn's graceful
+    cut-off (service/cli.py: grace + N); with --workers, the supervisor's (service/supervisor.py: the front
+    ends get grace + N1, then the engine N2)."""
+    if not workers:
+        source = (REPO / "service" / "cli.py").read_text()
+        found = re.search(r"timeout_graceful_shutdown\s*=\s*settings\.grace_s\s*\+\s*([\d.]+)", source)
+        assert found, "service/cli.py no longer sets timeout_graceful_shutdown = grace_s + N: re-check the drain timing"
+        return float(found.group(1))
+    source = (REPO / "service" / "supervisor.py").read_text()
+    fronts = re.search(r"_stop\(fronts,\s*settings\.grace_s\s*\+\s*([\d.]+)\)", source)
+    engine = re.search(r"_stop\(\[engine\],\s*([\d.]+)\)", source)
+    assert fronts and engine, "service/supervisor.py's stop timeouts changed: re-check the drain timing"
+    return float(fronts.group(1)) + float(engine.group(1))
 
 
-def test_termination_grace_covers_prestop_drain_and_uvicorns_cutoff(default, container):
+def check_drain_timing(deployment: dict) -> None:
+    """terminationGracePeriodSeconds covers the preStop sleep, the drain and the server's own cut-off."""
     from service.settings import Settings
 
-    pod = by_kind(default, "Deployment")["spec"]["template"]["spec"]
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
     env = env_of(container)
-    grace = Settings(request_timeout_s=env.get("DHRD_REQUEST_TIMEOUT_S", 30.0),
-                     shutdown_grace_s=env.get("DHRD_SHUTDOWN_GRACE_S")).grace_s
+    settings = Settings(request_timeout_s=env.get("DHRD_REQUEST_TIMEOUT_S", 30.0),
+                        shutdown_grace_s=env.get("DHRD_SHUTDOWN_GRACE_S"), workers=env.get("DHRD_WORKERS", 0))
     command = container["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep"
     pre_stop = float(command[1])
     assert 3 <= pre_stop <= 30  # long enough for endpoints to update, short of delaying every stop
-    needed = pre_stop + grace + uvicorn_margin_s()
+    needed = pre_stop + settings.grace_s + shutdown_margin_s(settings.workers)
     assert needed < pod["terminationGracePeriodSeconds"] <= needed + 30, (needed, pod["terminationGracePeriodSeconds"])
-    # the queued work the drain waits for was admitted with the request deadline: the grace period covers it
-    assert grace >= Settings(request_timeout_s=env.get("DHRD_REQUEST_TIMEOUT_S", 30.0)).request_timeout_s
+    # queued work was admitted with the request deadline: the grace period lets all of it finish
+    assert settings.grace_s >= settings.request_timeout_s
+
+
+def test_termination_grace_covers_prestop_drain_and_the_servers_cutoff(default):
+    check_drain_timing(by_kind(default, "Deployment"))
 
 
 def test_runs_as_non_root_with_a_read_only_root_and_read_only_exports(default, container):
@@ -305,6 +319,8 @@ def test_gpu_overlay_puts_one_replica_on_one_gpu():
     assert pod["nodeSelector"]
     env = env_of(c)
     assert env["DHRD_DEVICE"] == "cuda" and env["DHRD_MODELS"] == "cb=/exports/cb"  # base env kept, GPU env added
+    assert int(env["DHRD_WORKERS"]) >= 1  # one engine process per pod, so per GPU, fed by front-end processes
+    check_drain_timing(by_kind(docs, "Deployment"))
     assert c["readinessProbe"]["httpGet"]["path"] == "/ready" and c["securityContext"]["readOnlyRootFilesystem"]
     hpa = by_kind(docs, "HorizontalPodAutoscaler")
     assert float(hpa["spec"]["metrics"][0]["pods"]["target"]["averageValue"]) <= int(env["DHRD_MAX_BATCH_SIZE"])
