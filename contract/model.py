@@ -128,3 +128,17 @@ class PooledClassifier(nn.Module):
     def classify(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The same, under the name `DualHeadModel` uses, so evaluation code takes either model."""
         return self.forward(input_ids, attention_mask)
+
+    def forward_right_padded(self, input_ids: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:
+        """The same logits for right-padded rows, without an attention mask (last-token pooling only).
+
+        Under causal attention a real token never attends to the pad tokens after it, and right padding
+        leaves positions 0..n-1 as they are, so the hidden state of the last real token is the masked
+        forward's. Without a mask the computation has one shape per (batch, length) and no host-side
+        checks: what a CUDA graph can capture. (B, T) ids and (B,) index of each row's last real token.
+        """
+        if self.pooling != "last":
+            raise ValueError(f"the mask-free forward needs last-token pooling, not {self.pooling!r}")
+        hidden = self.backbone(input_ids=input_ids, use_cache=False).last_hidden_state
+        feature = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]
+        return self.head(feature.to(self.head.dtype)).float()

@@ -24,3 +24,15 @@ def test_an_export_from_an_earlier_version_loads_and_gives_the_same_probabilitie
         with torch.no_grad():
             probs = loaded.model(*pad_batch([ids], loaded.tokenizer.pad_token_id)).softmax(-1)[0]
         torch.testing.assert_close(probs, torch.tensor(row["probs"]), atol=1e-6, rtol=1e-5)
+
+
+def test_the_direct_rust_tokenizer_path_gives_the_wrappers_ids():
+    from contract.encoding import load_tokenizer, token_ids
+
+    tokenizer = load_tokenizer(FIXTURES / "export-v1-cb")
+    texts = ["", " ", "It rained.", "Premise: a b\nHypothesis: c\nAnswer:", "naïve café — 東京 🙂", "x" * 3000,
+             "  leading and trailing  ", "\t\ttabs\r\n"]
+    for text in texts:
+        assert token_ids(tokenizer, text) == tokenizer(text, add_special_tokens=True)["input_ids"], text
+    tokenizer.backend_tokenizer.enable_truncation(8)  # a backend with its own settings: the wrapper decides
+    assert token_ids(tokenizer, "x " * 50) == tokenizer("x " * 50, add_special_tokens=True)["input_ids"]
