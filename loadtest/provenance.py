@@ -16,7 +16,17 @@ def machine() -> dict:
 
 
 def commit() -> str:
+    """HEAD's short hash (+ "-dirty"); $DHRD_COMMIT where the checkout has no git (a copied tree)."""
+    try:
+        return _git_commit()
+    except (OSError, subprocess.SubprocessError):
+        return os.environ.get("DHRD_COMMIT", "unknown")
+
+
+def _git_commit() -> str:
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
                            text=True).stdout.strip()
+    if not head.strip():
+        return os.environ.get("DHRD_COMMIT", "unknown")
     return head.strip() + ("-dirty" if dirty else "")

@@ -33,7 +33,7 @@ async def one_connection(host: str, port: int, payload: bytes, until: float, lat
 
 
 async def hammer(host: str, port: int, path: str, body: bytes, connections: int, seconds: float,
-                 warmup: float = 1.0) -> dict:
+                 warmup: float = 1.0, latencies_out: str | None = None) -> dict:
     payload = request_bytes(path, body, f"{host}:{port}")
     await asyncio.gather(*[one_connection(host, port, payload, time.perf_counter() + warmup, [], {})
                            for _ in range(connections)])
@@ -43,6 +43,9 @@ async def hammer(host: str, port: int, path: str, body: bytes, connections: int,
     await asyncio.gather(*[one_connection(host, port, payload, started + seconds, latencies, statuses)
                            for _ in range(connections)])
     elapsed = time.perf_counter() - started
+    if latencies_out:  # for merging several client processes' percentiles
+        with open(latencies_out, "w") as f:
+            json.dump(latencies, f)
     lat = sorted(latencies)
     pick = (lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 2) if lat else None)
     return {"requests": len(lat), "statuses": statuses, "seconds": round(elapsed, 2),
@@ -56,6 +59,8 @@ def main() -> None:
     parser.add_argument("--body", required=True, help="request body (JSON text)")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--latencies-out", help="also write every latency (seconds) to this JSON file")
     args = parser.parse_args()
     try:
         import uvloop
@@ -64,7 +69,7 @@ def main() -> None:
     except ImportError:
         pass
     print(json.dumps(asyncio.run(hammer("127.0.0.1", args.port, args.path, args.body.encode(), args.connections,
-                                        args.seconds))))
+                                        args.seconds, args.warmup, args.latencies_out))))
 
 
 if __name__ == "__main__":

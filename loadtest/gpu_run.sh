@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# On the GPU machine (no network): install the carried wheels beside its torch, then the benchmark.
+# Extra arguments go to `python -m loadtest.gpu`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m pip install -q --no-index --find-links .gpu-wheels --target .gpu-site fastapi "uvicorn[standard]" \
+  pydantic-settings prometheus-client httpx 2>&1 | tail -3
+export PYTHONPATH="$PWD/.gpu-site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+python3 -m loadtest.gpu --out "${OUT:-loadtest/results/gpu}" "$@"
