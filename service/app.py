@@ -97,10 +97,12 @@ def create_app(settings: Settings, runners: dict[str, ModelRunner] | None = None
         results = await _unless_disconnected(request, served.classify(items, _options(body), deadline))
         tokens = sum(r.prompt_tokens for r in results)
         state.metrics.input_tokens.labels(body.model).inc(tokens)
-        data = [schemas.ClassificationData(index=i, label=r.label, probs=r.probs, num_classes=len(r.probs),
-                                           truncated=r.truncated) for i, r in enumerate(results)]
-        return schemas.ClassifyResponse(model=body.model, data=data,
-                                        usage=schemas.UsageInfo(prompt_tokens=tokens, total_tokens=tokens))
+        data = [schemas.ClassificationData.model_construct(index=i, label=r.label, probs=r.probs,
+                                                           num_classes=len(r.probs), truncated=r.truncated)
+                for i, r in enumerate(results)]
+        return _json(schemas.ClassifyResponse.model_construct(
+            model=body.model, data=data, usage=schemas.UsageInfo.model_construct(prompt_tokens=tokens,
+                                                                                 total_tokens=tokens)))
 
     @app.post("/classify/cot", response_model=schemas.CotResponse, responses=ERROR_RESPONSES, dependencies=auth,
               summary="Chain-of-thought decoding on the same backbone, for comparison")
@@ -122,6 +124,12 @@ def create_app(settings: Settings, runners: dict[str, ModelRunner] | None = None
             prompt_tokens=prompt, completion_tokens=generated, total_tokens=prompt + generated))
 
     return app
+
+
+def _json(answer: schemas.BaseModel) -> Response:
+    """An answer the server built itself, serialised once by pydantic-core: FastAPI would validate it
+    again against `response_model` and encode it twice (the schema stays in `response_model` for the docs)."""
+    return Response(answer.model_dump_json(), media_type="application/json")
 
 
 def _items(body: schemas.ClassifyRequest, settings: Settings) -> list:
