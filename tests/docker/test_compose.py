@@ -177,7 +177,7 @@ def test_prometheus_scrapes_the_service(stack):
 
 def test_locust_profile_runs_headless_against_the_service(stack):
     proc = stack.compose("run", "--rm", "-T", "locust", "--headless", "-u", "2", "-r", "2", "-t", "4s",
-                         "--only-summary", "--json", "--host", "http://dhrd:8000", "ClassifyUser", timeout=600)
+                         "--only-summary", "--json", "ClassifyUser", timeout=600)
     stats = json.loads(proc.stdout[proc.stdout.index("["):])
     classify = next(s for s in stats if s["name"] == "/classify")
     assert classify["num_requests"] > 0 and classify["num_failures"] == 0, classify
