@@ -25,6 +25,7 @@ COMPOSE = REPO / "docker" / "docker-compose.yml"
 FIXTURE = REPO / "tests" / "fixtures" / "export-v1-cb"
 DOCKER_HERE = REPO.parent / "shared" / "tools" / "docker-here.sh"
 DOCK_ROOT = "/tmp/dock"  # docker-here.sh's default state folder: its socket and CLI config live there
+PREFIX = "dhrdtest"  # compose project names of this module: PREFIX + pid
 
 pytestmark = pytest.mark.slow
 
@@ -86,6 +87,20 @@ def stage_torch_wheel() -> None:
             return
 
 
+def remove_leftovers(env: dict) -> None:
+    """Containers and networks of an earlier run of this module that was killed before its `down`
+    (the service restarts unless stopped, so they would keep running)."""
+    listed = subprocess.run(["docker", "ps", "-a", "--format", '{{.ID}} {{.Label "com.docker.compose.project"}}'],
+                            env=env, capture_output=True, text=True, timeout=60).stdout.split("\n")
+    stale = [line.split()[0] for line in listed if len(line.split()) == 2 and line.split()[1].startswith(PREFIX)]
+    if stale:
+        subprocess.run(["docker", "rm", "-f", *stale], env=env, capture_output=True, timeout=120)
+    networks = subprocess.run(["docker", "network", "ls", "-q", "--filter", f"name={PREFIX}"], env=env,
+                              capture_output=True, text=True, timeout=60).stdout.split()
+    if networks:
+        subprocess.run(["docker", "network", "rm", *networks], env=env, capture_output=True, timeout=60)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -113,6 +128,7 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     env = docker_env()
+    remove_leftovers(env)
     stage_torch_wheel()
     exports = tmp_path_factory.mktemp("exports")
     shutil.copytree(FIXTURE, exports / "cb")
@@ -120,7 +136,7 @@ def stack(tmp_path_factory):
         path.chmod(0o755)
     env.update(STACK_EXPORTS=str(exports), STACK_BIND="127.0.0.1", STACK_PORT=str(free_port()),
                STACK_PROMETHEUS_PORT=str(free_port()), STACK_LOCUST_PORT=str(free_port()))
-    s = Stack(env, f"dhrdtest{os.getpid()}")
+    s = Stack(env, f"{PREFIX}{os.getpid()}")
     try:
         s.compose("up", "-d", "--build", "--wait", timeout=1800)
         yield s
