@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request, Response, Security
+from fastapi_swagger import patch_fastapi
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import schemas
@@ -46,10 +47,13 @@ def create_app(settings: Settings, runners: dict[str, ModelRunner] | None = None
     # The bearer scheme is declared in the OpenAPI document only when a key is required; `Admission`
     # checks the key itself, from the headers, before the body is read.
     auth = [Security(BEARER)] if settings.api_key else []
-    app = FastAPI(title="DHRD classifier service", version="0.1.0", lifespan=lifespan,
+    # /docs is Swagger UI served from the package (fastapi-swagger), not from a CDN: it works offline.
+    app = FastAPI(title="DHRD classifier service", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  swagger_ui_oauth2_redirect_url=None,
                   description="Pooled classifiers trained with Dual-Head Reasoning Distillation. "
                               "POST /classify speaks vLLM's classification API.")
     install_handlers(app)
+    patch_fastapi(app, docs_url="/docs", redirect_from_root_to_docs=False)
     # Outermost last: Observe sees every answer; CORS preflights pass before the key check.
     app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)  # type: ignore[arg-type]
     app.add_middleware(Admission, settings=settings)  # type: ignore[arg-type]

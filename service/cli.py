@@ -25,7 +25,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             parser.add_argument(flag, default=None, help=help_text)
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug", "trace"],
+                        help="log level of the service and uvicorn (default: info)")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

@@ -14,7 +14,7 @@ from .settings import Settings
 TRACKED_PATHS = {"/classify", "/v1/classify", "/classify/cot", "/v1/models", "/health", "/ready", "/metrics"}
 MODEL_PATHS = {"/classify", "/v1/classify", "/classify/cot", "/v1/models"}
 WORK_PATHS = {"/classify", "/v1/classify", "/classify/cot"}
-DOC_PATHS = {"/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
+DOC_PATHS = {"/docs", "/openapi.json"}  # Swagger UI's own assets (/swagger/...) are public files
 
 
 class Observe:

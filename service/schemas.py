@@ -84,6 +84,8 @@ class ModelCard(BaseModel):
     task: str
     labels: list[str]
     fields: list[str]
+    template: str | None = Field(None, description="how a fields object becomes the model's input text, with "
+                                 "each field shown as <name>; a plain string input is used as it is")
     max_length: int
     pooling: str
     base_model: str | None

@@ -78,6 +78,7 @@ class ServedModel:
         """What `GET /v1/models` says about this model."""
         m = self.runner.manifest
         return {"task": m.task, "labels": self.labels, "fields": list(self.runner.task.fields),
+                "template": template_preview(self.runner.task),
                 "max_length": m.max_length, "pooling": m.pooling, "base_model": m.base_model.get("name"),
                 "contract_version": m.contract_version, "metrics": m.metrics,
                 "cot_prompt_version": COT_ENDPOINT_PROMPT_VERSION if self.cot is not None else None}
@@ -109,6 +110,14 @@ class ServedModel:
                            [float(k == r.label) for k in range(len(labels))], e.truncated, len(p.ids), r.text,
                            r.generated_tokens, r.label is not None)
                 for r, e, p in zip(results, encoded, prompts)]
+
+
+def template_preview(task) -> str | None:
+    """The task's template rendered with `<field>` placeholders: what a client's fields object turns into."""
+    try:
+        return task.format({f: f"<{f}>" for f in task.fields})
+    except Exception:  # a template that needs real values (numbers, lists) has no preview
+        return None
 
 
 def check_generation_params(params: GenParams, server_limit: int) -> None:

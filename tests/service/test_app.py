@@ -364,3 +364,27 @@ def test_no_input_causes_a_500(tiny_export):
 
     codes = run(go())
     assert {200, 422} <= set(codes)
+
+
+def test_docs_work_offline_with_swagger_ui_served_by_the_service_itself():
+    async def go():
+        async with serving(fake_settings(), {"fake": FakeRunner()}) as client:
+            page = await client.get("/docs")
+            bundle = await client.get("/swagger/swagger-ui-bundle.js")
+            css = await client.get("/swagger/swagger-ui.css")
+            return page, bundle, css
+
+    page, bundle, css = run(go())
+    assert page.status_code == 200 and "/swagger/swagger-ui-bundle.js" in page.text and "/openapi.json" in page.text
+    assert "cdn." not in page.text and "http://" not in page.text.replace("http://test", "")
+    assert bundle.status_code == 200 and len(bundle.content) > 100_000 and css.status_code == 200
+
+
+def test_models_list_shows_each_models_input_template(tiny_export):
+    async def go():
+        async with serving(Settings(models={"cb": tiny_export}, dtype="float32")) as client:
+            return (await client.get("/v1/models")).json()["data"][0]
+
+    card = run(go())
+    assert card["fields"] == ["premise", "hypothesis"]
+    assert "<premise>" in card["template"] and "<hypothesis>" in card["template"]
