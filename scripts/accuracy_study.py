@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""Does the reasoning head pay? Seeded arms per track, one `dhrd train` + `dhrd evaluate` per
+(track, arm, seed), one JSON row appended per finished run, and a report with mean ± std over seeds
+and the paired-bootstrap 95 % interval of each arm's difference to the pooled baseline (α = 0).
+
+    .venv/bin/python scripts/accuracy_study.py --tracks esnli --arms a0,a1 --seeds 0,1,2
+    .venv/bin/python scripts/accuracy_study.py --report-only          # tables from the rows so far
+
+Resumable: a finished run (its row in the rows file) is skipped; a killed run resumes from its last
+checkpoint (`dhrd train --resume`). Honesty rules: every arm of a track has the same data, order (per
+seed), steps and hyper-parameters, fixed in TRACKS before any result was seen; the model that is
+scored is the last one (no checkpoint picked on the reported split); nothing is tuned on it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+# Each track: a task whose rationales are trustworthy, a fixed train subset and the largest evaluation
+# split we can afford on the CPU. e-SNLI/CQA: PaLM-540B rationales (distilling step-by-step), only rows
+# whose PaLM answer matched the gold label; StrategyQA: FLAN's human-written rationales.
+TRACKS: dict[str, dict] = {
+    "esnli": {"task": "esnli", "train_limit": 2000, "eval_limit": 2000, "epochs": 1},
+    "strategyqa": {"task": "strategyqa", "train_limit": 1500, "eval_limit": None, "epochs": 2},
+    "cqa": {"task": "cqa", "train_limit": 2000, "eval_limit": 1221, "epochs": 1},
+}
+ARMS: dict[str, list[str]] = {
+    "a0": ["--alpha", "0"],  # the pooled baseline
+    "a0.3": ["--alpha", "0.3", "--beta", "1"],
+    "a1": ["--alpha", "1", "--beta", "1"],
+    # α=0 trained twice as long: about α=1's tokens and wall time (the "equal time" comparison)
+    "a0-2x": ["--alpha", "0", "--epochs-multiplier", "2"],
+    # at the best α only, if it beats α=0: the LM span over rationale + answer, and shuffled rationales
+    "a1-suffix": ["--alpha", "1", "--lm-span", "suffix"],
+    "a1-shuffled": ["--alpha", "1", "--shuffled-rationales"],
+}
+DEFAULT_ROWS = REPO / "reports" / "accuracy" / "rows.jsonl"
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    import torch
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
+
+
+def commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def shuffled_rationales(track: dict, out: Path, seed: int) -> Path:
+    """The track's rationale file with rationales permuted across examples (labels kept): the paper's
+    alignment ablation. If these help as much, the gain is regularisation, not reasoning."""
+    import gzip
+
+    source = REPO / "data" / "rationales" / f"{track['task']}.train.jsonl.gz"
+    opener = gzip.open if source.exists() else open
+    source = source if source.exists() else source.with_suffix("")
+    with opener(source, "rt") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    texts = [r["rationale"] for r in rows]
+    random.Random(seed).shuffle(texts)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps({**r, "rationale": t}) + "\n" for r, t in zip(rows, texts)))
+    return out
+
+
+def train_args(name: str, arm: str, seed: int, run: Path) -> list[str]:
+    track = TRACKS[name]
+    flags = list(ARMS[arm])
+    epochs = track["epochs"]
+    if "--epochs-multiplier" in flags:
+        i = flags.index("--epochs-multiplier")
+        epochs *= int(flags[i + 1])
+        del flags[i:i + 2]
+    if "--shuffled-rationales" in flags:
+        flags.remove("--shuffled-rationales")
+        flags += ["--rationales", str(shuffled_rationales(track, run.parent / f"shuffled-s{seed}.jsonl", seed))]
+    return [str(BIN / "dhrd"), "train", "--task", track["task"], "--out", str(run), "--seed", str(seed),
+            "--train-limit", str(track["train_limit"]), "--only-with-rationales", "--epochs", str(epochs),
+            # in-training validation on a small slice only (it costs time and picks nothing: 'last' is scored)
+            "--eval-limit", "64", "--eval-batch-size", "32", "--no-progress", "--resume", *flags]
+
+
+def run_one(name: str, arm: str, seed: int, runs: Path, rows_path: Path) -> dict:
+    run = runs / name / f"{arm}-s{seed}"
+    track = TRACKS[name]
+    cmd = train_args(name, arm, seed, run)
+    started = time.time()
+    subprocess.run(cmd, check=True, cwd=REPO)
+    trained = time.time() - started
+    evaluate = [str(BIN / "dhrd"), "evaluate", str(run), "--split", "val", "--checkpoint", "last",
+                "--batch-size", "32", *(["--limit", str(track["eval_limit"])] if track["eval_limit"] else [])]
+    subprocess.run(evaluate, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    summary = json.loads((run / "summary.json").read_text())
+    metrics = json.loads((run / "eval" / "val.metrics.json").read_text())
+    row = {"track": name, "arm": arm, "seed": seed, "task": track["task"], "metrics": metrics,
+           "steps": summary["steps"], "train_tokens": summary["tokens"], "train_wall_s": round(trained, 1),
+           "predictions": str((run / "eval" / "val.predictions.jsonl").relative_to(REPO)),
+           "train_command": shlex.join(cmd), "eval_command": shlex.join(evaluate), "machine": machine(),
+           "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M")}
+    rows_path.parent.mkdir(parents=True, exist_ok=True)
+    with rows_path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    return row
+
+
+# --- report ----------------------------------------------------------------------------------------
+def correct(path: Path) -> dict[str, bool]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {r["key"]: r["pred"] == r["gold"] for r in rows}
+
+
+def paired_ci(arm_runs: list[dict[str, bool]], base_runs: list[dict[str, bool]], resamples: int = 5000,
+              seed: int = 0) -> tuple[float, float, float]:
+    """Mean over seeds of (arm − baseline) accuracy, and its 95 % bootstrap interval resampling examples
+    (the same resampled examples for every seed pair, so seed and example variation both count)."""
+    keys = sorted(set.intersection(*(set(r) for r in arm_runs + base_runs)))
+    diffs = [[int(a[k]) - int(b[k]) for k in keys] for a, b in zip(arm_runs, base_runs)]
+    per_example = [sum(d[i] for d in diffs) / len(diffs) for i in range(len(keys))]
+    rng, n = random.Random(seed), len(keys)
+    boot = sorted(sum(per_example[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    return sum(per_example) / n, boot[int(0.025 * resamples)], boot[int(0.975 * resamples) - 1]
+
+
+def report(rows: list[dict]) -> str:
+    lines = []
+    for name in dict.fromkeys(r["track"] for r in rows):
+        track_rows = [r for r in rows if r["track"] == name]
+        base = {r["seed"]: r for r in track_rows if r["arm"] == "a0"}
+        t = TRACKS.get(name, {})
+        lines += [f"### {name} (train {t.get('train_limit')} examples with rationales, {t.get('epochs')} epoch(s); "
+                  f"evaluated on {len(correct(REPO / track_rows[0]['predictions']))} held-out examples)", "",
+                  "| arm | seeds | accuracy mean ± std | Δ vs α=0 (paired, 95 % CI) | steps | train tokens | train wall s |",
+                  "|---|---|---|---|---|---|---|"]
+        for arm in dict.fromkeys(r["arm"] for r in track_rows):
+            runs = sorted((r for r in track_rows if r["arm"] == arm), key=lambda r: r["seed"])
+            accs = [r["metrics"]["accuracy"] for r in runs]
+            spread = f"{statistics.mean(accs):.4f} ± {statistics.stdev(accs):.4f}" if len(accs) > 1 else f"{accs[0]:.4f}"
+            paired = [r for r in runs if r["seed"] in base]
+            delta = "—"
+            if arm != "a0" and paired:
+                d, lo, hi = paired_ci([correct(REPO / r["predictions"]) for r in paired],
+                                      [correct(REPO / base[r["seed"]]["predictions"]) for r in paired])
+                delta = f"{100 * d:+.2f} pts [{100 * lo:+.2f}, {100 * hi:+.2f}] ({len(paired)} pairs)"
+            mean = lambda k: statistics.mean(r[k] for r in runs)  # noqa: E731
+            lines.append(f"| {arm} | {len(runs)} | {spread} | {delta} | {mean('steps'):.0f} | {mean('train_tokens'):,.0f} "
+                         f"| {mean('train_wall_s'):.0f} |")
+        m = track_rows[0]["machine"]
+        lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores, {m['device']}; commits "
+                      f"{sorted({r['commit'] for r in track_rows})}; dates {track_rows[0]['date']} … {track_rows[-1]['date']}.",
+                  ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tracks", default="esnli")
+    parser.add_argument("--arms", default="a0,a0.3,a1")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--rows", type=Path, default=DEFAULT_ROWS)
+    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "study")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    if not args.report_only:
+        done = {(r["track"], r["arm"], r["seed"]) for r in read_rows(args.rows)}
+        plan = [(t, a, int(s)) for s in args.seeds.split(",") for t in args.tracks.split(",")
+                for a in args.arms.split(",")]  # seed-major: every arm gets seed 0 before any gets seed 1
+        for i, (track, arm, seed) in enumerate(plan, 1):
+            if (track, arm, seed) in done:
+                continue
+            print(f"[study] {i}/{len(plan)}: {track} {arm} seed {seed}", flush=True)
+            row = run_one(track, arm, seed, args.runs, args.rows)
+            print(f"[study] {track} {arm} seed {seed}: accuracy {row['metrics']['accuracy']:.4f} "
+                  f"({row['train_wall_s']:.0f} s training)", flush=True)
+    text = report(read_rows(args.rows))
+    out = args.rows.with_name("report.md")
+    out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""The accuracy study's statistics and report, on synthetic predictions (the runs themselves are hours)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("accuracy_study", REPO / "scripts" / "accuracy_study.py")
+study = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(study)  # type: ignore[union-attr]
+
+
+def predictions(path: Path, right: list[bool]) -> Path:
+    path.write_text("".join(json.dumps({"key": f"k{i}", "pred": 1 if ok else 0, "gold": 1, "probs": []}) + "\n"
+                            for i, ok in enumerate(right)))
+    return path
+
+
+def test_paired_interval_excludes_zero_only_when_the_arm_is_consistently_better(tmp_path):
+    base = [dict((f"k{i}", i % 2 == 0) for i in range(400)) for _ in range(3)]
+    better = [dict((k, v or int(k[1:]) % 4 == 1) for k, v in b.items()) for b in base]  # +25 points, every seed
+    d, lo, hi = study.paired_ci(better, base)
+    assert abs(d - 0.25) < 1e-9 and 0.2 < lo <= d <= hi < 0.3
+    d, lo, hi = study.paired_ci(base, base)
+    assert d == lo == hi == 0.0
+
+
+def test_report_gives_mean_std_and_the_paired_difference_per_arm(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "REPO", tmp_path)
+    rows = []
+    for seed in (0, 1):
+        for arm, acc in (("a0", 0.5), ("a1", 0.75)):
+            right = [i < acc * 100 for i in range(100)]
+            pred = predictions(tmp_path / f"{arm}-{seed}.jsonl", right)
+            rows.append({"track": "esnli", "arm": arm, "seed": seed, "metrics": {"accuracy": acc},
+                         "steps": 10, "train_tokens": 1000, "train_wall_s": 5.0, "predictions": pred.name,
+                         "machine": {"cpu": "X", "cores": 2, "device": "cpu"}, "commit": "abc", "date": "d"})
+    text = study.report(rows)
+    assert "| a0 | 2 | 0.5000 ± 0.0000 | — |" in text
+    line = next(l for l in text.splitlines() if l.startswith("| a1 |"))
+    assert line.startswith("| a1 | 2 | 0.7500 ± 0.0000 | +25.00 pts [+") and "(2 pairs)" in line
+    low = float(line.split("[")[1].split(",")[0])
+    assert 10 < low < 25  # resampling the 100 examples: an interval around +25 that excludes 0
+    assert "evaluated on 100 held-out examples" in text
+
+
+def test_every_arm_of_a_track_trains_the_same_data_order_and_budget(tmp_path):
+    a0 = study.train_args("esnli", "a0", 1, tmp_path / "a0-s1")
+    a1 = study.train_args("esnli", "a1", 1, tmp_path / "a1-s1")
+    twice = study.train_args("esnli", "a0-2x", 1, tmp_path / "a0-2x-s1")
+    same = lambda args: [a for a in args if not a.startswith(str(tmp_path))]  # noqa: E731
+    strip = lambda args: [x for x in same(args) if x not in ("--alpha", "0", "1", "--beta")]  # noqa: E731
+    assert strip(a0) == strip(a1)
+    assert twice[twice.index("--epochs") + 1] == "2" and a0[a0.index("--epochs") + 1] == "1"
+    assert "--resume" in a0 and a0[a0.index("--seed") + 1] == "1"
