@@ -71,18 +71,18 @@ def locate_base_model(base_model: dict) -> Path | None:
     """The first candidate holding an HF model (`config.json`) whose weights hash, when it records one
     (`dhrd_base.json`), is the manifest's; None when there is none."""
     for path in base_model_candidates(base_model):
-        if not (path / "config.json").is_file():
-            continue
-        info = path / BASE_INFO_FILE
-        recorded = base_model.get("sha256")
-        if recorded and info.is_file():
-            try:
-                if json.loads(info.read_text()).get("weights_sha256") not in (None, recorded):
-                    log.warning("%s: a base model named %r, but other weights than the export's", path,
-                                base_model.get("name"))
-                    continue
-            except (OSError, ValueError):
+        try:  # another user's path (the training user's home, seen from a container) may be unreadable
+            if not (path / "config.json").is_file():
                 continue
+            info = path / BASE_INFO_FILE
+            recorded = base_model.get("sha256")
+            if recorded and info.is_file() and \
+                    json.loads(info.read_text()).get("weights_sha256") not in (None, recorded):
+                log.warning("%s: a base model named %r, but other weights than the export's", path,
+                            base_model.get("name"))
+                continue
+        except (OSError, ValueError):
+            continue
         return path
     return None
 

@@ -66,3 +66,19 @@ def test_a_name_is_never_a_path(no_base_dirs, monkeypatch, tmp_path):
     monkeypatch.setenv("DHRD_BASE_MODELS", str(tmp_path / "models"))
     fake_base(tmp_path / "secret")
     assert locate_base_model({"name": "../secret", "path": None}) is None
+
+
+def test_an_unreadable_recorded_path_is_passed_over(no_base_dirs, monkeypatch, tmp_path):
+    """Seen from a container's non-root user, the training user's home is unreadable: stat raises
+    PermissionError (root, which runs the tests, is never refused, hence the stub)."""
+    home_base = fake_base(tmp_path / "home" / "base" / "m")
+    real_is_file = Path.is_file
+
+    def is_file(self):
+        if str(self).startswith("/root-only/"):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_is_file(self)
+
+    monkeypatch.setattr(Path, "is_file", is_file)
+    assert locate_base_model({"name": "m", "path": "/root-only/.cache/dhrd/base/m"}) == home_base
+    assert locate_base_model({"name": "other", "path": "/root-only/.cache/dhrd/base/other"}) is None
