@@ -50,25 +50,37 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--flags", default="--max-batch-size 64 --max-batch-tokens 8192 --max-wait-ms 2",
                         help="dhrd serve flags (batching for a model whose forward pass is nearly free)")
+    parser.add_argument("--variant", action="append", default=None, metavar="NAME=EXTRA_FLAGS",
+                        help="also measure dhrd serve with these extra flags (repeatable), e.g. "
+                             "'workers-2=--workers 2'")
     parser.add_argument("--out", type=Path, default=REPO / "loadtest" / "results" / "frontend")
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="dhrd-frontend-"))
     port = free_port()
     null = measure("null-server", [sys.executable, "-m", "loadtest.null_server", str(port)], "/", port,
                    args.connections, args.seconds, logs / "null.log")
-    port = free_port()
-    dhrd = measure("dhrd-tiny", [str(BIN / "dhrd"), "serve", "--model", f"cb={args.export}", "--port", str(port),
-                                 *args.flags.split(), "--log-level", "warning"], "/ready", port,
-                   args.connections, args.seconds, logs / "dhrd.log")
+    variants = {"one-process": ""}
+    variants.update(v.split("=", 1) for v in (args.variant or []))
+    results = {}
+    for name, extra in variants.items():
+        port = free_port()
+        results[name] = measure(f"dhrd-tiny {name}", [str(BIN / "dhrd"), "serve", "--model", f"cb={args.export}",
+                                                       "--port", str(port), *args.flags.split(), *extra.split(),
+                                                       "--log-level", "warning"], "/ready", port,
+                                args.connections, args.seconds, logs / f"dhrd-{name}.log")
+    dhrd = results["one-process"]
     report = {"machine": machine(), "commit": commit(), "date": time.strftime("%Y-%m-%d"),
               "command": "python -m loadtest.frontend " + " ".join(sys.argv[1:]), "connections": args.connections,
               "seconds": args.seconds, "serve_flags": args.flags, "export": str(args.export),
-              "null_server": null, "dhrd": dhrd,
-              "dhrd_share_of_null_percent": round(100 * dhrd["req_per_s"] / max(null["req_per_s"], 1e-9), 1)}
+              "null_server": null, "dhrd": dhrd, "variants": {k: {"extra_flags": variants[k], **v}
+                                                              for k, v in results.items()},
+              "dhrd_share_of_null_percent": round(100 * dhrd["req_per_s"] / max(null["req_per_s"], 1e-9), 1),
+              "share_of_null_percent": {k: round(100 * v["req_per_s"] / max(null["req_per_s"], 1e-9), 1)
+                                        for k, v in results.items()}}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"{report['date']}-{report['machine']['node']}"
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: report[k] for k in ("null_server", "dhrd", "dhrd_share_of_null_percent")}, indent=2))
+    print(json.dumps({k: report[k] for k in ("null_server", "variants", "share_of_null_percent")}, indent=2))
     return 0
 
 

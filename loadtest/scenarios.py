@@ -39,6 +39,10 @@ def scenarios(smoke: bool, cot_tokens: int, short_cot_tokens: int) -> list[Scena
     return [
         Scenario("dhrd-batched", "ClassifyUser", [*BATCHED_FLAGS], sweep, note="dynamic batching: " + " ".join(
             BATCHED_FLAGS).replace("--", "").replace("-", "_"), half_load=True),
+        # The engine process (front ends apart from the forward pass), to compare with the one-process default.
+        Scenario("dhrd-engine-process", "ClassifyUser", [*BATCHED_FLAGS, "--workers", "1"], sweep,
+                 note="as dhrd-batched, with --workers 1 (one front-end process + the engine process)",
+                 half_load=True, optional=True),
         # `dhrd serve --compile`: ~2.5 min of compilation at start-up, so not in the default run.
         Scenario("dhrd-compiled", "ClassifyUser", [*BATCHED_FLAGS, "--compile"], sweep[2:] or sweep,
                  note="as dhrd-batched, with --compile", optional=True),
