@@ -52,7 +52,7 @@ def serve(args: argparse.Namespace) -> None:
         raise ValueError("no model to serve: pass --model NAME=EXPORT_DIR (or set DHRD_MODELS)")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     check_exports(settings)
-    if settings.workers:
+    if settings.front_ends:
         from .supervisor import run
 
         code = run(settings, args.log_level)

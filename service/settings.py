@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -21,8 +22,8 @@ class Settings(BaseSettings):
     # 0: one process; the event loop and the forward pass share its GIL. N >= 1: N front-end processes
     # (HTTP, validation, tokenisation) feed one engine process (batching, forward passes) over a local
     # socket, so the front end scales with cores and never starves the device (ARCHITECTURE.md).
-    workers: int = Field(0, ge=0, le=64, description="front-end processes feeding one engine process "
-                                                     "(0: serve in one process)")
+    workers: int | None = Field(None, ge=0, le=64, description="front-end processes feeding one engine process; "
+                                "0: serve in one process; default: 0 on CPU, 4 on a GPU")
 
     # --- model runner ---------------------------------------------------------------------
     dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="weight and compute dtype")
@@ -90,6 +91,14 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_origins(cls, value):
         return [o.strip() for o in value.split(",") if o.strip()] if isinstance(value, str) else value
+
+    @property
+    def front_ends(self) -> int:
+        """Front-end processes to run (0: one process). On CPU one process measured faster (the cores are
+        shared anyway: BENCHMARKS.md, "Serving engine"); on a GPU the forward pass must not share a GIL."""
+        if self.workers is not None:
+            return self.workers
+        return 0 if self.device == "cpu" else max(1, min(4, (os.cpu_count() or 2) // 2))
 
     @property
     def grace_s(self) -> float:

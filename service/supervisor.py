@@ -63,12 +63,12 @@ def run(settings: Settings, log_level: str) -> int:
     engine.start()
     sock = uvicorn.Config(app=None, host=settings.host, port=settings.port).bind_socket()
     fronts = [ctx.Process(target=frontend_main, name=f"dhrd-front-{i}", args=(settings, socket_path, sock, log_level))
-              for i in range(settings.workers)]
+              for i in range(settings.front_ends)]
     for p in fronts:
         p.start()
     sock.close()  # the children hold it now
     log.info("serving on http://%s:%d with %d front-end process(es) and one engine (pid %d)", settings.host,
-             settings.port, settings.workers, engine.pid)
+             settings.port, settings.front_ends, engine.pid)
     code = 0
     try:
         while not stopping:

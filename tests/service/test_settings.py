@@ -75,3 +75,12 @@ def test_hashes_checked_before_start_up_are_not_checked_again(tiny_export, monke
             return (await client.get("/ready")).status_code
 
     assert asyncio.run(go()) == 200 and len(calls) == 1
+
+
+def test_front_end_processes_default_to_one_process_on_cpu_and_several_on_a_gpu():
+    from service.settings import Settings
+
+    assert Settings().front_ends == 0
+    assert Settings(device="cuda").front_ends >= 1
+    assert Settings(device="cuda", workers=0).front_ends == 0
+    assert Settings(workers=3).front_ends == 3
