@@ -3,6 +3,10 @@ random model (its forward pass costs almost nothing), next to what a null server
 fixed JSON answer) serves to the same raw keep-alive client, in one run.
 
     .venv/bin/python -m loadtest.frontend                      # writes loadtest/results/frontend/
+    .venv/bin/python -m loadtest.frontend --peer               # + infinity-emb on the same tiny model
+
+With `--peer` the tiny model is a fresh random one with a linear head (what infinity-emb can serve, in
+the HF *ForSequenceClassification layout), and dhrd serves the same classifier from its export.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from pathlib import Path
 
 from . import REPO
 from .provenance import commit, machine
-from .servers import BIN, free_port, spawn_until_ready, stop
+from .servers import BIN, free_port, spawn_until_ready, start_peer, stop
 
 TINY_EXPORT = REPO / "tests" / "fixtures" / "export-v1-cb"  # 2 layers, 64 wide: the forward pass is ~free
 BODY = json.dumps({"model": "cb", "input": {"premise": "It rained all day and the streets were wet.",
@@ -24,13 +28,31 @@ BODY = json.dumps({"model": "cb", "input": {"premise": "It rained all day and th
 
 
 def drive(port: int, connections: int, seconds: float) -> dict:
+    return drive_body(port, BODY, connections, seconds)
+
+
+def drive_body(port: int, body: str, connections: int, seconds: float) -> dict:
     """The raw client in its own process (its own GIL), against one server."""
-    out = subprocess.run([sys.executable, "-m", "loadtest.rawclient", "--port", str(port), "--body", BODY,
+    out = subprocess.run([sys.executable, "-m", "loadtest.rawclient", "--port", str(port), "--body", body,
                           "--connections", str(connections), "--seconds", str(seconds)],
                          capture_output=True, text=True, timeout=seconds + 120, cwd=REPO)
     if out.returncode != 0:
         raise RuntimeError(f"rawclient failed: {out.stderr[-1000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def tiny_linear_export(work: Path) -> tuple[Path, Path]:
+    """A tiny random classifier with a linear head, exported twice: dhrd's layout and HF's (for the peer)."""
+    from .gpu import DHRD, build_backbone, sh, write_data
+
+    backbone = build_backbone("tiny", work / "backbone", "cpu", 300)
+    data = write_data(work / "data")
+    run, export, hf = work / "run", work / "export", work / "export-hf"
+    sh([*DHRD, "train", "--task", "cb", "--out", str(run), "--backbone", str(backbone), "--data-dir", str(data),
+        "--alpha", "0", "--head", "linear", "--max-steps", "2", "--eval-limit", "8", "--no-progress"], 600,
+       work / "train.log")
+    sh([*DHRD, "export", str(run), "--out", str(export), "--hf-seqcls", str(hf)], 600, work / "export.log")
+    return export, hf
 
 
 def measure(name: str, cmd: list[str], probe: str, port: int, connections: int, seconds: float, log: Path) -> dict:
@@ -53,9 +75,14 @@ def main() -> int:
     parser.add_argument("--variant", action="append", default=None, metavar="NAME=EXTRA_FLAGS",
                         help="also measure dhrd serve with these extra flags (repeatable), e.g. "
                              "'workers-2=--workers 2'")
+    parser.add_argument("--peer", action="store_true", help="also infinity-emb (loadtest/setup_peer.sh) on the same "
+                                                               "tiny model; implies a fresh tiny linear-head export")
     parser.add_argument("--out", type=Path, default=REPO / "loadtest" / "results" / "frontend")
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="dhrd-frontend-"))
+    hf = None
+    if args.peer:
+        args.export, hf = tiny_linear_export(logs / "tiny")
     port = free_port()
     null = measure("null-server", [sys.executable, "-m", "loadtest.null_server", str(port)], "/", port,
                    args.connections, args.seconds, logs / "null.log")
@@ -69,6 +96,20 @@ def main() -> int:
                                                        "--log-level", "warning"], "/ready", port,
                                 args.connections, args.seconds, logs / f"dhrd-{name}.log")
     dhrd = results["one-process"]
+    peer = None
+    if hf is not None:
+        from contract.export_reader import read_manifest
+        from contract.tasks import get_task
+
+        fields = json.loads(BODY)["input"]
+        text = get_task(read_manifest(args.export).task).format(fields)
+        port = free_port()
+        proc = start_peer(hf, port, logs / "peer.log", batch_size=64)
+        try:
+            peer = drive_body(port, json.dumps({"model": "peer", "input": [text]}), args.connections, args.seconds)
+        finally:
+            stop(proc)
+        print(f"[frontend] infinity-emb: {json.dumps(peer)}", flush=True)
     report = {"machine": machine(), "commit": commit(), "date": time.strftime("%Y-%m-%d"),
               "command": "python -m loadtest.frontend " + " ".join(sys.argv[1:]), "connections": args.connections,
               "seconds": args.seconds, "serve_flags": args.flags, "export": str(args.export),
@@ -76,11 +117,15 @@ def main() -> int:
                                                               for k, v in results.items()},
               "dhrd_share_of_null_percent": round(100 * dhrd["req_per_s"] / max(null["req_per_s"], 1e-9), 1),
               "share_of_null_percent": {k: round(100 * v["req_per_s"] / max(null["req_per_s"], 1e-9), 1)
-                                        for k, v in results.items()}}
+                                        for k, v in results.items()},
+              "infinity_emb": peer,
+              "ratio_to_infinity": peer and {k: round(v["req_per_s"] / max(peer["req_per_s"], 1e-9), 2)
+                                             for k, v in results.items()}}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"{report['date']}-{report['machine']['node']}"
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: report[k] for k in ("null_server", "variants", "share_of_null_percent")}, indent=2))
+    print(json.dumps({k: report[k] for k in ("null_server", "variants", "share_of_null_percent", "infinity_emb",
+                                             "ratio_to_infinity")}, indent=2))
     return 0
 
 
