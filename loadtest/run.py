@@ -3,7 +3,7 @@ readiness, run Locust headless over a sweep of concurrency levels, collect its C
 everything, and write `loadtest/results/<date>-<machine>.json` plus a markdown table and PNG plots.
 
     scripts/benchmark.sh                                                   # full report (~25 min here)
-    .venv/bin/python -m loadtest.run --export exports/cb --smoke         # seconds: keeps the runner honest
+    .venv/bin/python -m loadtest.run --export exports/cb --smoke         # seconds: keeps the runner honest (report in a temp dir)
 
 Scenarios (same machine, same model, one run): DHRD /classify with dynamic batching; the same
 service with batching off (the naive floor); the CoT endpoint, batched and unbatched, with the
@@ -45,12 +45,16 @@ def parse_args() -> argparse.Namespace:
                         help="cut every input to exactly this many tokens (0: the real validation texts, mixed lengths)")
     parser.add_argument("--accuracy-limit", type=int, default=None,
                         help="validation examples for the accuracy points (default: the whole split)")
-    parser.add_argument("--out", type=Path, default=REPO / "loadtest" / "results")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where the report goes (default: loadtest/results/; with --smoke a temporary "
+                             "directory, so a smoke run leaves no files in the repository)")
     parser.add_argument("--benchmarks", type=Path, default=None,
                         help="also rewrite the measured block of this markdown file (BENCHMARKS.md)")
     args = parser.parse_args()
     if args.smoke:
         args.seconds, args.cot_tokens, args.short_cot_tokens, args.accuracy_limit = 3, 8, 4, 8
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="dhrd-smoke-")) if args.smoke else REPO / "loadtest" / "results"
     return args
 
 
