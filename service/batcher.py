@@ -20,6 +20,10 @@ from .metrics import Metrics
 # A payload is anything whose len() is its token count: a list of token ids for classification,
 # a `cot.CotItem` for generation. The predict function returns one result per payload.
 PredictFn = Callable[[Sequence[Sized]], list[Any]]
+# A launch function starts a forward pass on an asynchronous device and returns at once; the object it
+# returns has `.result()`, which waits for the device and returns one result per payload.
+LaunchFn = Callable[[Sequence[Sized]], Any]
+PIPELINE_DEPTH = 2  # batches launched and not yet finished: N runs on the device while N+1 is prepared
 
 
 @dataclass
@@ -42,9 +46,14 @@ class _Pending:
 
 
 class Batcher:
-    def __init__(self, name: str, predict: PredictFn, config: BatchConfig, executor: Executor, metrics: Metrics):
+    def __init__(self, name: str, predict: PredictFn, config: BatchConfig, executor: Executor, metrics: Metrics,
+                 launch: LaunchFn | None = None, finisher: Executor | None = None):
         self.name = name
         self.predict = predict
+        # With `launch` (CUDA graphs), batch N+1 is padded, copied and launched while batch N still runs
+        # on the device; `finisher` (its own thread) waits for each batch's results.
+        self.launch, self.finisher = launch, finisher
+        self._finishing: set[asyncio.Task] = set()
         self.config = config
         self.executor = executor
         self.metrics = metrics
@@ -52,7 +61,7 @@ class Batcher:
         self._arrived = asyncio.Event()  # set by submit; waiting on it (not on queue.get) loses nothing on timeout
         self._task: asyncio.Task | None = None
         self._waiting = 0  # live queued sequences: what admission and the queue gauge count
-        self._computing = 0  # sequences in the batch being computed now
+        self._computing = 0  # sequences in the batch(es) being computed now
         self._held: list[_Pending] = []  # taken from the queue this round (collected or being computed)
         self._closed = False
         # Running estimates of one forward pass and of its cost per sequence: what admission and the
@@ -216,17 +225,54 @@ class Batcher:
             self.metrics.queue_wait.labels(self.name).observe(started - item.enqueued)
         self.metrics.batch_size.labels(self.name).observe(len(batch))
         self.metrics.batch_tokens.labels(self.name).observe(len(batch) * max(len(p.payload) for p in batch))
+        if self.launch is not None and self.finisher is not None:
+            return await self._launch(batch, started)
         loop = asyncio.get_running_loop()
         self._computing = len(batch)
         try:
             results = await loop.run_in_executor(self.executor, self.predict, [p.payload for p in batch])
         except Exception as exc:  # a failed forward pass fails its requests, not the batcher
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(exc)
+            self._fail(batch, exc)
             return
         finally:
             self._computing = 0
+        self._done(batch, results, started)
+
+    async def _launch(self, batch: list[_Pending], started: float) -> None:
+        """Pipelined: launch this batch, hand its completion to the finisher thread, and return to
+        collect the next one; at most PIPELINE_DEPTH batches are in flight."""
+        loop = asyncio.get_running_loop()
+        while len(self._finishing) >= PIPELINE_DEPTH:
+            await asyncio.wait(self._finishing, return_when=asyncio.FIRST_COMPLETED)
+        self._computing += len(batch)
+        try:
+            pending = await loop.run_in_executor(self.executor, self.launch, [p.payload for p in batch])
+        except Exception as exc:
+            self._computing -= len(batch)
+            self._fail(batch, exc)
+            return
+        task = asyncio.create_task(self._finish(batch, pending, started))
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
+    async def _finish(self, batch: list[_Pending], pending: Any, started: float) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self.finisher, pending.result)
+        except Exception as exc:
+            self._fail(batch, exc)
+            return
+        finally:
+            self._computing -= len(batch)
+        self._done(batch, results, started)
+
+    @staticmethod
+    def _fail(batch: list[_Pending], exc: Exception) -> None:
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(exc)
+
+    def _done(self, batch: list[_Pending], results: list[Any], started: float) -> None:
         elapsed = time.perf_counter() - started
         keep = 0.8 if self._passes else 0.0  # the first pass replaces the start-up guesses
         self._batch_seconds = keep * self._batch_seconds + (1 - keep) * elapsed

@@ -41,6 +41,8 @@ class EngineCore:
         # OpenMP team of its own; with a second team alive the forward ran ~20 % slower here
         # (python -m loadtest.profile vs the service, BENCHMARKS.md).
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="dhrd-fwd")
+        # With CUDA graphs the forward thread only launches; this thread waits for the device's results.
+        self.finisher = ThreadPoolExecutor(1, thread_name_prefix="dhrd-finish")
 
     async def load(self, runners: dict[str, ModelRunner] | None = None, verify_hashes: bool = True) -> None:
         """Load (unless given) and warm up every model, start its batchers. Raises what loading raised."""
@@ -59,8 +61,10 @@ class EngineCore:
             if s.cuda_graphs and s.device.startswith("cuda") and hasattr(runner, "use_cuda_graphs"):
                 await loop.run_in_executor(self.executor, runner.use_cuda_graphs, s.max_batch_size, s.max_batch_tokens)
             await loop.run_in_executor(self.executor, runner.warmup)
+            pipelined = getattr(runner, "graphs", None) is not None
             self.models[name] = EngineModel(runner, self._batcher(name, runner.predict, s.max_batch_size,
-                                                                   s.max_batch_tokens))
+                                                                   s.max_batch_tokens,
+                                                                   runner.launch if pipelined else None))
         if s.cot:
             for name, model in self.models.items():
                 cot = await loop.run_in_executor(self.executor, CotRunner, name, model.runner.manifest,
@@ -69,10 +73,10 @@ class EngineCore:
                 model.cot = cot
                 model.cot_batcher = self._batcher(f"{name}:cot", cot.generate, s.cot_max_batch_size, 10**9)
 
-    def _batcher(self, name: str, predict, max_batch_size: int, max_batch_tokens: int) -> Batcher:
+    def _batcher(self, name: str, predict, max_batch_size: int, max_batch_tokens: int, launch=None) -> Batcher:
         s = self.settings
         batcher = Batcher(name, predict, BatchConfig(max_batch_size, max_batch_tokens, s.max_wait_ms, s.max_queue),
-                          self.executor, self.metrics)
+                          self.executor, self.metrics, launch=launch, finisher=self.finisher if launch else None)
         batcher.start()
         return batcher
 
@@ -87,3 +91,4 @@ class EngineCore:
         for batcher in self.batchers():
             await batcher.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.finisher.shutdown(wait=False, cancel_futures=True)

@@ -128,3 +128,41 @@ class CudaGraphClassifier(StaticShapeClassifier):
         graph, out = self._graphs[shape]
         graph.replay()
         return out
+
+    @torch.inference_mode()
+    def launch(self, batch: Sequence[Sequence[int]]) -> "Launched | None":
+        """Copy the batch in, replay, and start copying the probabilities out, all queued on the stream;
+        returns without waiting for the device (None: no bucket holds the batch). The static buffers may
+        be refilled by the next launch at once: stream order puts that copy after this replay and this
+        copy-out, and pinned staging memory is not reused before its copy ran (torch's host allocator)."""
+        shape = self.bucket(batch)
+        if shape is None:
+            return None
+        self.fill(batch, shape)
+        out = self.run(shape)
+        host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+        host.copy_(out, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return Launched(done, host, len(batch))
+
+
+class Launched:
+    """A forward pass queued on the device; `result()` waits for it (in the finisher thread)."""
+
+    def __init__(self, done, host: torch.Tensor, n: int):
+        self.done, self.host, self.n = done, host, n
+
+    def result(self) -> list[list[float]]:
+        self.done.synchronize()
+        return self.host[:self.n].tolist()
+
+
+class Ready:
+    """A result computed already (a batch no bucket held, run eager), with the same `result()`."""
+
+    def __init__(self, results: list[list[float]]):
+        self.results = results
+
+    def result(self) -> list[list[float]]:
+        return self.results

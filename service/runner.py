@@ -104,6 +104,14 @@ class ModelRunner(InputEncoder):
         self.graphs = graphs
         return True
 
+    def launch(self, batch: Sequence[Sequence[int]]):
+        """Start a forward pass and return without waiting for the device (CUDA graphs only): an object
+        whose `result()` gives what `predict` gives. The batcher pipelines with it (batcher.py)."""
+        from .graphs import Ready
+
+        launched = self.graphs.launch(batch) if self.graphs is not None else None
+        return launched if launched is not None else Ready(self.predict(batch))
+
     @torch.inference_mode()
     def predict(self, batch: Sequence[Sequence[int]]) -> list[list[float]]:
         """Class probabilities for a batch of token id lists (padded here, to the batch's longest)."""

@@ -219,3 +219,73 @@ def test_work_that_would_wait_past_its_deadline_is_refused_at_once_not_left_to_t
     refused, results = asyncio.run(go())
     assert refused >= 5
     assert all(r == 1 for r in results)  # everything admitted was computed in time: no 504s
+
+
+# --- pipelining (CUDA graphs: launch returns at once, a second thread waits for the device) -------------
+class Device:
+    """A fake asynchronous device: `launch` records and returns at once; results come when released."""
+
+    def __init__(self, fail_on: int | None = None):
+        import threading
+
+        self.launched: list[int] = []
+        self.finished: list[int] = []
+        self.release = threading.Event()
+        self.fail_on = fail_on
+
+    def launch(self, batch):
+        n = len(self.launched)
+        self.launched.append(len(batch))
+        device = self
+
+        class Pending:
+            def result(self):
+                device.release.wait(5)
+                device.finished.append(n)
+                if n == device.fail_on:
+                    raise RuntimeError("device fault")
+                return [sum(x) * 10 for x in batch]
+
+        return Pending()
+
+
+def pipelined(device, **kw) -> Batcher:
+    defaults = Settings()
+    knobs = {name: kw.get(name, getattr(defaults, name)) for name in BatchConfig.__dataclass_fields__}
+    return Batcher("m", lambda batch: pytest.fail("predict must not be called when pipelined"), BatchConfig(**knobs),
+                   ThreadPoolExecutor(1), Metrics(), launch=device.launch, finisher=ThreadPoolExecutor(1))
+
+
+def test_pipelined_batches_launch_the_next_one_before_the_last_finished():
+    async def go():
+        device = Device()
+        b = pipelined(device, max_batch_size=2, max_wait_ms=1)
+        b.start()
+        futures = b.submit([[1], [2], [3], [4], [5], [6]], far())
+        await asyncio.sleep(0.3)
+        in_flight = (list(device.launched), list(device.finished))
+        device.release.set()
+        results = await asyncio.wait_for(asyncio.gather(*futures), 5)
+        await b.stop()
+        return in_flight, results
+
+    (launched, finished), results = asyncio.run(go())
+    assert launched == [2, 2] and finished == []  # two batches on the device, the third waits: depth 2
+    assert results == [10, 20, 30, 40, 50, 60]
+
+
+def test_a_device_fault_fails_only_its_batch():
+    async def go():
+        device = Device(fail_on=0)
+        device.release.set()
+        b = pipelined(device, max_batch_size=2, max_wait_ms=1)
+        b.start()
+        first = b.submit([[1], [2]], far())
+        await asyncio.sleep(0.2)
+        second = b.submit([[3], [4]], far())
+        out = await asyncio.gather(*first, *second, return_exceptions=True)
+        await b.stop()
+        return out
+
+    out = asyncio.run(go())
+    assert all(isinstance(x, RuntimeError) for x in out[:2]) and out[2:] == [30, 40]

@@ -74,3 +74,19 @@ def test_cuda_graph_replays_give_the_eager_probabilities():
     assert runner.eager_passes == 0
     runner.predict([[5] * 70] * 16)  # no bucket holds 16 × 70 tokens: eager, counted
     assert runner.eager_passes == 1
+
+
+def test_launch_without_graphs_computes_at_once_with_the_same_result():
+    runner = ModelRunner.from_export(FIXTURE, dtype="float32")
+    batch = batches(runner)[1]
+    assert runner.launch(batch).result() == runner.predict(batch)
+
+
+@needs_cuda
+def test_launched_replays_give_the_eager_probabilities_back_to_back():
+    runner = ModelRunner.from_export(FIXTURE, dtype="float32", device="cuda")
+    eager = [runner.predict(b) for b in batches(runner)]
+    assert runner.use_cuda_graphs(16, 16 * 64)
+    launched = [runner.launch(b) for b in batches(runner)]  # all queued before any result is read
+    for pending, expected in zip(launched, eager):
+        torch.testing.assert_close(torch.tensor(pending.result()), torch.tensor(expected), rtol=1e-4, atol=1e-4)
