@@ -112,9 +112,10 @@ def run_one(name: str, arm: str, seed: int, runs: Path, rows_path: Path) -> dict
                 "--batch-size", "32", *(["--limit", str(track["eval_limit"])] if track["eval_limit"] else [])]
     subprocess.run(evaluate, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     summary = json.loads((run / "summary.json").read_text())
-    metrics = json.loads((run / "eval" / "val.metrics.json").read_text())
-    row = {"track": name, "arm": arm, "seed": seed, "task": track["task"], "metrics": metrics,
-           "steps": summary["steps"], "train_tokens": summary["tokens"], "train_wall_s": round(trained, 1),
+    evaluated = json.loads((run / "eval" / "val.metrics.json").read_text())
+    row = {"track": name, "arm": arm, "seed": seed, "task": track["task"], "metrics": evaluated["metrics"],
+           "examples": evaluated["examples"], "steps": summary["steps"], "train_tokens": summary["tokens"],
+           "train_wall_s": training_seconds(run, trained),
            "predictions": str((run / "eval" / "val.predictions.jsonl").relative_to(REPO)),
            "train_command": shlex.join(cmd), "eval_command": shlex.join(evaluate), "machine": machine(),
            "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M")}
@@ -122,6 +123,17 @@ def run_one(name: str, arm: str, seed: int, runs: Path, rows_path: Path) -> dict
     with rows_path.open("a") as f:
         f.write(json.dumps(row) + "\n")
     return row
+
+
+def training_seconds(run: Path, this_call: float) -> float:
+    """Wall time of the training steps from the step log (robust to a run resumed after a kill: the
+    log's span plus one mean step), or this call's time when there is no log."""
+    times = [json.loads(line)["time"] for line in (run / "log.jsonl").read_text().splitlines() if line.strip()] \
+        if (run / "log.jsonl").exists() else []
+    if len(times) < 2:
+        return round(this_call, 1)
+    span = times[-1] - times[0]
+    return round(span + span / (len(times) - 1), 1)
 
 
 # --- report ----------------------------------------------------------------------------------------
