@@ -154,7 +154,31 @@ def paired_ci(arm_runs: list[dict[str, bool]], base_runs: list[dict[str, bool]],
     return sum(per_example) / n, boot[int(0.025 * resamples)], boot[int(0.975 * resamples) - 1]
 
 
-def report(rows: list[dict]) -> str:
+def plot(gains: list[tuple[str, float, float, float]], out: Path) -> None:
+    """Δ accuracy vs α=0 with its 95 % interval, one bar per (track, arm)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not gains:
+        return
+    labels = [g[0] for g in gains]
+    mid = [100 * g[1] for g in gains]
+    err = [[100 * (g[1] - g[2]) for g in gains], [100 * (g[3] - g[1]) for g in gains]]
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(gains), 3.2))
+    ax.errorbar(range(len(gains)), mid, yerr=err, fmt="o", capsize=4)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xticks(range(len(gains)), labels, rotation=30, ha="right")
+    ax.set_ylabel("Δ accuracy vs α=0 (points)")
+    ax.set_title("Paired difference to the pooled baseline, 95 % CI")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def report(rows: list[dict], gains: list | None = None) -> str:
+    gains = [] if gains is None else gains
     lines = []
     for name in dict.fromkeys(r["track"] for r in rows):
         track_rows = [r for r in rows if r["track"] == name]
@@ -174,6 +198,7 @@ def report(rows: list[dict]) -> str:
                 d, lo, hi = paired_ci([correct(REPO / r["predictions"]) for r in paired],
                                       [correct(REPO / base[r["seed"]]["predictions"]) for r in paired])
                 delta = f"{100 * d:+.2f} pts [{100 * lo:+.2f}, {100 * hi:+.2f}] ({len(paired)} pairs)"
+                gains.append((f"{name} {arm}", d, lo, hi))
             mean = lambda k: statistics.mean(r[k] for r in runs)  # noqa: E731
             lines.append(f"| {arm} | {len(runs)} | {spread} | {delta} | {mean('steps'):.0f} | {mean('train_tokens'):,.0f} "
                          f"| {mean('train_wall_s'):.0f} |")
@@ -204,9 +229,11 @@ def main() -> int:
             row = run_one(track, arm, seed, args.runs, args.rows)
             print(f"[study] {track} {arm} seed {seed}: accuracy {row['metrics']['accuracy']:.4f} "
                   f"({row['train_wall_s']:.0f} s training)", flush=True)
-    text = report(read_rows(args.rows))
+    gains: list = []
+    text = report(read_rows(args.rows), gains)
     out = args.rows.with_name("report.md")
     out.write_text(text + "\n")
+    plot(gains, args.rows.with_name("gains.png"))
     print(text)
     return 0
 

@@ -54,3 +54,8 @@ def test_every_arm_of_a_track_trains_the_same_data_order_and_budget(tmp_path):
     assert strip(a0) == strip(a1)
     assert twice[twice.index("--epochs") + 1] == "2" and a0[a0.index("--epochs") + 1] == "1"
     assert "--resume" in a0 and a0[a0.index("--seed") + 1] == "1"
+
+
+def test_the_gain_plot_is_written(tmp_path):
+    study.plot([("esnli a1", 0.02, -0.01, 0.05), ("esnli a0-2x", -0.01, -0.03, 0.01)], tmp_path / "gains.png")
+    assert (tmp_path / "gains.png").stat().st_size > 1000
