@@ -126,14 +126,16 @@ def run_one(name: str, arm: str, seed: int, runs: Path, rows_path: Path) -> dict
 
 
 def training_seconds(run: Path, this_call: float) -> float:
-    """Wall time of the training steps from the step log (robust to a run resumed after a kill: the
-    log's span plus one mean step), or this call's time when there is no log."""
+    """Wall time of the training steps from the step log, or this call's time when there is no log.
+    Robust to a run paused (killed, resumed later): a gap over 10x the median step is counted as one
+    median step (the steps redone after the resume are in the log's later rows)."""
     times = [json.loads(line)["time"] for line in (run / "log.jsonl").read_text().splitlines() if line.strip()] \
         if (run / "log.jsonl").exists() else []
     if len(times) < 2:
         return round(this_call, 1)
-    span = times[-1] - times[0]
-    return round(span + span / (len(times) - 1), 1)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    median = statistics.median(gaps)
+    return round(median + sum(g if g <= 10 * median else median for g in gaps), 1)
 
 
 # --- report ----------------------------------------------------------------------------------------

@@ -59,3 +59,9 @@ def test_every_arm_of_a_track_trains_the_same_data_order_and_budget(tmp_path):
 def test_the_gain_plot_is_written(tmp_path):
     study.plot([("esnli a1", 0.02, -0.01, 0.05), ("esnli a0-2x", -0.01, -0.03, 0.01)], tmp_path / "gains.png")
     assert (tmp_path / "gains.png").stat().st_size > 1000
+
+
+def test_training_time_ignores_a_pause_between_kill_and_resume(tmp_path):
+    times = [0, 2, 4, 6, 1006, 1008]  # a 1,000 s pause after step 4
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps({"time": t}) + "\n" for t in times))
+    assert study.training_seconds(tmp_path, 9999.0) == 12.0
