@@ -122,7 +122,7 @@ def main() -> int:
               "ratio_to_infinity": peer and {k: round(v["req_per_s"] / max(peer["req_per_s"], 1e-9), 2)
                                              for k, v in results.items()}}
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"{report['date']}-{report['machine']['node']}"
+    stem = f"{time.strftime('%Y-%m-%d-%H%M')}-{report['machine']['node']}"
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report[k] for k in ("null_server", "variants", "share_of_null_percent", "infinity_emb",
                                              "ratio_to_infinity")}, indent=2))
