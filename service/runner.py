@@ -136,7 +136,16 @@ def compiled(model: torch.nn.Module) -> torch.nn.Module:
     """`torch.compile` for inference: inductor fuses the elementwise ops (norms, rotary, SiLU) that
     are a third of a 576-wide model's CPU time, and freezing folds the weights in as constants so
     oneDNN can prepack them. Dynamic shapes: one graph serves every (batch, length)."""
+    import os
+
+    # Compiled kernels and graphs are cached on disk and reused by the next start (same torch, same
+    # machine kind): the first `--compile` start takes minutes, later ones a fraction (BENCHMARKS.md,
+    # "Compiled"). By default the cache lives beside the base models, not in /tmp, so it survives a
+    # reboot; in a container, mount a volume at $DHRD_HOME (or set TORCHINDUCTOR_CACHE_DIR).
+    home = Path(os.environ.get("DHRD_HOME") or Path.home() / ".cache" / "dhrd")
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(home / "inductor"))
     import torch._inductor.config as inductor_config
 
     inductor_config.freezing = True  # process-wide; only compiled graphs read it
+    inductor_config.fx_graph_cache = True
     return torch.compile(model, dynamic=True)
