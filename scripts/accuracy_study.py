@@ -30,10 +30,12 @@ BIN = Path(sys.executable).parent
 
 # Each track: a task whose rationales are trustworthy, a fixed train subset and the largest evaluation
 # split we can afford on the CPU. e-SNLI/CQA: PaLM-540B rationales (distilling step-by-step), only rows
-# whose PaLM answer matched the gold label; StrategyQA: FLAN's human-written rationales.
+# whose PaLM answer matched the gold label; StrategyQA, CREAK: FLAN's human-written rationales.
 TRACKS: dict[str, dict] = {
     "esnli": {"task": "esnli", "train_limit": 2000, "eval_limit": 2000, "epochs": 1},
     "strategyqa": {"task": "strategyqa", "train_limit": 1500, "eval_limit": None, "epochs": 2},
+    # CREAK: claims to verify, FLAN's human rationales; train/val are a fixed hash split of one file.
+    "creak": {"task": "creak", "train_limit": 2000, "eval_limit": None, "epochs": 1},
     "cqa": {"task": "cqa", "train_limit": 2000, "eval_limit": 1221, "epochs": 1},
 }
 ARMS: dict[str, list[str]] = {
