@@ -181,6 +181,22 @@ def plot(gains: list[tuple[str, float, float, float]], out: Path) -> None:
     plt.close(fig)
 
 
+def seed_and_example_ci(arm_runs: list[dict[str, bool]], base_runs: list[dict[str, bool]], resamples: int = 5000,
+                        seed: int = 0) -> tuple[float, float]:
+    """95 % interval of the mean difference when seeds are resampled too (a hierarchical bootstrap):
+    with few seeds and a seed-sensitive arm this is the honest width; `paired_ci` holds seeds fixed."""
+    keys = sorted(set.intersection(*(set(r) for r in arm_runs + base_runs)))
+    diffs = [[int(a[k]) - int(b[k]) for k in keys] for a, b in zip(arm_runs, base_runs)]
+    rng, n, k = random.Random(seed), len(keys), len(diffs)
+    boot = []
+    for _ in range(resamples):
+        picked = [diffs[rng.randrange(k)] for _ in range(k)]
+        idx = [rng.randrange(n) for _ in range(n)]
+        boot.append(sum(d[i] for d in picked for i in idx) / (n * k))
+    boot.sort()
+    return boot[int(0.025 * resamples)], boot[int(0.975 * resamples) - 1]
+
+
 def report(rows: list[dict], gains: list | None = None) -> str:
     gains = [] if gains is None else gains
     lines = []
@@ -190,22 +206,29 @@ def report(rows: list[dict], gains: list | None = None) -> str:
         t = TRACKS.get(name, {})
         lines += [f"### {name} (train {t.get('train_limit')} examples with rationales, {t.get('epochs')} epoch(s); "
                   f"evaluated on {len(correct(REPO / track_rows[0]['predictions']))} held-out examples)", "",
-                  "| arm | seeds | accuracy mean ± std | Δ vs α=0 (paired, 95 % CI) | steps | train tokens | train wall s |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| arm | seeds | accuracy mean ± std | Δ vs α=0 (paired, 95 % CI over examples) | per-seed Δ "
+                  "| 95 % CI, seeds resampled too | steps | train tokens | train wall s |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for arm in dict.fromkeys(r["arm"] for r in track_rows):
             runs = sorted((r for r in track_rows if r["arm"] == arm), key=lambda r: r["seed"])
             accs = [r["metrics"]["accuracy"] for r in runs]
             spread = f"{statistics.mean(accs):.4f} ± {statistics.stdev(accs):.4f}" if len(accs) > 1 else f"{accs[0]:.4f}"
             paired = [r for r in runs if r["seed"] in base]
-            delta = "—"
+            delta, per_seed, wide = "—", "—", "—"
             if arm != "a0" and paired:
-                d, lo, hi = paired_ci([correct(REPO / r["predictions"]) for r in paired],
-                                      [correct(REPO / base[r["seed"]]["predictions"]) for r in paired])
+                arm_c = [correct(REPO / r["predictions"]) for r in paired]
+                base_c = [correct(REPO / base[r["seed"]]["predictions"]) for r in paired]
+                d, lo, hi = paired_ci(arm_c, base_c)
                 delta = f"{100 * d:+.2f} pts [{100 * lo:+.2f}, {100 * hi:+.2f}] ({len(paired)} pairs)"
+                per_seed = ", ".join(f"{100 * (r['metrics']['accuracy'] - base[r['seed']]['metrics']['accuracy']):+.1f}"
+                                     for r in paired)
+                if len(paired) > 1:
+                    wlo, whi = seed_and_example_ci(arm_c, base_c)
+                    wide = f"[{100 * wlo:+.2f}, {100 * whi:+.2f}]"
                 gains.append((f"{name} {arm}", d, lo, hi))
             mean = lambda k: statistics.mean(r[k] for r in runs)  # noqa: E731
-            lines.append(f"| {arm} | {len(runs)} | {spread} | {delta} | {mean('steps'):.0f} | {mean('train_tokens'):,.0f} "
-                         f"| {mean('train_wall_s'):.0f} |")
+            lines.append(f"| {arm} | {len(runs)} | {spread} | {delta} | {per_seed} | {wide} | {mean('steps'):.0f} "
+                         f"| {mean('train_tokens'):,.0f} | {mean('train_wall_s'):.0f} |")
         m = track_rows[0]["machine"]
         lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores, {m['device']}; commits "
                       f"{sorted({r['commit'] for r in track_rows})}; dates {track_rows[0]['date']} … {track_rows[-1]['date']}.",

@@ -37,7 +37,7 @@ def test_report_gives_mean_std_and_the_paired_difference_per_arm(tmp_path, monke
                          "steps": 10, "train_tokens": 1000, "train_wall_s": 5.0, "predictions": pred.name,
                          "machine": {"cpu": "X", "cores": 2, "device": "cpu"}, "commit": "abc", "date": "d"})
     text = study.report(rows)
-    assert "| a0 | 2 | 0.5000 ± 0.0000 | — |" in text
+    assert "| a0 | 2 | 0.5000 ± 0.0000 | — | — | — |" in text
     line = next(l for l in text.splitlines() if l.startswith("| a1 |"))
     assert line.startswith("| a1 | 2 | 0.7500 ± 0.0000 | +25.00 pts [+") and "(2 pairs)" in line
     low = float(line.split("[")[1].split(",")[0])
@@ -65,3 +65,13 @@ def test_training_time_ignores_a_pause_between_kill_and_resume(tmp_path):
     times = [0, 2, 4, 6, 1006, 1008]  # a 1,000 s pause after step 4
     (tmp_path / "log.jsonl").write_text("".join(json.dumps({"time": t}) + "\n" for t in times))
     assert study.training_seconds(tmp_path, 9999.0) == 12.0
+
+
+def test_resampling_seeds_widens_the_interval_when_seeds_disagree():
+    base = [dict((f"k{i}", i % 2 == 0) for i in range(400)) for _ in range(3)]
+    up = dict((k, True) for k in base[0])  # +50 points on one seed
+    down = dict((k, False) for k in base[0])  # -50 points on another
+    arm = [up, down, base[2]]
+    d, lo, hi = study.paired_ci(arm, base)
+    wlo, whi = study.seed_and_example_ci(arm, base)
+    assert abs(d) < 1e-9 and (whi - wlo) > 3 * (hi - lo)
