@@ -207,7 +207,7 @@ def report(rows: list[dict], gains: list | None = None) -> str:
         lines += [f"### {name} (train {t.get('train_limit')} examples with rationales, {t.get('epochs')} epoch(s); "
                   f"evaluated on {len(correct(REPO / track_rows[0]['predictions']))} held-out examples)", "",
                   "| arm | seeds | accuracy mean ± std | Δ vs α=0 (paired, 95 % CI over examples) | per-seed Δ "
-                  "| 95 % CI, seeds resampled too | steps | train tokens | train wall s |",
+                  "| 95 % CI, seeds resampled too | steps | train tokens | train wall s (median) |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for arm in dict.fromkeys(r["arm"] for r in track_rows):
             runs = sorted((r for r in track_rows if r["arm"] == arm), key=lambda r: r["seed"])
@@ -228,7 +228,7 @@ def report(rows: list[dict], gains: list | None = None) -> str:
                 gains.append((f"{name} {arm}", d, lo, hi))
             mean = lambda k: statistics.mean(r[k] for r in runs)  # noqa: E731
             lines.append(f"| {arm} | {len(runs)} | {spread} | {delta} | {per_seed} | {wide} | {mean('steps'):.0f} "
-                         f"| {mean('train_tokens'):,.0f} | {mean('train_wall_s'):.0f} |")
+                         f"| {mean('train_tokens'):,.0f} | {statistics.median(r['train_wall_s'] for r in runs):.0f} |")
         m = track_rows[0]["machine"]
         lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores, {m['device']}; commits "
                       f"{sorted({r['commit'] for r in track_rows})}; dates {track_rows[0]['date']} … {track_rows[-1]['date']}.",
