@@ -13,7 +13,7 @@ EXPORT=${DHRD_BENCH_EXPORT:-exports/cb}
 PEER_RUN=runs/cb-linear
 PEER_EXPORT=exports/cb-linear
 PEER_HF=exports/cb-linear-hf
-[ -f "$EXPORT/manifest.json" ] || DHRD_DEMO_SERVE=0 DHRD_DEMO_EXPORT="$EXPORT" bash scripts/demo.sh
+[ -f "$EXPORT/manifest.json" ] || DHRD_DEMO_TASK=cb DHRD_DEMO_SERVE=0 DHRD_DEMO_EXPORT="$EXPORT" bash scripts/demo.sh
 if [ ! -f "$PEER_HF/config.json" ]; then
   resume=""
   [ -f "$PEER_RUN/checkpoints/last.pt" ] && resume="--resume"
