@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import itertools
 import random
 import time
 from dataclasses import dataclass
@@ -123,6 +124,22 @@ class _Base:
             body["truncate"] = truncate
         return body
 
+    def _judge(self, outcome: httpx.Response | httpx.TransportError, attempt: int
+               ) -> tuple[httpx.Response | None, float]:
+        """One attempt's outcome: (the response, 0) on success, (None, seconds to wait) before a retry;
+        raises the DHRDError when the failure is final."""
+        if isinstance(outcome, httpx.Response):
+            if outcome.is_success:
+                return outcome, 0.0
+            error = DHRDError.from_response(outcome)
+        else:
+            error = self._transport_error(outcome)
+            error.__cause__ = outcome
+        delay = self._delay(attempt, error)
+        if delay is None:
+            raise error
+        return None, delay
+
     def _delay(self, attempt: int, error: DHRDError) -> float | None:
         """Seconds to wait before retry number `attempt + 1`, or None: do not retry, raise `error`."""
         if attempt >= self.max_retries:
@@ -198,21 +215,16 @@ class Client(_Base):
             return False
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        attempt = 0
-        while True:
+        for attempt in itertools.count():
             try:
-                response = self._http.request(method, path, **kwargs)
-                if response.is_success:
-                    return response
-                error = DHRDError.from_response(response)
+                outcome: httpx.Response | httpx.TransportError = self._http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
-                error = self._transport_error(exc)
-                error.__cause__ = exc
-            delay = self._delay(attempt, error)
-            if delay is None:
-                raise error
+                outcome = exc
+            response, delay = self._judge(outcome, attempt)
+            if response is not None:
+                return response
             self._sleep(delay)
-            attempt += 1
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         self._http.close()
@@ -274,21 +286,16 @@ class AsyncClient(_Base):
             return False
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        attempt = 0
-        while True:
+        for attempt in itertools.count():
             try:
-                response = await self._http.request(method, path, **kwargs)
-                if response.is_success:
-                    return response
-                error = DHRDError.from_response(response)
+                outcome: httpx.Response | httpx.TransportError = await self._http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
-                error = self._transport_error(exc)
-                error.__cause__ = exc
-            delay = self._delay(attempt, error)
-            if delay is None:
-                raise error
+                outcome = exc
+            response, delay = self._judge(outcome, attempt)
+            if response is not None:
+                return response
             await self._sleep(delay)
-            attempt += 1
+        raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
         await self._http.aclose()
