@@ -36,9 +36,11 @@ class SlowRunner(ModelRunner):
     """The fixture model with a slow forward pass, so work queues up in the engine."""
 
     delay = 0.0
+    computed = 0
 
     def predict(self, batch):
         time.sleep(self.delay)
+        SlowRunner.computed += len(batch)
         return super().predict(batch)
 
 
@@ -116,6 +118,25 @@ def test_when_the_engine_goes_away_the_front_end_says_503_not_500(tmp_path):
     ready, answer = run(go())
     assert ready.status_code == 503 and "engine" in ready.json()["error"]["message"]
     assert answer.status_code == 503 and answer.json()["error"]["type"] == "shutting_down"
+
+
+def test_a_request_whose_client_left_is_skipped_by_the_engine(tmp_path):
+    async def go():
+        SlowRunner.computed = 0
+        async with engine_and_front(tmp_path, delay=0.6) as (client, engine):
+            SlowRunner.computed = 0  # warm-up passes done
+            first = asyncio.create_task(client.post("/classify", json={"model": "cb", "input": PAIR}))
+            await asyncio.sleep(0.2)  # the first request's pass is running in the engine
+            second = asyncio.create_task(client.post("/classify", json={"model": "cb", "input": [PAIR, PAIR]}))
+            await asyncio.sleep(0.1)
+            second.cancel()  # the client goes away while its request waits in the engine's queue
+            answer = await first
+            await asyncio.sleep(1.0)
+            dropped = engine.metrics.dropped.labels("cb", "cancelled")._value.get()
+            return answer.status_code, SlowRunner.computed, dropped
+
+    status, computed, dropped = run(go())
+    assert status == 200 and computed == 1 and dropped == 2
 
 
 def test_errors_cross_the_socket_with_their_kind_field_and_headers():
