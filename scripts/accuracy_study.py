@@ -175,7 +175,7 @@ def plot(gains: list[tuple[str, float, float, float]], out: Path) -> None:
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xticks(range(len(gains)), labels, rotation=30, ha="right")
     ax.set_ylabel("Δ accuracy vs α=0 (points)")
-    ax.set_title("Paired difference to the pooled baseline, 95 % CI")
+    ax.set_title("vs α=0, 95 % CI over examples", fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
