@@ -2,7 +2,7 @@
 first start is cold (nothing cached), the next ones show what the on-disk caches buy (with
 `--compile`, inductor's compiled kernels and graphs under $DHRD_HOME/inductor).
 
-    .venv/bin/python -m loadtest.startup --export exports/cb --flags "--compile" --starts 2
+    .venv/bin/python -m loadtest.startup --export exports/cb --flags=--compile --starts 2
 """
 from __future__ import annotations
 

@@ -138,10 +138,9 @@ def compiled(model: torch.nn.Module) -> torch.nn.Module:
     oneDNN can prepack them. Dynamic shapes: one graph serves every (batch, length)."""
     import os
 
-    # Compiled kernels and graphs are cached on disk and reused by the next start (same torch, same
-    # machine kind): the first `--compile` start takes minutes, later ones a fraction (BENCHMARKS.md,
-    # "Compiled"). By default the cache lives beside the base models, not in /tmp, so it survives a
-    # reboot; in a container, mount a volume at $DHRD_HOME (or set TORCHINDUCTOR_CACHE_DIR).
+    # Inductor's on-disk caches live beside the base models, not in /tmp, so they survive a reboot (in a
+    # container, mount a volume at $DHRD_HOME or set TORCHINDUCTOR_CACHE_DIR). Measured, they save
+    # little: 231 s cold, 213 s warm (BENCHMARKS.md, "--compile start-up").
     home = Path(os.environ.get("DHRD_HOME") or Path.home() / ".cache" / "dhrd")
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(home / "inductor"))
     import torch._inductor.config as inductor_config
