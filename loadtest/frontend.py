@@ -112,7 +112,9 @@ def main() -> int:
         print(f"[frontend] infinity-emb: {json.dumps(peer)}", flush=True)
     report = {"machine": machine(), "commit": commit(), "date": time.strftime("%Y-%m-%d"),
               "command": "python -m loadtest.frontend " + " ".join(sys.argv[1:]), "connections": args.connections,
-              "seconds": args.seconds, "serve_flags": args.flags, "export": str(args.export),
+              "seconds": args.seconds, "serve_flags": args.flags,
+              "export": str(args.export.resolve().relative_to(REPO)) if args.export.resolve().is_relative_to(REPO)
+              else "a fresh tiny export (--peer)" if args.peer else str(args.export),
               "null_server": null, "dhrd": dhrd, "variants": {k: {"extra_flags": variants[k], **v}
                                                               for k, v in results.items()},
               "dhrd_share_of_null_percent": round(100 * dhrd["req_per_s"] / max(null["req_per_s"], 1e-9), 1),

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from . import REPO
 from .provenance import commit, machine
-from .servers import free_port
+from .servers import free_port, spawn_until_ready, stop
 
 TOKENIZER = REPO / "loadtest" / "assets" / "smollm2"  # SmolLM2's tokenizer (a few MB), used for every shape
 SHAPES = {
@@ -180,27 +180,7 @@ def start(export: Path, device: str, flags: list[str], log: Path, timeout: float
     port = free_port()
     cmd = [*DHRD, "serve", "--model", f"cb={export}", "--port", str(port), "--device", device, *flags,
            "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO)
-    import httpx
-
-    end = time.monotonic() + timeout
-    while time.monotonic() < end and proc.poll() is None:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
-                return proc, port
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError(f"dhrd serve not ready (exit {proc.poll()}): {log.read_text()[-1500:]}")
-
-
-def stop(proc) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    return spawn_until_ready(cmd, f"http://127.0.0.1:{port}/ready", log, timeout, poll=0.3), port
 
 
 def drive(port: int, body: str, connections: int, processes: int, seconds: float, work: Path) -> dict:

@@ -40,15 +40,21 @@ def spawn_until_ready(cmd: list[str], probe_url: str, log: Path, timeout: float 
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
     if wait_until_ok(probe_url, timeout, poll, alive=lambda: proc.poll() is None):
         return proc
+    tail = log.read_text()[-1500:]  # in the error too: a benchmark's work directory may be gone later
     if proc.poll() is not None:
-        raise RuntimeError(f"{Path(cmd[0]).name} exited ({proc.returncode}); see {log}")
+        raise RuntimeError(f"{Path(cmd[0]).name} exited ({proc.returncode}); see {log}: {tail}")
     proc.kill()
-    raise RuntimeError(f"{Path(cmd[0]).name} not ready in {timeout:g} s; see {log}")
+    raise RuntimeError(f"{Path(cmd[0]).name} not ready in {timeout:g} s; see {log}: {tail}")
 
 
-def stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGTERM (the server drains), then SIGKILL if it has not exited within `timeout`."""
     proc.terminate()
-    proc.wait(timeout=30)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def start_server(export: Path, model: str, port: int, flags: list[str], log: Path) -> subprocess.Popen:

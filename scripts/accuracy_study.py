@@ -26,6 +26,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # a script run as `python scripts/...`: the repo's packages (loadtest)
+from loadtest.provenance import commit  # noqa: E402
+
 BIN = Path(sys.executable).parent
 
 # Each track: a task whose rationales are trustworthy, a fixed train subset and the largest evaluation
@@ -52,17 +55,13 @@ DEFAULT_ROWS = REPO / "reports" / "accuracy" / "rows.jsonl"
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    """loadtest.provenance's machine, plus what trained (torch, device)."""
     import torch
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+    from loadtest.provenance import machine as host
+
+    return {**host(), "torch": torch.__version__,
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
-
-
-def commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    return out.stdout.strip() or "unknown"
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -119,12 +118,18 @@ def run_one(name: str, arm: str, seed: int, runs: Path, rows_path: Path) -> dict
            "examples": evaluated["examples"], "steps": summary["steps"], "train_tokens": summary["tokens"],
            "train_wall_s": training_seconds(run, trained),
            "predictions": str((run / "eval" / "val.predictions.jsonl").relative_to(REPO)),
-           "train_command": shlex.join(cmd), "eval_command": shlex.join(evaluate), "machine": machine(),
+           "train_command": shlex.join(relative(cmd)), "eval_command": shlex.join(relative(evaluate)),
+           "machine": machine(),
            "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M")}
     rows_path.parent.mkdir(parents=True, exist_ok=True)
     with rows_path.open("a") as f:
         f.write(json.dumps(row) + "\n")
     return row
+
+
+def relative(cmd: list[str]) -> list[str]:
+    """A command as someone in the repository would type it (no machine's absolute paths in reports)."""
+    return [str(Path(a).relative_to(REPO)) if a.startswith(str(REPO) + "/") else a for a in cmd]
 
 
 def training_seconds(run: Path, this_call: float) -> float:
