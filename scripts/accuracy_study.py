@@ -256,6 +256,84 @@ def report(rows: list[dict], gains: list | None = None) -> str:
     return "\n".join(lines)
 
 
+# The paper's Table 1 rows (PAPER.md), printed beside ours: 3-8B backbones, Gemini 2.5 Flash rationales.
+PAPER_TABLE1: list[tuple[str, dict[str, str], str]] = [
+    ("Llama-3.2-3B pooled baseline", {"boolq": "89.0", "cb": "78.6/88.8", "copa": "72.2", "multirc": "83.5/49.8",
+                                      "rte": "84.3", "wic": "68.1", "wsc": "77.4"}, "77.34"),
+    ("Llama-3.2-3B DHRD α=β=1", {"boolq": "89.2", "cb": "73.8/87.2", "copa": "89.2", "multirc": "85.9/55.3",
+                                 "rte": "87.7", "wic": "73.0", "wsc": "80.8"}, "81.57 (+5.47 %)"),
+    ("Llama-3.1-8B pooled baseline", {"boolq": "90.7", "cb": "81.9/90", "copa": "93.8", "multirc": "88.9/62.9",
+                                      "rte": "91.4", "wic": "74.8", "wsc": "91.5"}, "86.29"),
+    ("Llama-3.1-8B DHRD α=β=1", {"boolq": "91.1", "cb": "89.0/94.8", "copa": "95.4", "multirc": "89.0/63.7",
+                                 "rte": "92.2", "wic": "74.6", "wsc": "91.1"}, "87.52 (+1.43 %)"),
+]
+
+
+def cell(task: str, metrics: list[dict]) -> str:
+    """A Table 1 cell: the official metric(s) in points, mean over seeds (CB: F1/Acc, MultiRC: F1a/EM)."""
+    mean = lambda k: 100 * statistics.mean(m[k] for m in metrics)  # noqa: E731
+    if task == "cb":
+        return f"{mean('f1_macro'):.1f}/{mean('accuracy'):.1f}"
+    if task == "multirc":
+        return f"{mean('f1a'):.1f}/{mean('em'):.1f}"
+    return f"{mean('accuracy'):.1f}"
+
+
+def majority_metrics(task_name: str, predictions: Path) -> dict:
+    """The official metrics of always answering the most common gold label of the scored examples."""
+    from contract.tasks import Example, get_task
+    from training.evaluate import compute_metrics
+
+    task = get_task(task_name)
+    rows = [json.loads(line) for line in predictions.read_text().splitlines() if line.strip()]
+    # MultiRC keys are <passage>/<question>/<answer>: the question is the EM group
+    examples = [Example(r["key"], {}, task.labels.index(r["gold"]), r["key"].rsplit("/", 1)[0]) for r in rows]
+    common = statistics.mode(e.label for e in examples)
+    return compute_metrics(task, examples, [common] * len(examples))
+
+
+def superglue_table(rows: list[dict], arm: str = "a1") -> str:
+    """Our Table 1: per task α=0 and `arm` (mean over seeds), the majority-class line, and the paper's macro
+    average (CB and MultiRC averaged over their two metrics first) with the relative change."""
+    tasks = [t for t in SUPERGLUE if any(r["track"] == t for r in rows)]
+    if not tasks:
+        return ""
+    head = "| model | setting | " + " | ".join(f"{t} ({'F1/Acc' if t == 'cb' else 'F1a/EM' if t == 'multirc' else 'Acc'})"
+                                              for t in tasks) + " | Avg | Rel.Δ |"
+    lines = ["### SuperGLUE, beside the paper's Table 1", "", head, "|" + "---|" * (len(tasks) + 4)]
+
+    def runs(task: str, name: str) -> list[dict]:
+        return [r for r in rows if r["track"] == task and r["arm"] == name]
+
+    complete = all(runs(t, "a0") and runs(t, arm) for t in tasks) and len(tasks) == len(SUPERGLUE)
+    averages = {}
+    for name, label in (("a0", "pooled baseline (α=0)"), (arm, f"DHRD ({' '.join(ARMS[arm])})")):
+        cells, scores = [], []
+        for t in tasks:
+            rs = runs(t, name)
+            cells.append(f"{cell(t, [r['metrics'] for r in rs])} ({len(rs)})" if rs else "—")
+            if rs:
+                scores.append(100 * statistics.mean(r["metrics"]["score"] for r in rs))
+        averages[name] = statistics.mean(scores) if complete else None
+        avg = f"{averages[name]:.2f}" if complete else "—"
+        rel = f"{100 * (averages[name] / averages['a0'] - 1):+.2f} %" if complete and name != "a0" else "—"
+        lines.append(f"| SmolLM2-135M (ours) | {label} | " + " | ".join(cells) + f" | {avg} | {rel} |")
+    majority, scores = [], []
+    for t in tasks:
+        m = majority_metrics(t, REPO / runs(t, "a0")[0]["predictions"]) if runs(t, "a0") else None
+        majority.append(cell(t, [m]) if m else "—")
+        scores.append(100 * m["score"] if m else 0.0)
+    avg = f"{statistics.mean(scores):.2f}" if complete else "—"
+    lines.append("| — | majority class of the scored examples | " + " | ".join(majority) + f" | {avg} | — |")
+    for name, cells_by_task, avg in PAPER_TABLE1:
+        model, setting = name.split(" ", 1)
+        lines.append(f"| {model} (paper) | {setting} | " + " | ".join(cells_by_task[t] for t in tasks)
+                     + f" | {avg.split(' ')[0]} | {avg.split(' ', 1)[1].strip('()') if ' ' in avg else '—'} |")
+    lines += ["", "Ours: mean over the seeds in brackets, official SuperGLUE val split (capped where SUPERGLUE "
+              "says); the paper's: its Table 1 (3-8B backbones, Gemini 2.5 Flash rationales, full train sets).", ""]
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tracks", default="esnli")
@@ -277,7 +355,8 @@ def main() -> int:
             print(f"[study] {track} {arm} seed {seed}: accuracy {row['metrics']['accuracy']:.4f} "
                   f"({row['train_wall_s']:.0f} s training)", flush=True)
     gains: list = []
-    text = report(read_rows(args.rows), gains)
+    rows = read_rows(args.rows)
+    text = report(rows, gains) + "\n" + superglue_table(rows)
     out = args.rows.with_name("report.md")
     out.write_text(text + "\n")
     plot(gains, args.rows.with_name("gains.png"))

@@ -75,3 +75,37 @@ def test_resampling_seeds_widens_the_interval_when_seeds_disagree():
     d, lo, hi = study.paired_ci(arm, base)
     wlo, whi = study.seed_and_example_ci(arm, base)
     assert abs(d) < 1e-9 and (whi - wlo) > 3 * (hi - lo)
+
+
+def test_the_superglue_table_averages_like_the_paper_and_shows_the_majority_class(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "REPO", tmp_path)
+    golds = {"cb": ["entailment"] * 3 + ["contradiction"], "multirc": ["True", "False", "False", "False"],
+             "copa": ["choice1"] * 3 + ["choice2"], "rte": ["entailment"] * 3 + ["not_entailment"]}
+    rows = []
+    for task in study.SUPERGLUE:
+        gold = golds.get(task, ["True", "True", "True", "False"])
+        pred = tmp_path / f"{task}.jsonl"
+        pred.write_text("".join(json.dumps({"key": f"{task}/0/{i // 2}/{i}", "pred": g, "gold": g}) + "\n"
+                                for i, g in enumerate(gold)))
+        for arm, score in (("a0", 0.6), ("a1", 0.66)):
+            metrics = {"accuracy": score, "score": score, "f1_macro": score, "f1a": score, "em": score}
+            rows.append({"track": task, "arm": arm, "seed": 0, "metrics": metrics, "predictions": pred.name})
+    table = study.superglue_table(rows)
+    ours = [line for line in table.splitlines() if line.startswith("| SmolLM2-135M (ours)")]
+    assert ours[0].endswith("| 60.00 | — |") and ours[1].endswith("| 66.00 | +10.00 % |")
+    assert "| 60.0/60.0 (1) |" in ours[0]  # CB as F1/Acc
+    majority = next(line for line in table.splitlines() if "majority class" in line)
+    # CB: always "entailment" → acc 0.75, macro-F1 over 3 classes (0.857 + 0 + 0) / 3; MultiRC: always
+    # "False" → F1a 0, EM: questions {0/0: [T, F] wrong, 0/1: [F, F] right} = 0.5
+    assert "| 28.6/75.0 |" in majority and "| 0.0/50.0 |" in majority
+    assert "| Llama-3.2-3B (paper) | DHRD α=β=1 |" in table and "| 81.57 | +5.47 % |" in table
+
+
+def test_the_superglue_table_has_no_average_until_every_task_has_both_arms(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "REPO", tmp_path)
+    pred = tmp_path / "rte.jsonl"
+    pred.write_text(json.dumps({"key": "rte/0", "pred": "entailment", "gold": "entailment"}) + "\n")
+    rows = [{"track": "rte", "arm": arm, "seed": 0, "metrics": {"accuracy": 0.5, "score": 0.5}, "predictions": pred.name}
+            for arm in ("a0", "a1")]
+    table = study.superglue_table(rows)
+    assert all(line.endswith("| — | — |") for line in table.splitlines() if "(ours)" in line)
