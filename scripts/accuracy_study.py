@@ -56,6 +56,12 @@ SUPERGLUE: dict[str, dict] = {
     "multirc": {"task": "multirc", "train_limit": 256, "eval_limit": 800, "epochs": 1},
 }
 TRACKS.update(SUPERGLUE)
+# Rationale quality on one SuperGLUE task: WSC's 355 examples with a WinoWhy human reason, trained on
+# those human reasons (a1) or on the embedded 135M teacher's label-conditioned ones for the same
+# examples (a1-alt); a0 trains the same 355 examples without rationales.
+TRACKS["wsc-winowhy"] = {"task": "wsc", "train_limit": 554, "eval_limit": None, "epochs": 1,
+                         "rationales": {"file": "wsc.train.jsonl", "teacher": "import:winowhy-human"},
+                         "alt_rationales": {"file": "wsc.smollm2.train.jsonl"}}
 ARMS: dict[str, list[str]] = {
     "a0": ["--alpha", "0"],  # the pooled baseline
     "a0.3": ["--alpha", "0.3", "--beta", "1"],
@@ -65,6 +71,8 @@ ARMS: dict[str, list[str]] = {
     # at the best α only, if it beats α=0: the LM span over rationale + answer, and shuffled rationales
     "a1-suffix": ["--alpha", "1", "--lm-span", "suffix"],
     "a1-shuffled": ["--alpha", "1", "--shuffled-rationales"],
+    # the track's other rationale set for the same examples (a teacher comparison)
+    "a1-alt": ["--alpha", "1", "--beta", "1", "--alt-rationales"],
 }
 DEFAULT_ROWS = REPO / "reports" / "accuracy" / "rows.jsonl"
 
@@ -86,13 +94,10 @@ def read_rows(path: Path) -> list[dict]:
 def shuffled_rationales(track: dict, out: Path, seed: int) -> Path:
     """The track's rationale file with rationales permuted across examples (labels kept): the paper's
     alignment ablation. If these help as much, the gain is regularisation, not reasoning."""
-    import gzip
+    from training.rationales.rows import default_rationale_file, read_rows
+    from contract.tasks import get_task
 
-    source = REPO / "data" / "rationales" / f"{track['task']}.train.jsonl.gz"
-    opener = gzip.open if source.exists() else open
-    source = source if source.exists() else source.with_suffix("")
-    with opener(source, "rt") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = [row for _, row in read_rows(default_rationale_file(get_task(track["task"])))]
     texts = [r["rationale"] for r in rows]
     random.Random(seed).shuffle(texts)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -100,9 +105,37 @@ def shuffled_rationales(track: dict, out: Path, seed: int) -> Path:
     return out
 
 
+def rationale_subset(spec: dict, out: Path, keys: set[str] | None = None) -> Path:
+    """A committed set cut to one teacher's rows (`spec["teacher"]`) and/or to `keys`, written to `out`."""
+    from training.rationales.rows import read_rows
+
+    rows = [row for _, row in read_rows(REPO / "data" / "rationales" / spec["file"])
+            if row.get("teacher") == spec.get("teacher", row.get("teacher")) and (keys is None or row["key"] in keys)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
+def track_rationales(name: str, run: Path, alt: bool) -> list[str]:
+    """`--rationales FILE` for a track with its own rationale set (or its alternative set, cut to the same
+    examples), so every arm trains the same examples; nothing for a track on the committed default set."""
+    track = TRACKS[name]
+    if "rationales" not in track:
+        return []
+    main = rationale_subset(track["rationales"], run.parent / "rationales.jsonl")
+    if not alt:
+        return ["--rationales", str(main)]
+    keys = {json.loads(line)["key"] for line in main.read_text().splitlines()}
+    return ["--rationales", str(rationale_subset(track["alt_rationales"], run.parent / "alt-rationales.jsonl", keys))]
+
+
 def train_args(name: str, arm: str, seed: int, run: Path) -> list[str]:
     track = TRACKS[name]
     flags = list(ARMS[arm])
+    alt = "--alt-rationales" in flags
+    if alt:
+        flags.remove("--alt-rationales")
+    flags += track_rationales(name, run, alt)
     epochs = track["epochs"]
     if "--epochs-multiplier" in flags:
         i = flags.index("--epochs-multiplier")

@@ -37,7 +37,8 @@ RATIONALES = REPO / "data" / "rationales"
 
 
 def committed_sets() -> dict[str, Path]:
-    """Task name → committed train rationale file."""
+    """Set name → committed train rationale file; the task is the name up to its first dot
+    (`wsc.smollm2` is a second WSC set)."""
     files = sorted(RATIONALES.glob("*.train.jsonl")) + sorted(RATIONALES.glob("*.train.jsonl.gz"))
     return {f.name.split(".train.")[0]: f for f in sorted(files)}
 
@@ -98,7 +99,7 @@ def check_set(judge: Judge, name: str, path: Path, limit: int, data_dir: Path | 
     from training.data import load_examples
     from training.rationales.rows import load_rationales, read_rows
 
-    task = get_task(name)
+    task = get_task(name.split(".")[0])
     examples = load_examples(task, "train", data_dir)
     by_key = {e.key: e for e in examples}
     rationales = load_rationales(path, task, examples, skip_missing=True)
@@ -110,7 +111,7 @@ def check_set(judge: Judge, name: str, path: Path, limit: int, data_dir: Path | 
     with_r = judge.answers([prompts(task, e, r) for e, r in rows], task.label_words)
     agree = lambda picks: sum(p == g for p, g in zip(picks, gold)) / len(gold)  # noqa: E731
     teachers = Counter(row.get("teacher", "?") for _, row in read_rows(path) if row["key"] in set(keys))
-    return {"set": path.name, "task": name, "rows": len(rows), "teachers": dict(teachers),
+    return {"set": path.name, "task": task.name, "rows": len(rows), "teachers": dict(teachers),
             "without": round(agree(without), 4), "with": round(agree(with_r), 4),
             "majority": round(Counter(gold).most_common(1)[0][1] / len(gold), 4),
             "seconds": round(time.time() - started, 1)}
@@ -128,7 +129,7 @@ def table(results: list[dict]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sets", default=None, help="comma-separated task names (default: every committed set)")
+    parser.add_argument("--sets", default=None, help="comma-separated set names, e.g. cb,wsc.smollm2 (default: all)")
     parser.add_argument("--limit", type=int, default=200, help="rationales per set, in file order")
     parser.add_argument("--judge", type=Path, default=None, help="HF model folder (default: the embedded backbone)")
     parser.add_argument("--data-dir", type=Path, default=None)

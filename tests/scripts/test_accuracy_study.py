@@ -109,3 +109,24 @@ def test_the_superglue_table_has_no_average_until_every_task_has_both_arms(tmp_p
             for arm in ("a0", "a1")]
     table = study.superglue_table(rows)
     assert all(line.endswith("| — | — |") for line in table.splitlines() if "(ours)" in line)
+
+
+def test_a_teacher_comparison_trains_both_rationale_sets_on_the_same_examples(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "REPO", tmp_path)
+    sets = tmp_path / "data" / "rationales"
+    sets.mkdir(parents=True)
+    row = lambda k, teacher: json.dumps({"key": f"wsc/{k}", "label": "True",  # noqa: E731
+                                         "rationale": f"{teacher[0]}{k}", "teacher": teacher}) + "\n"
+    (sets / "wsc.train.jsonl").write_text(row(0, "human") + row(1, "teacher") + row(2, "human"))
+    (sets / "wsc.smollm2.train.jsonl").write_text("".join(row(k, "teacher") for k in range(4)))
+    monkeypatch.setitem(study.TRACKS, "pair", {"task": "wsc", "train_limit": 9, "epochs": 1, "eval_limit": None,
+                                               "rationales": {"file": "wsc.train.jsonl", "teacher": "human"},
+                                               "alt_rationales": {"file": "wsc.smollm2.train.jsonl"}})
+    keys = {}
+    for arm in ("a0", "a1", "a1-alt"):
+        args = study.train_args("pair", arm, 0, tmp_path / "runs" / "pair" / f"{arm}-s0")
+        path = Path(args[args.index("--rationales") + 1])
+        keys[arm] = [(json.loads(line)["key"], json.loads(line)["rationale"]) for line in path.read_text().splitlines()]
+        assert "--only-with-rationales" in args
+    assert keys["a0"] == keys["a1"] == [("wsc/0", "h0"), ("wsc/2", "h2")]  # the human rows only
+    assert keys["a1-alt"] == [("wsc/0", "t0"), ("wsc/2", "t2")] and "--alt-rationales" not in args
