@@ -50,10 +50,12 @@ SUPERGLUE: dict[str, dict] = {
     "cb": {"task": "cb", "train_limit": 250, "eval_limit": None, "epochs": 2},
     "copa": {"task": "copa", "train_limit": 400, "eval_limit": None, "epochs": 1},
     "rte": {"task": "rte", "train_limit": 400, "eval_limit": None, "epochs": 1},
-    "wic": {"task": "wic", "train_limit": 400, "eval_limit": None, "epochs": 1},
+    # WiC's and MultiRC's rationale sets cover a seeded sample of train: the first 1,070 WiC rows hold 400
+    # with a rationale, the first 3,228 MultiRC answer rows 256 (`--only-with-rationales` keeps those)
+    "wic": {"task": "wic", "train_limit": 1070, "eval_limit": None, "epochs": 1},
     "wsc": {"task": "wsc", "train_limit": 554, "eval_limit": None, "epochs": 1},
     "boolq": {"task": "boolq", "train_limit": 400, "eval_limit": None, "epochs": 1},
-    "multirc": {"task": "multirc", "train_limit": 256, "eval_limit": 800, "epochs": 1},
+    "multirc": {"task": "multirc", "train_limit": 3228, "eval_limit": 800, "epochs": 1},
 }
 TRACKS.update(SUPERGLUE)
 # Rationale quality on one SuperGLUE task: WSC's 355 examples with a WinoWhy human reason, trained on
@@ -163,6 +165,7 @@ def run_one(name: str, arm: str, seed: int, runs: Path, rows_path: Path) -> dict
     summary = json.loads((run / "summary.json").read_text())
     evaluated = json.loads((run / "eval" / "val.metrics.json").read_text())
     row = {"track": name, "arm": arm, "seed": seed, "task": track["task"], "metrics": evaluated["metrics"],
+           "train_examples": summary["data"]["train_examples"],
            "examples": evaluated["examples"], "steps": summary["steps"], "train_tokens": summary["tokens"],
            "train_wall_s": training_seconds(run, trained),
            "predictions": str((run / "eval" / "val.predictions.jsonl").relative_to(REPO)),
@@ -257,7 +260,8 @@ def report(rows: list[dict], gains: list | None = None) -> str:
         track_rows = [r for r in rows if r["track"] == name]
         base = {r["seed"]: r for r in track_rows if r["arm"] == "a0"}
         t = TRACKS.get(name, {})
-        lines += [f"### {name} (train {t.get('train_limit')} examples with rationales, {t.get('epochs')} epoch(s); "
+        trained = track_rows[0].get("train_examples", f"the first {t.get('train_limit')} rows'")
+        lines += [f"### {name} (train {trained} examples with rationales, {t.get('epochs')} epoch(s); "
                   f"evaluated on {len(correct(REPO / track_rows[0]['predictions']))} held-out examples)", "",
                   "| arm | seeds | accuracy mean ± std | Δ vs α=0 (paired, 95 % CI over examples) | per-seed Δ "
                   "| 95 % CI, seeds resampled too | steps | train tokens | train wall s (median) |",
