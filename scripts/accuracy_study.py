@@ -22,6 +22,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -194,6 +195,28 @@ def training_seconds(run: Path, this_call: float) -> float:
     gaps = [b - a for a, b in zip(times, times[1:])]
     median = statistics.median(gaps)
     return round(median + sum(g if g <= 10 * median else median for g in gaps), 1)
+
+
+def padding_waste(name: str, arm: str, seed: int = 0) -> dict:
+    """Share of padding in one epoch of this arm's micro-batches, built by `dhrd train`'s own code from
+    the same arguments: the measure of what packing or finer length grouping could still save."""
+    from training.config import TrainConfig, add_train_arguments
+    from training.loop import Dist, epoch_batches, make_features
+    from contract.encoding import load_tokenizer
+    from contract.tasks import get_task
+    from training.run_dir import resolve_backbone
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    argv = train_args(name, arm, seed, Path(tempfile.mkdtemp()) / name / f"{arm}-s{seed}")[2:]  # after `dhrd train`
+    cfg = TrainConfig.from_args(parser.parse_known_args(argv)[0])
+    tokenizer = load_tokenizer(resolve_backbone(cfg), cfg.trust_remote_code)
+    feats, _ = make_features(cfg, get_task(cfg.task), tokenizer)
+    batches = epoch_batches(feats, cfg, 0, Dist())
+    real = sum(len(feats[i].input_ids) for b in batches for i in b)
+    padded = sum(len(b) * max(len(feats[i].input_ids) for i in b) for b in batches)
+    return {"track": name, "arm": arm, "examples": len(feats), "real_tokens": real, "padded_tokens": padded,
+            "waste": round(1 - real / padded, 4)}
 
 
 # --- report ----------------------------------------------------------------------------------------
@@ -379,7 +402,14 @@ def main() -> int:
     parser.add_argument("--rows", type=Path, default=DEFAULT_ROWS)
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "study")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--padding", action="store_true",
+                        help="print the padding share of each (track, arm)'s first epoch of batches, train nothing")
     args = parser.parse_args()
+    if args.padding:
+        for track in args.tracks.split(","):
+            for arm in args.arms.split(","):
+                print(json.dumps(padding_waste(track, arm)), flush=True)
+        return 0
     if not args.report_only:
         done = {(r["track"], r["arm"], r["seed"]) for r in read_rows(args.rows)}
         plan = [(t, a, int(s)) for s in args.seeds.split(",") for t in args.tracks.split(",")

@@ -130,3 +130,14 @@ def test_a_teacher_comparison_trains_both_rationale_sets_on_the_same_examples(tm
         assert "--only-with-rationales" in args
     assert keys["a0"] == keys["a1"] == [("wsc/0", "h0"), ("wsc/2", "h2")]  # the human rows only
     assert keys["a1-alt"] == [("wsc/0", "t0"), ("wsc/2", "t2")] and "--alt-rationales" not in args
+
+
+def test_padding_waste_counts_the_pad_tokens_of_the_arms_own_batches(tmp_path, monkeypatch, tiny_backbone, data_dir):
+    plain = study.train_args
+    monkeypatch.setattr(study, "train_args", lambda *a: plain(*a) + ["--backbone", str(tiny_backbone),
+                                                                     "--data-dir", str(data_dir)])
+    a0, a1 = study.padding_waste("cb", "a0"), study.padding_waste("cb", "a1")
+    assert a0["examples"] == a1["examples"] == 250
+    assert a1["real_tokens"] > a0["real_tokens"]  # the rationale and answer
+    for r in (a0, a1):
+        assert r["real_tokens"] < r["padded_tokens"] and r["waste"] == round(1 - r["real_tokens"] / r["padded_tokens"], 4)
