@@ -12,6 +12,7 @@ gen() { $R rationales --split train --teacher embedded --batch-size 32 --max-new
 $R rationales --task copa --split train --teacher import:copa_sse --out $OUT/copa.train.jsonl > /dev/null
 $R rationales --task wsc --split train --teacher import:winowhy --out $OUT/wsc.train.jsonl > /dev/null
 gen --task wsc --out $OUT/wsc.train.jsonl          # the WSC examples WinoWhy does not cover
+gen --task wsc --out $OUT/wsc.smollm2.train.jsonl  # all of WSC by the teacher: compared with WinoWhy's (TRAINING.md)
 gen --task cb --out $OUT/cb.train.jsonl
 gen --task rte --out $OUT/rte.train.jsonl
 gen --task boolq --out $OUT/boolq.train.jsonl      # all 2,300 rows of train_from_val.jsonl
