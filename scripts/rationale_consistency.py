@@ -89,7 +89,9 @@ class Judge:
             batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False,
                                    truncation=True, max_length=1024)
             with torch.inference_mode():
-                logits = self.model(**batch).logits[:, -1, :]
+                # only the last position's vocabulary projection: the LM head over every position is most
+                # of the cost on a CPU
+                logits = self.model(**batch, logits_to_keep=1).logits[:, -1, :]
             picked += logits[:, choices].argmax(dim=-1).tolist()
         return picked
 
