@@ -13,7 +13,7 @@ no sampling). Reported per set:
   this above `without`; one whose rationales argue against it (or say nothing) does not;
 - `majority`: the share of the most common gold label among the same rows (what always guessing it gets).
 
-    .venv/bin/python scripts/rationale_consistency.py                    # every committed set, 200 rows each
+    .venv/bin/python scripts/rationale_consistency.py                    # every committed set, 100 rows each
     .venv/bin/python scripts/rationale_consistency.py --sets cb,rte --limit 50
 
 Writes `reports/rationale-consistency.json` (rows, machine, commit, command) and prints a table.
@@ -132,7 +132,7 @@ def table(results: list[dict]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", default=None, help="comma-separated set names, e.g. cb,wsc.smollm2 (default: all)")
-    parser.add_argument("--limit", type=int, default=200, help="rationales per set, in file order")
+    parser.add_argument("--limit", type=int, default=100, help="rationales per set, in file order")
     parser.add_argument("--judge", type=Path, default=None, help="HF model folder (default: the embedded backbone)")
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "rationale-consistency.json")
