@@ -65,12 +65,14 @@ class Judge:
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
         self.batch_size = batch_size
 
-    def first_tokens(self, words: tuple[str, ...]) -> list[int]:
-        """The first token of " word" for each label word; they must differ or the judge cannot choose."""
-        ids = [self.tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in words]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"label words {words} share a first token; this judge cannot tell them apart")
-        return ids
+    def first_tokens(self, words: tuple[str, ...]) -> tuple[str, list[int]]:
+        """(text that ends the prompt, first token of each label word after it). " Yes"/" No" start with
+        distinct tokens; digits do not (" 1" is " " + "1"), so the space then goes into the prompt."""
+        for lead in (" ", ""):
+            ids = [self.tokenizer(lead + w, add_special_tokens=False)["input_ids"][0] for w in words]
+            if len(set(ids)) == len(ids):
+                return ("" if lead else " "), ids
+        raise ValueError(f"label words {words} share a first token; this judge cannot tell them apart")
 
     def render(self, user: str) -> str:
         if self.tokenizer.chat_template:
@@ -82,10 +84,11 @@ class Judge:
         """Index of the label word the judge ranks highest, per prompt."""
         import torch
 
-        choices = torch.tensor(self.first_tokens(words))
+        tail, ids = self.first_tokens(words)
+        choices = torch.tensor(ids)
         picked: list[int] = []
         for i in range(0, len(users), self.batch_size):
-            texts = [self.render(u) for u in users[i:i + self.batch_size]]
+            texts = [self.render(u) + tail for u in users[i:i + self.batch_size]]
             batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False,
                                    truncation=True, max_length=1024)
             with torch.inference_mode():

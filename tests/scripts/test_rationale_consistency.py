@@ -63,3 +63,23 @@ def test_every_committed_set_is_found_by_its_task_name():
     sets = consistency.committed_sets()
     assert {"cb", "rte", "boolq", "esnli", "creak"} <= set(sets)
     assert all(p.exists() and p.name.startswith(name + ".train.") for name, p in sets.items())
+
+
+def test_label_words_that_share_a_leading_space_token_are_told_apart_without_it(tiny_backbone):
+    judge = consistency.Judge(tiny_backbone)
+    judge.tokenizer = SplitsDigits(judge.tokenizer)
+    tail, ids = judge.first_tokens(("1", "2"))
+    assert tail == " " and len(set(ids)) == 2
+    assert judge.first_tokens(("Yes", "No"))[0] == ""
+
+
+class SplitsDigits:
+    """A tokenizer whose " 1" and " 2" both start with a lone space token, as SmolLM2's do."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, text, **kwargs):
+        if text[:1] == " " and text[1:].isdigit():
+            return {"input_ids": [0] + self.inner(text[1:], **kwargs)["input_ids"]}
+        return self.inner(text, **kwargs)
