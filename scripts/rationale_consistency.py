@@ -39,7 +39,7 @@ RATIONALES = REPO / "data" / "rationales"
 def committed_sets() -> dict[str, Path]:
     """Set name → committed train rationale file; the task is the name up to its first dot
     (`wsc.smollm2` is a second WSC set)."""
-    files = sorted(RATIONALES.glob("*.train.jsonl")) + sorted(RATIONALES.glob("*.train.jsonl.gz"))
+    files = [*RATIONALES.glob("*.train.jsonl"), *RATIONALES.glob("*.train.jsonl.gz")]
     return {f.name.split(".train.")[0]: f for f in sorted(files)}
 
 
@@ -56,12 +56,12 @@ class Judge:
 
     def __init__(self, path: Path, batch_size: int = 16):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        from contract.encoding import load_tokenizer
+
+        self.tokenizer = load_tokenizer(path)
         self.tokenizer.padding_side = "left"  # the next-token logits sit at the last position for every row
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
         self.batch_size = batch_size
 
@@ -107,15 +107,15 @@ def check_set(judge: Judge, name: str, path: Path, limit: int, data_dir: Path | 
     task = get_task(name.split(".")[0])
     examples = load_examples(task, "train", data_dir)
     by_key = {e.key: e for e in examples}
-    rationales = load_rationales(path, task, examples, skip_missing=True)
-    keys = [row["key"] for _, row in read_rows(path) if row["key"] in rationales][:limit]
-    rows = [(by_key[k], rationales[k]) for k in keys]
+    checked = load_rationales(path, task, examples, skip_missing=True)  # keys and labels agree with the split
+    picked = [row for _, row in read_rows(path) if row["key"] in checked][:limit]  # file order
+    rows = [(by_key[r["key"]], r["rationale"]) for r in picked]
     gold = [e.label for e, _ in rows]
     started = time.time()
     without = judge.answers([prompts(task, e, None) for e, _ in rows], task.label_words)
     with_r = judge.answers([prompts(task, e, r) for e, r in rows], task.label_words)
     agree = lambda picks: sum(p == g for p, g in zip(picks, gold)) / len(gold)  # noqa: E731
-    teachers = Counter(row.get("teacher", "?") for _, row in read_rows(path) if row["key"] in set(keys))
+    teachers = Counter(r.get("teacher", "?") for r in picked)
     return {"set": path.name, "task": task.name, "rows": len(rows), "teachers": dict(teachers),
             "without": round(agree(without), 4), "with": round(agree(with_r), 4),
             "majority": round(Counter(gold).most_common(1)[0][1] / len(gold), 4),
@@ -140,11 +140,8 @@ def main() -> int:
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "rationale-consistency.json")
     args = parser.parse_args()
-    import torch
-
     from training.base_model import default_base_dir
 
-    torch.manual_seed(0)
     sets = committed_sets()
     wanted = args.sets.split(",") if args.sets else list(sets)
     unknown = [s for s in wanted if s not in sets]
