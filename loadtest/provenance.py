@@ -23,10 +23,15 @@ def commit() -> str:
         return os.environ.get("DHRD_COMMIT", "unknown")
 
 
+# Where measurements are written. A run that appends to a tracked results file (the accuracy study's
+# rows, a benchmark's report) changes no code, so it must not mark the next row "-dirty".
+RESULT_PATHS = (":(exclude)reports", ":(exclude)loadtest/results")
+
+
 def _git_commit() -> str:
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
-                           text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *RESULT_PATHS],
+                           cwd=REPO, capture_output=True, text=True).stdout.strip()
     if not head.strip():
         return os.environ.get("DHRD_COMMIT", "unknown")
     return head.strip() + ("-dirty" if dirty else "")
