@@ -235,8 +235,10 @@ def paired_ci(arm_runs: list[dict[str, bool]], base_runs: list[dict[str, bool]],
     return sum(per_example) / n, boot[int(0.025 * resamples)], boot[int(0.975 * resamples) - 1]
 
 
-def plot(gains: list[tuple[str, float, float, float]], out: Path) -> None:
-    """Δ accuracy vs α=0 with its 95 % interval, one bar per (track, arm)."""
+def plot(gains: list[tuple], out: Path) -> None:
+    """Δ accuracy vs α=0 per (track, arm): the 95 % interval over examples, and beside it, where a track
+    has two or more seeds, the wider one that resamples seeds too (the honest one with few seeds).
+    Each gain is (label, Δ, lo, hi) or (label, Δ, lo, hi, seeds_lo, seeds_hi)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -244,15 +246,18 @@ def plot(gains: list[tuple[str, float, float, float]], out: Path) -> None:
 
     if not gains:
         return
-    labels = [g[0] for g in gains]
-    mid = [100 * g[1] for g in gains]
-    err = [[100 * (g[1] - g[2]) for g in gains], [100 * (g[3] - g[1]) for g in gains]]
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(gains), 3.2))
-    ax.errorbar(range(len(gains)), mid, yerr=err, fmt="o", capsize=4)
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(gains), 3.4))
+    for x, (label, d, lo, hi, *seeds) in enumerate(gains):
+        ax.errorbar([x], [100 * d], yerr=[[100 * (d - lo)], [100 * (hi - d)]], fmt="o", capsize=4, color="C0")
+        if seeds and seeds[0] is not None:
+            slo, shi = seeds
+            ax.errorbar([x + 0.2], [100 * d], yerr=[[100 * (d - slo)], [100 * (shi - d)]], fmt="s", capsize=4,
+                        color="C1")
     ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xticks(range(len(gains)), labels, rotation=30, ha="right")
+    ax.set_xticks(range(len(gains)), [g[0] for g in gains], rotation=30, ha="right")
     ax.set_ylabel("Δ accuracy vs α=0 (points)")
-    ax.set_title("vs α=0, 95 % CI over examples", fontsize=10)
+    ax.set_title("vs α=0, 95 % CI: over examples (blue, circles); seeds resampled too (orange, squares)",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
@@ -300,10 +305,11 @@ def report(rows: list[dict], gains: list | None = None) -> str:
                 delta = f"{100 * d:+.2f} pts [{100 * lo:+.2f}, {100 * hi:+.2f}] ({len(paired)} pairs)"
                 per_seed = ", ".join(f"{100 * (r['metrics']['accuracy'] - base[r['seed']]['metrics']['accuracy']):+.1f}"
                                      for r in paired)
+                wlo = whi = None
                 if len(paired) > 1:
                     wlo, whi = seed_and_example_ci(arm_c, base_c)
                     wide = f"[{100 * wlo:+.2f}, {100 * whi:+.2f}]"
-                gains.append((f"{name} {arm}", d, lo, hi))
+                gains.append((f"{name} {arm} ({len(paired)} seed{'s' * (len(paired) > 1)})", d, lo, hi, wlo, whi))
             mean = lambda k: statistics.mean(r[k] for r in runs)  # noqa: E731
             lines.append(f"| {arm} | {len(runs)} | {spread} | {delta} | {per_seed} | {wide} | {mean('steps'):.0f} "
                          f"| {mean('train_tokens'):,.0f} | {statistics.median(r['train_wall_s'] for r in runs):.0f} |")

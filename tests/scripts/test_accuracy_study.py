@@ -36,8 +36,11 @@ def test_report_gives_mean_std_and_the_paired_difference_per_arm(tmp_path, monke
             rows.append({"track": "esnli", "arm": arm, "seed": seed, "metrics": {"accuracy": acc},
                          "steps": 10, "train_tokens": 1000, "train_wall_s": 5.0, "predictions": pred.name,
                          "machine": {"cpu": "X", "cores": 2, "device": "cpu"}, "commit": "abc", "date": "d"})
-    text = study.report(rows)
+    gains: list = []
+    text = study.report(rows, gains)
     assert "| a0 | 2 | 0.5000 ± 0.0000 | — | — | — |" in text
+    (label, d, lo, hi, seeds_lo, seeds_hi), = gains  # two seeds: the plot gets the seed-resampled interval too
+    assert label == "esnli a1 (2 seeds)" and seeds_lo < d < seeds_hi and lo < d < hi
     line = next(l for l in text.splitlines() if l.startswith("| a1 |"))
     assert line.startswith("| a1 | 2 | 0.7500 ± 0.0000 | +25.00 pts [+") and "(2 pairs)" in line
     low = float(line.split("[")[1].split(",")[0])
@@ -57,7 +60,9 @@ def test_every_arm_of_a_track_trains_the_same_data_order_and_budget(tmp_path):
 
 
 def test_the_gain_plot_is_written(tmp_path):
-    study.plot([("esnli a1", 0.02, -0.01, 0.05), ("esnli a0-2x", -0.01, -0.03, 0.01)], tmp_path / "gains.png")
+    study.plot([("esnli a1 (3 seeds)", 0.02, -0.01, 0.05, -0.08, 0.10),
+                ("esnli a0-2x (1 seed)", -0.01, -0.03, 0.01, None, None), ("old", 0.0, -0.01, 0.01)],
+               tmp_path / "gains.png")
     assert (tmp_path / "gains.png").stat().st_size > 1000
 
 
