@@ -29,6 +29,9 @@ sys.path.insert(0, str(REPO))  # a script run as `python scripts/...`: the repo'
 from loadtest.provenance import commit  # noqa: E402
 
 BIN = Path(sys.executable).parent
+# The `dhrd` command: the console script beside this interpreter (the README's .venv), or, where the
+# package is only on the path (the GPU machine runs the checkout without installing it), `python -m dhrd`.
+DHRD = [str(BIN / "dhrd")] if (BIN / "dhrd").exists() else [sys.executable, "-m", "dhrd"]
 
 # Each track: a task whose rationales are trustworthy, a fixed train subset and the largest evaluation
 # split we can afford on the CPU. e-SNLI/CQA: PaLM-540B rationales (distilling step-by-step), only rows
@@ -145,7 +148,7 @@ def train_args(name: str, arm: str, seed: int, run: Path) -> list[str]:
     if "--shuffled-rationales" in flags:
         flags.remove("--shuffled-rationales")
         flags += ["--rationales", str(shuffled_rationales(track, run.parent / f"shuffled-s{seed}.jsonl", seed))]
-    return [str(BIN / "dhrd"), "train", "--task", track["task"], "--out", str(run), "--seed", str(seed),
+    return [*DHRD, "train", "--task", track["task"], "--out", str(run), "--seed", str(seed),
             "--train-limit", str(track["train_limit"]), "--only-with-rationales", "--epochs", str(epochs),
             # in-training validation on a small slice only (it costs time and picks nothing: 'last' is scored)
             "--eval-limit", "64", "--eval-batch-size", "32", "--no-progress", "--resume", *flags]
@@ -158,7 +161,7 @@ def run_one(name: str, arm: str, seed: int, runs: Path, rows_path: Path) -> dict
     started = time.time()
     subprocess.run(cmd, check=True, cwd=REPO)
     trained = time.time() - started
-    evaluate = [str(BIN / "dhrd"), "evaluate", str(run), "--split", "val", "--checkpoint", "last",
+    evaluate = [*DHRD, "evaluate", str(run), "--split", "val", "--checkpoint", "last",
                 "--batch-size", "32", *(["--limit", str(track["eval_limit"])] if track["eval_limit"] else [])]
     subprocess.run(evaluate, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     summary = json.loads((run / "summary.json").read_text())
