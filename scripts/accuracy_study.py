@@ -14,6 +14,7 @@ scored is the last one (no checkpoint picked on the reported split); nothing is 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import random
 import shlex
@@ -91,6 +92,17 @@ def machine() -> dict:
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
 
 
+def device_class() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def row_device(row: dict) -> str:
+    """"cpu" or "cuda": rows from different devices are never paired or averaged together."""
+    return "cpu" if row.get("machine", {}).get("device", "cpu") == "cpu" else "cuda"
+
+
 def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
@@ -164,13 +176,15 @@ def run_one(name: str, arm: str, seed: int, runs: Path, rows_path: Path) -> dict
     evaluate = [*DHRD, "evaluate", str(run), "--split", "val", "--checkpoint", "last",
                 "--batch-size", "32", *(["--limit", str(track["eval_limit"])] if track["eval_limit"] else [])]
     subprocess.run(evaluate, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    predictions = keep_predictions(run / "eval" / "val.predictions.jsonl",
+                                   rows_path.parent / "predictions" / name / f"{arm}-s{seed}.{device_class()}.jsonl.gz")
     summary = json.loads((run / "summary.json").read_text())
     evaluated = json.loads((run / "eval" / "val.metrics.json").read_text())
     row = {"track": name, "arm": arm, "seed": seed, "task": track["task"], "metrics": evaluated["metrics"],
            "train_examples": summary["data"]["train_examples"],
            "examples": evaluated["examples"], "steps": summary["steps"], "train_tokens": summary["tokens"],
            "train_wall_s": training_seconds(run, trained),
-           "predictions": str((run / "eval" / "val.predictions.jsonl").relative_to(REPO)),
+           "predictions": str(predictions.relative_to(REPO)) if predictions.is_relative_to(REPO) else str(predictions),
            "train_command": shlex.join(relative(cmd)), "eval_command": shlex.join(relative(evaluate)),
            "machine": machine(),
            "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M")}
@@ -178,6 +192,21 @@ def run_one(name: str, arm: str, seed: int, runs: Path, rows_path: Path) -> dict
     with rows_path.open("a") as f:
         f.write(json.dumps(row) + "\n")
     return row
+
+
+def keep_predictions(source: Path, kept: Path) -> Path:
+    """Copy a run's per-example predictions beside the rows (gzip, a few hundred kB per run), so the report's
+    paired intervals can be recomputed from the repository: run directories are local and not committed."""
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    tmp = kept.with_name(kept.name + ".tmp")  # written whole, then renamed: a kill leaves no half file
+    tmp.write_bytes(gzip.compress(source.read_bytes(), mtime=0))  # mtime=0: same predictions, same bytes
+    tmp.replace(kept)
+    return kept
+
+
+def read_predictions(path: Path) -> list[dict]:
+    text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def relative(cmd: list[str]) -> list[str]:
@@ -222,8 +251,7 @@ def padding_waste(name: str, arm: str, seed: int = 0) -> dict:
 
 # --- report ----------------------------------------------------------------------------------------
 def correct(path: Path) -> dict[str, bool]:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {r["key"]: r["pred"] == r["gold"] for r in rows}
+    return {r["key"]: r["pred"] == r["gold"] for r in read_predictions(path)}
 
 
 def paired_ci(arm_runs: list[dict[str, bool]], base_runs: list[dict[str, bool]], resamples: int = 5000,
@@ -285,12 +313,13 @@ def seed_and_example_ci(arm_runs: list[dict[str, bool]], base_runs: list[dict[st
 def report(rows: list[dict], gains: list | None = None) -> str:
     gains = [] if gains is None else gains
     lines = []
-    for name in dict.fromkeys(r["track"] for r in rows):
-        track_rows = [r for r in rows if r["track"] == name]
+    for name, device in dict.fromkeys((r["track"], row_device(r)) for r in rows):
+        track_rows = [r for r in rows if r["track"] == name and row_device(r) == device]
+        on = "" if device == "cpu" else f", on {track_rows[0]['machine']['device']}"
         base = {r["seed"]: r for r in track_rows if r["arm"] == "a0"}
         t = TRACKS.get(name, {})
         trained = track_rows[0].get("train_examples", f"the first {t.get('train_limit')} rows'")
-        lines += [f"### {name} (train {trained} examples with rationales, {t.get('epochs')} epoch(s); "
+        lines += [f"### {name}{on} (train {trained} examples with rationales, {t.get('epochs')} epoch(s); "
                   f"evaluated on {len(correct(REPO / track_rows[0]['predictions']))} held-out examples)", "",
                   "| arm | seeds | accuracy mean ± std | Δ vs α=0 (paired, 95 % CI over examples) | per-seed Δ "
                   "| 95 % CI, seeds resampled too | steps | train tokens | train wall s (median) |",
@@ -312,7 +341,7 @@ def report(rows: list[dict], gains: list | None = None) -> str:
                 if len(paired) > 1:
                     wlo, whi = seed_and_example_ci(arm_c, base_c)
                     wide = f"[{100 * wlo:+.2f}, {100 * whi:+.2f}]"
-                gains.append((f"{name} {arm} ({len(paired)} seed{'s' * (len(paired) > 1)})", d, lo, hi, wlo, whi))
+                gains.append((f"{name} {arm}{' GPU' * (device != 'cpu')} ({len(paired)} seed{'s' * (len(paired) > 1)})", d, lo, hi, wlo, whi))
             mean = lambda k: statistics.mean(r[k] for r in runs)  # noqa: E731
             lines.append(f"| {arm} | {len(runs)} | {spread} | {delta} | {per_seed} | {wide} | {mean('steps'):.0f} "
                          f"| {mean('train_tokens'):,.0f} | {statistics.median(r['train_wall_s'] for r in runs):.0f} |")
@@ -352,7 +381,7 @@ def majority_metrics(task_name: str, predictions: Path) -> dict:
     from training.evaluate import compute_metrics
 
     task = get_task(task_name)
-    rows = [json.loads(line) for line in predictions.read_text().splitlines() if line.strip()]
+    rows = read_predictions(predictions)
     # MultiRC keys are <passage>/<question>/<answer>: the question is the EM group
     examples = [Example(r["key"], {}, task.labels.index(r["gold"]), r["key"].rsplit("/", 1)[0]) for r in rows]
     common = statistics.mode(e.label for e in examples)
@@ -365,9 +394,11 @@ def superglue_table(rows: list[dict], arm: str = "a1") -> str:
     tasks = [t for t in SUPERGLUE if any(r["track"] == t for r in rows)]
     if not tasks:
         return ""
+    devices = {r.get("machine", {}).get("device", "cpu") for r in rows if r["track"] in tasks}
+    device = "" if devices == {"cpu"} else ", ".join(sorted(devices))
     head = "| model | setting | " + " | ".join(f"{t} ({'F1/Acc' if t == 'cb' else 'F1a/EM' if t == 'multirc' else 'Acc'})"
                                               for t in tasks) + " | Avg | Rel.Δ |"
-    lines = ["### SuperGLUE, beside the paper's Table 1", "", head, "|" + "---|" * (len(tasks) + 4)]
+    lines = [f"### SuperGLUE, beside the paper's Table 1{f' ({device})' * bool(device)}", "", head, "|" + "---|" * (len(tasks) + 4)]
 
     def runs(task: str, name: str) -> list[dict]:
         return [r for r in rows if r["track"] == task and r["arm"] == name]
@@ -384,7 +415,7 @@ def superglue_table(rows: list[dict], arm: str = "a1") -> str:
         averages[name] = statistics.mean(scores) if complete else None
         avg = f"{averages[name]:.2f}" if complete else "—"
         rel = f"{100 * (averages[name] / averages['a0'] - 1):+.2f} %" if complete and name != "a0" else "—"
-        lines.append(f"| SmolLM2-135M (ours) | {label} | " + " | ".join(cells) + f" | {avg} | {rel} |")
+        lines.append(f"| SmolLM2-135M (ours{f', {device}' * bool(device)}) | {label} | " + " | ".join(cells) + f" | {avg} | {rel} |")
     majority, scores = [], []
     for t in tasks:
         m = majority_metrics(t, REPO / runs(t, "a0")[0]["predictions"]) if runs(t, "a0") else None
@@ -417,7 +448,8 @@ def main() -> int:
                 print(json.dumps(padding_waste(track, arm)), flush=True)
         return 0
     if not args.report_only:
-        done = {(r["track"], r["arm"], r["seed"]) for r in read_rows(args.rows)}
+        here = device_class()  # a GPU machine's runs are its own: CPU rows in the same file don't count as done
+        done = {(r["track"], r["arm"], r["seed"]) for r in read_rows(args.rows) if row_device(r) == here}
         plan = [(t, a, int(s)) for s in args.seeds.split(",") for t in args.tracks.split(",")
                 for a in args.arms.split(",")]  # seed-major: every arm gets seed 0 before any gets seed 1
         for i, (track, arm, seed) in enumerate(plan, 1):
@@ -429,7 +461,8 @@ def main() -> int:
                   f"({row['train_wall_s']:.0f} s training)", flush=True)
     gains: list = []
     rows = read_rows(args.rows)
-    text = report(rows, gains) + "\n" + superglue_table(rows)
+    text = report(rows, gains) + "\n" + "\n".join(
+        superglue_table([r for r in rows if row_device(r) == device]) for device in dict.fromkeys(map(row_device, rows)))
     out = args.rows.with_name("report.md")
     out.write_text(text + "\n")
     plot(gains, args.rows.with_name("gains.png"))

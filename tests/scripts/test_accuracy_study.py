@@ -48,6 +48,30 @@ def test_report_gives_mean_std_and_the_paired_difference_per_arm(tmp_path, monke
     assert "evaluated on 100 held-out examples" in text
 
 
+def test_rows_from_a_gpu_are_reported_apart_and_never_paired_with_cpu_rows(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "REPO", tmp_path)
+    rows = []
+    for device, a1_acc in (("cpu", 0.75), ("NVIDIA H200", 0.25)):
+        for arm, acc in (("a0", 0.5), ("a1", a1_acc)):
+            pred = predictions(tmp_path / f"{arm}-{device}.jsonl", [i < acc * 100 for i in range(100)])
+            rows.append({"track": "esnli", "arm": arm, "seed": 0, "metrics": {"accuracy": acc}, "steps": 10,
+                         "train_tokens": 1000, "train_wall_s": 5.0, "predictions": pred.name,
+                         "machine": {"cpu": "X", "cores": 2, "device": device}, "commit": "abc", "date": "d"})
+    gains: list = []
+    text = study.report(rows, gains)
+    assert "### esnli (" in text and "### esnli, on NVIDIA H200 (" in text
+    assert [(g[0], round(g[1], 2)) for g in gains] == [("esnli a1 (1 seed)", 0.25), ("esnli a1 GPU (1 seed)", -0.25)]
+
+
+def test_kept_predictions_are_compressed_reproducible_and_read_back(tmp_path):
+    source = predictions(tmp_path / "val.predictions.jsonl", [True, False, True])
+    first = study.keep_predictions(source, tmp_path / "kept" / "a0-s0.cpu.jsonl.gz").read_bytes()
+    again = study.keep_predictions(source, tmp_path / "again.jsonl.gz").read_bytes()
+    assert first == again  # no timestamp in the gzip header: rerunning the report changes no committed bytes
+    assert study.correct(tmp_path / "kept" / "a0-s0.cpu.jsonl.gz") == study.correct(source) \
+        == {"k0": True, "k1": False, "k2": True}
+
+
 def test_every_arm_of_a_track_trains_the_same_data_order_and_budget(tmp_path):
     a0 = study.train_args("esnli", "a0", 1, tmp_path / "a0-s1")
     a1 = study.train_args("esnli", "a1", 1, tmp_path / "a1-s1")
