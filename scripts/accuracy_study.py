@@ -209,6 +209,22 @@ def read_predictions(path: Path) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def merge_rows(other_root: Path, rows_path: Path) -> list[dict]:
+    """Append another machine's finished runs (its checkout's rows file and kept predictions, as
+    scripts/gpu_study.sh brings them back under `other_root`) to ours: rows we lack, by (track, arm,
+    seed, device), with their predictions. Returns the rows added."""
+    ours = {(r["track"], r["arm"], r["seed"], row_device(r)) for r in read_rows(rows_path)}
+    theirs = read_rows(other_root / rows_path.relative_to(REPO))
+    added = [r for r in theirs if (r["track"], r["arm"], r["seed"], row_device(r)) not in ours]
+    for r in added:
+        target = REPO / r["predictions"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((other_root / r["predictions"]).read_bytes())
+    with rows_path.open("a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in added)
+    return added
+
+
 def relative(cmd: list[str]) -> list[str]:
     """A command as someone in the repository would type it (no machine's absolute paths in reports)."""
     return [str(Path(a).relative_to(REPO)) if a.startswith(str(REPO) + "/") else a for a in cmd]
@@ -270,13 +286,16 @@ def plot(gains: list[tuple], out: Path) -> None:
     """Δ accuracy vs α=0 per (track, arm): the 95 % interval over examples, and beside it, where a track
     has two or more seeds, the wider one that resamples seeds too (the honest one with few seeds).
     Each gain is (label, Δ, lo, hi) or (label, Δ, lo, hi, seeds_lo, seeds_hi)."""
-    import matplotlib
-
+    if not gains:
+        return
+    try:
+        import matplotlib
+    except ImportError:  # the GPU machine has no matplotlib; the plot is redrawn where the rows are merged
+        print(f"[study] matplotlib is not installed: {out} not redrawn", flush=True)
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not gains:
-        return
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(gains), 3.4))
     for x, (label, d, lo, hi, *seeds) in enumerate(gains):
         ax.errorbar([x], [100 * d], yerr=[[100 * (d - lo)], [100 * (hi - d)]], fmt="o", capsize=4, color="C0")
@@ -439,6 +458,9 @@ def main() -> int:
     parser.add_argument("--rows", type=Path, default=DEFAULT_ROWS)
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "study")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--merge", type=Path, default=None, metavar="DIR",
+                        help="add the runs another machine finished (DIR: the tree scripts/gpu_study.sh returned, "
+                             "holding reports/accuracy/), then rebuild the report")
     parser.add_argument("--padding", action="store_true",
                         help="print the padding share of each (track, arm)'s first epoch of batches, train nothing")
     args = parser.parse_args()
@@ -447,7 +469,10 @@ def main() -> int:
             for arm in args.arms.split(","):
                 print(json.dumps(padding_waste(track, arm)), flush=True)
         return 0
-    if not args.report_only:
+    if args.merge:
+        for r in merge_rows(args.merge, args.rows):
+            print(f"[study] merged {r['track']} {r['arm']} seed {r['seed']} on {r['machine']['device']}", flush=True)
+    elif not args.report_only:
         here = device_class()  # a GPU machine's runs are its own: CPU rows in the same file don't count as done
         done = {(r["track"], r["arm"], r["seed"]) for r in read_rows(args.rows) if row_device(r) == here}
         plan = [(t, a, int(s)) for s in args.seeds.split(",") for t in args.tracks.split(",")

@@ -72,6 +72,27 @@ def test_kept_predictions_are_compressed_reproducible_and_read_back(tmp_path):
         == {"k0": True, "k1": False, "k2": True}
 
 
+def test_merging_a_gpu_machines_rows_adds_only_its_new_runs_with_their_predictions(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "REPO", tmp_path / "here")
+    ours, theirs = tmp_path / "here", tmp_path / "gpu-out"
+    row = lambda arm, device: {"track": "esnli", "arm": arm, "seed": 0,  # noqa: E731
+                               "predictions": f"reports/accuracy/predictions/esnli/{arm}-s0.{device}.jsonl.gz",
+                               "machine": {"device": "cpu" if device == "cpu" else "NVIDIA H200"}}
+    (ours / "reports/accuracy").mkdir(parents=True)
+    (ours / "reports/accuracy/rows.jsonl").write_text(json.dumps(row("a0", "cpu")) + "\n")
+    (theirs / "reports/accuracy/predictions/esnli").mkdir(parents=True)
+    # the GPU machine's rows file is our file as sent, plus what it ran
+    (theirs / "reports/accuracy/rows.jsonl").write_text(
+        "".join(json.dumps(row(arm, device)) + "\n" for arm, device in (("a0", "cpu"), ("a0", "cuda"), ("a1", "cuda"))))
+    for arm in ("a0", "a1"):
+        (theirs / f"reports/accuracy/predictions/esnli/{arm}-s0.cuda.jsonl.gz").write_bytes(arm.encode())
+    added = study.merge_rows(theirs, ours / "reports/accuracy/rows.jsonl")
+    assert [(r["arm"], r["machine"]["device"]) for r in added] == [("a0", "NVIDIA H200"), ("a1", "NVIDIA H200")]
+    assert (ours / "reports/accuracy/predictions/esnli/a1-s0.cuda.jsonl.gz").read_bytes() == b"a1"
+    assert len(study.read_rows(ours / "reports/accuracy/rows.jsonl")) == 3
+    assert study.merge_rows(theirs, ours / "reports/accuracy/rows.jsonl") == []  # merging twice adds nothing
+
+
 def test_every_arm_of_a_track_trains_the_same_data_order_and_budget(tmp_path):
     a0 = study.train_args("esnli", "a0", 1, tmp_path / "a0-s1")
     a1 = study.train_args("esnli", "a1", 1, tmp_path / "a1-s1")
