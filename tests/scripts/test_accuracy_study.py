@@ -151,6 +151,26 @@ def test_the_superglue_table_averages_like_the_paper_and_shows_the_majority_clas
     assert "| Llama-3.2-3B (paper) | DHRD α=β=1 |" in table and "| 81.57 | +5.47 % |" in table
 
 
+def test_the_superglue_average_difference_has_an_interval_over_seeds_and_examples(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "REPO", tmp_path)
+    labels = {"cb": ["entailment", "contradiction"], "copa": ["choice1", "choice2"],
+              "rte": ["entailment", "not_entailment"]}
+    rows = []
+    for task in study.SUPERGLUE:
+        yes, no = labels.get(task, ["True", "False"])
+        gold = [yes if i % 2 else no for i in range(60)]
+        for arm, right in (("a0", lambda i: i % 3 != 0), ("a1", lambda i: True), ("same", lambda i: i % 3 != 0)):
+            for seed in (0, 1):
+                pred = tmp_path / f"{task}-{arm}-{seed}.jsonl"
+                pred.write_text("".join(json.dumps({"key": f"{task}/0/{i // 3}/{i}", "gold": g,
+                                                    "pred": g if right(i) else (no if g == yes else yes)}) + "\n"
+                                        for i, g in enumerate(gold)))
+                rows.append({"track": task, "arm": arm, "seed": seed, "predictions": pred.name})
+    d, lo, hi, rel, rlo, rhi = study.superglue_average_ci(rows, "a1", resamples=200)
+    assert 0 < lo < d < hi and 0 < rlo < rel < rhi  # right everywhere against wrong on a third: clearly ahead
+    assert study.superglue_average_ci(rows, "same", resamples=200) == (0, 0, 0, 0, 0, 0)
+
+
 def test_the_superglue_table_has_no_average_until_every_task_has_both_arms(tmp_path, monkeypatch):
     monkeypatch.setattr(study, "REPO", tmp_path)
     pred = tmp_path / "rte.jsonl"
