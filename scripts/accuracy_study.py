@@ -471,7 +471,12 @@ def superglue_table(rows: list[dict], arm: str = "a1") -> str:
     lines = [f"### SuperGLUE, beside the paper's Table 1{f' ({device})' * bool(device)}", "", head, "|" + "---|" * (len(tasks) + 4)]
 
     def runs(task: str, name: str) -> list[dict]:
-        return [r for r in rows if r["track"] == task and r["arm"] == name]
+        """A task's runs of one arm; once both arms have runs, only the seeds both have (paired, as the
+        interval below is: a seed only one arm ran would tilt the averages)."""
+        mine = [r for r in rows if r["track"] == task and r["arm"] == name]
+        seeds = [{r["seed"] for r in rows if r["track"] == task and r["arm"] == a} for a in ("a0", arm)]
+        both = seeds[0] & seeds[1]
+        return [r for r in mine if r["seed"] in both] if both else mine
 
     complete = all(runs(t, "a0") and runs(t, arm) for t in tasks) and len(tasks) == len(SUPERGLUE)
     averages = {}
