@@ -92,12 +92,6 @@ def machine() -> dict:
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
 
 
-def device_class() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def row_device(row: dict) -> str:
     """"cpu" or "cuda": rows from different devices are never paired or averaged together."""
     return "cpu" if row.get("machine", {}).get("device", "cpu") == "cpu" else "cuda"
@@ -176,8 +170,9 @@ def run_one(name: str, arm: str, seed: int, runs: Path, rows_path: Path) -> dict
     evaluate = [*DHRD, "evaluate", str(run), "--split", "val", "--checkpoint", "last",
                 "--batch-size", "32", *(["--limit", str(track["eval_limit"])] if track["eval_limit"] else [])]
     subprocess.run(evaluate, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
-    predictions = keep_predictions(run / "eval" / "val.predictions.jsonl",
-                                   rows_path.parent / "predictions" / name / f"{arm}-s{seed}.{device_class()}.jsonl.gz")
+    where = machine()
+    predictions = keep_predictions(run / "eval" / "val.predictions.jsonl", rows_path.parent / "predictions" / name
+                                   / f"{arm}-s{seed}.{row_device({'machine': where})}.jsonl.gz")
     summary = json.loads((run / "summary.json").read_text())
     evaluated = json.loads((run / "eval" / "val.metrics.json").read_text())
     row = {"track": name, "arm": arm, "seed": seed, "task": track["task"], "metrics": evaluated["metrics"],
@@ -186,7 +181,7 @@ def run_one(name: str, arm: str, seed: int, runs: Path, rows_path: Path) -> dict
            "train_wall_s": training_seconds(run, trained),
            "predictions": str(predictions.relative_to(REPO)) if predictions.is_relative_to(REPO) else str(predictions),
            "train_command": shlex.join(relative(cmd)), "eval_command": shlex.join(relative(evaluate)),
-           "machine": machine(),
+           "machine": where,
            "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M")}
     rows_path.parent.mkdir(parents=True, exist_ok=True)
     with rows_path.open("a") as f:
@@ -409,6 +404,12 @@ def majority_metrics(task_name: str, predictions: Path) -> dict:
     return compute_metrics(task, examples, [common] * len(examples))
 
 
+def seed_pairs(rows: list[dict], track: str, arm: str) -> list[tuple[dict, dict]]:
+    """(α=0 run, `arm` run) of a track for every seed both ran, in the arm's row order."""
+    base = {r["seed"]: r for r in rows if r["track"] == track and r["arm"] == "a0"}
+    return [(base[r["seed"]], r) for r in rows if r["track"] == track and r["arm"] == arm and r["seed"] in base]
+
+
 def superglue_average_ci(rows: list[dict], arm: str = "a1", resamples: int = 2000,
                          seed: int = 0) -> tuple[float, float, float, float, float, float]:
     """The paper's macro-average difference (`arm` − α=0, in points) and its relative change, each with a
@@ -421,8 +422,7 @@ def superglue_average_ci(rows: list[dict], arm: str = "a1", resamples: int = 200
     tasks = []
     for name in SUPERGLUE:
         task = get_task(SUPERGLUE[name]["task"])
-        base = {r["seed"]: r for r in rows if r["track"] == name and r["arm"] == "a0"}
-        pairs = [(base[r["seed"]], r) for r in rows if r["track"] == name and r["arm"] == arm and r["seed"] in base]
+        pairs = seed_pairs(rows, name, arm)
         runs = [[{p["key"]: p for p in read_predictions(REPO / r["predictions"])} for r in pair] for pair in pairs]
         keys = sorted(set.intersection(*(set(run) for pair in runs for run in pair)))
         first = runs[0][0]
@@ -471,12 +471,12 @@ def superglue_table(rows: list[dict], arm: str = "a1") -> str:
     lines = [f"### SuperGLUE, beside the paper's Table 1{f' ({device})' * bool(device)}", "", head, "|" + "---|" * (len(tasks) + 4)]
 
     def runs(task: str, name: str) -> list[dict]:
-        """A task's runs of one arm; once both arms have runs, only the seeds both have (paired, as the
-        interval below is: a seed only one arm ran would tilt the averages)."""
-        mine = [r for r in rows if r["track"] == task and r["arm"] == name]
-        seeds = [{r["seed"] for r in rows if r["track"] == task and r["arm"] == a} for a in ("a0", arm)]
-        both = seeds[0] & seeds[1]
-        return [r for r in mine if r["seed"] in both] if both else mine
+        """A task's runs of one arm; once both arms have runs, only the seed pairs (as the interval below:
+        a seed only one arm ran would tilt the averages)."""
+        pairs = seed_pairs(rows, task, arm)
+        if pairs:
+            return [pair[0 if name == "a0" else 1] for pair in pairs]
+        return [r for r in rows if r["track"] == task and r["arm"] == name]
 
     complete = all(runs(t, "a0") and runs(t, arm) for t in tasks) and len(tasks) == len(SUPERGLUE)
     averages = {}
@@ -534,7 +534,7 @@ def main() -> int:
         for r in merge_rows(args.merge, args.rows):
             print(f"[study] merged {r['track']} {r['arm']} seed {r['seed']} on {r['machine']['device']}", flush=True)
     elif not args.report_only:
-        here = device_class()  # a GPU machine's runs are its own: CPU rows in the same file don't count as done
+        here = row_device({"machine": machine()})  # a GPU's runs are its own: CPU rows don't count as done
         done = {(r["track"], r["arm"], r["seed"]) for r in read_rows(args.rows) if row_device(r) == here}
         plan = [(t, a, int(s)) for s in args.seeds.split(",") for t in args.tracks.split(",")
                 for a in args.arms.split(",")]  # seed-major: every arm gets seed 0 before any gets seed 1
