@@ -73,12 +73,19 @@ ARMS: dict[str, list[str]] = {
     "a1": ["--alpha", "1", "--beta", "1"],
     # α=0 trained twice as long: about α=1's tokens and wall time (the "equal time" comparison)
     "a0-2x": ["--alpha", "0", "--epochs-multiplier", "2"],
+    # α=1 for the same two epochs: does the reasoning head pay once the baseline is better trained?
+    "a1-2x": ["--alpha", "1", "--beta", "1", "--epochs-multiplier", "2"],
     # at the best α only, if it beats α=0: the LM span over rationale + answer, and shuffled rationales
     "a1-suffix": ["--alpha", "1", "--lm-span", "suffix"],
     "a1-shuffled": ["--alpha", "1", "--shuffled-rationales"],
     # the track's other rationale set for the same examples (a teacher comparison)
     "a1-alt": ["--alpha", "1", "--beta", "1", "--alt-rationales"],
 }
+# Comparisons beside "each arm against α=0 at the track's epochs": (arm, baseline, what it answers).
+OTHER_PAIRS: list[tuple[str, str, str]] = [
+    ("a1", "a0-2x", "equal wall time: α=1 against α=0 trained twice as many steps"),
+    ("a1-2x", "a0-2x", "equal steps at twice the epochs: α=1 against α=0"),
+]
 DEFAULT_ROWS = REPO / "reports" / "accuracy" / "rows.jsonl"
 
 
@@ -324,6 +331,45 @@ def seed_and_example_ci(arm_runs: list[dict[str, bool]], base_runs: list[dict[st
     return boot[int(0.025 * resamples)], boot[int(0.975 * resamples) - 1]
 
 
+def difference(runs: list[dict], base: dict[int, dict], track: str, label: str, device: str,
+               gains: list) -> tuple[str, str, str]:
+    """Table cells for `runs` against the baseline run of the same seed (`base`: seed → row): the paired
+    difference with its interval over examples, the per-seed differences, and the interval with the
+    seeds resampled too; the plot's entry goes to `gains`."""
+    paired = [r for r in runs if r["seed"] in base]
+    if not paired:
+        return "—", "—", "—"
+    arm_c = [correct(REPO / r["predictions"]) for r in paired]
+    base_c = [correct(REPO / base[r["seed"]]["predictions"]) for r in paired]
+    d, lo, hi = paired_ci(arm_c, base_c)
+    per_seed = ", ".join(f"{100 * (r['metrics']['accuracy'] - base[r['seed']]['metrics']['accuracy']):+.1f}"
+                         for r in paired)
+    wlo = whi = None
+    wide = "—"
+    if len(paired) > 1:
+        wlo, whi = seed_and_example_ci(arm_c, base_c)
+        wide = f"[{100 * wlo:+.2f}, {100 * whi:+.2f}]"
+    gains.append((f"{track} {label}{' GPU' * (device != 'cpu')} ({len(paired)} seed{'s' * (len(paired) > 1)})",
+                  d, lo, hi, wlo, whi))
+    return f"{100 * d:+.2f} pts [{100 * lo:+.2f}, {100 * hi:+.2f}] ({len(paired)} pairs)", per_seed, wide
+
+
+def other_pairs(track_rows: list[dict], track: str, device: str, gains: list) -> list[str]:
+    """The OTHER_PAIRS both of whose arms this track ran, as a small table of its own."""
+    lines = []
+    for arm, baseline, question in OTHER_PAIRS:
+        runs = sorted((r for r in track_rows if r["arm"] == arm), key=lambda r: r["seed"])
+        base = {r["seed"]: r for r in track_rows if r["arm"] == baseline}
+        if not runs or not base:
+            continue
+        delta, per_seed, wide = difference(runs, base, track, f"{arm} vs {baseline}", device, gains)
+        lines.append(f"| {arm} − {baseline} | {question} | {delta} | {per_seed} | {wide} |")
+    if not lines:
+        return []
+    return ["", "| pair | question | Δ (paired, 95 % CI over examples) | per-seed Δ | 95 % CI, seeds resampled too |",
+            "|---|---|---|---|---|", *lines]
+
+
 def report(rows: list[dict], gains: list | None = None) -> str:
     gains = [] if gains is None else gains
     lines = []
@@ -344,23 +390,11 @@ def report(rows: list[dict], gains: list | None = None) -> str:
             runs = sorted((r for r in track_rows if r["arm"] == arm), key=lambda r: r["seed"])
             accs = [r["metrics"]["accuracy"] for r in runs]
             spread = f"{statistics.mean(accs):.4f} ± {statistics.stdev(accs):.4f}" if len(accs) > 1 else f"{accs[0]:.4f}"
-            paired = [r for r in runs if r["seed"] in base]
-            delta, per_seed, wide = "—", "—", "—"
-            if arm != "a0" and paired:
-                arm_c = [correct(REPO / r["predictions"]) for r in paired]
-                base_c = [correct(REPO / base[r["seed"]]["predictions"]) for r in paired]
-                d, lo, hi = paired_ci(arm_c, base_c)
-                delta = f"{100 * d:+.2f} pts [{100 * lo:+.2f}, {100 * hi:+.2f}] ({len(paired)} pairs)"
-                per_seed = ", ".join(f"{100 * (r['metrics']['accuracy'] - base[r['seed']]['metrics']['accuracy']):+.1f}"
-                                     for r in paired)
-                wlo = whi = None
-                if len(paired) > 1:
-                    wlo, whi = seed_and_example_ci(arm_c, base_c)
-                    wide = f"[{100 * wlo:+.2f}, {100 * whi:+.2f}]"
-                gains.append((f"{name} {arm}{' GPU' * (device != 'cpu')} ({len(paired)} seed{'s' * (len(paired) > 1)})", d, lo, hi, wlo, whi))
+            delta, per_seed, wide = ("—", "—", "—") if arm == "a0" else difference(runs, base, name, arm, device, gains)
             mean = lambda k: statistics.mean(r[k] for r in runs)  # noqa: E731
             lines.append(f"| {arm} | {len(runs)} | {spread} | {delta} | {per_seed} | {wide} | {mean('steps'):.0f} "
                          f"| {mean('train_tokens'):,.0f} | {statistics.median(r['train_wall_s'] for r in runs):.0f} |")
+        lines += other_pairs(track_rows, name, device, gains)
         m = track_rows[0]["machine"]
         lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores, {m['device']}; commits "
                       f"{sorted({r['commit'] for r in track_rows})}; dates {track_rows[0]['date']} … {track_rows[-1]['date']}.",

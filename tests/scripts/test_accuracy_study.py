@@ -48,6 +48,24 @@ def test_report_gives_mean_std_and_the_paired_difference_per_arm(tmp_path, monke
     assert "evaluated on 100 held-out examples" in text
 
 
+def test_equal_time_and_two_epoch_arms_are_also_compared_with_the_longer_trained_baseline(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "REPO", tmp_path)
+    rows = []
+    for arm, acc in (("a0", 0.5), ("a1", 0.5), ("a0-2x", 0.7), ("a1-2x", 0.6)):
+        pred = predictions(tmp_path / f"{arm}.jsonl", [i < acc * 100 for i in range(100)])
+        rows.append({"track": "esnli", "arm": arm, "seed": 0, "metrics": {"accuracy": acc}, "steps": 10,
+                     "train_tokens": 1000, "train_wall_s": 5.0, "predictions": pred.name,
+                     "machine": {"cpu": "X", "cores": 2, "device": "cpu"}, "commit": "abc", "date": "d"})
+    gains: list = []
+    text = study.report(rows, gains)
+    assert "| a1 − a0-2x | equal wall time" in text and "| a1-2x − a0-2x | equal steps at twice the epochs" in text
+    pairs = {g[0]: round(100 * g[1]) for g in gains}
+    assert pairs["esnli a1 vs a0-2x (1 seed)"] == -20 and pairs["esnli a1-2x vs a0-2x (1 seed)"] == -10
+    assert pairs["esnli a1-2x (1 seed)"] == 10  # the main table still reads every arm against α=0
+    two = study.train_args("esnli", "a1-2x", 0, tmp_path / "a1-2x-s0")
+    assert two[two.index("--epochs") + 1] == "2" and two[two.index("--alpha") + 1] == "1"
+
+
 def test_rows_from_a_gpu_are_reported_apart_and_never_paired_with_cpu_rows(tmp_path, monkeypatch):
     monkeypatch.setattr(study, "REPO", tmp_path)
     rows = []
