@@ -78,6 +78,9 @@ ARMS: dict[str, list[str]] = {
     # at the best α only, if it beats α=0: the LM span over rationale + answer, and shuffled rationales
     "a1-suffix": ["--alpha", "1", "--lm-span", "suffix"],
     "a1-shuffled": ["--alpha", "1", "--shuffled-rationales"],
+    # the same two ablations at two epochs, where α=1 leads α=0 (a0-2x) by its paired interval over examples
+    "a1-2x-suffix": ["--alpha", "1", "--lm-span", "suffix", "--epochs-multiplier", "2"],
+    "a1-2x-shuffled": ["--alpha", "1", "--shuffled-rationales", "--epochs-multiplier", "2"],
     # the track's other rationale set for the same examples (a teacher comparison)
     "a1-alt": ["--alpha", "1", "--beta", "1", "--alt-rationales"],
 }
@@ -85,6 +88,9 @@ ARMS: dict[str, list[str]] = {
 OTHER_PAIRS: list[tuple[str, str, str]] = [
     ("a1", "a0-2x", "equal wall time: α=1 against α=0 trained twice as many steps"),
     ("a1-2x", "a0-2x", "equal steps at twice the epochs: α=1 against α=0"),
+    ("a1-2x-suffix", "a0-2x", "LM loss on rationale + answer only, against α=0 at two epochs"),
+    ("a1-2x-shuffled", "a0-2x", "shuffled rationales, against α=0 at two epochs"),
+    ("a1-2x-shuffled", "a1-2x", "shuffled against aligned rationales: is the gain reasoning or regularisation?"),
 ]
 DEFAULT_ROWS = REPO / "reports" / "accuracy" / "rows.jsonl"
 

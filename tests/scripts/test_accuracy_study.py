@@ -66,6 +66,22 @@ def test_equal_time_and_two_epoch_arms_are_also_compared_with_the_longer_trained
     assert two[two.index("--epochs") + 1] == "2" and two[two.index("--alpha") + 1] == "1"
 
 
+def test_the_shuffled_ablation_keeps_every_example_and_label_but_moves_the_reasons(tmp_path):
+    from contract.tasks import get_task
+    from training.rationales.rows import default_rationale_file, read_rows
+
+    original = [row for _, row in read_rows(default_rationale_file(get_task("esnli")))]
+    path = study.shuffled_rationales(study.TRACKS["esnli"], tmp_path / "s0.jsonl", 0)
+    shuffled = [json.loads(line) for line in path.read_text().splitlines()]
+    without = lambda rows: [{k: v for k, v in r.items() if k != "rationale"} for r in rows]  # noqa: E731
+    assert without(shuffled) == without(original)
+    assert sorted(r["rationale"] for r in shuffled) == sorted(r["rationale"] for r in original)
+    assert sum(a["rationale"] != b["rationale"] for a, b in zip(shuffled, original)) > 0.9 * len(original)
+    assert study.shuffled_rationales(study.TRACKS["esnli"], tmp_path / "again.jsonl", 0).read_text() == path.read_text()
+    args = study.train_args("esnli", "a1-2x-shuffled", 1, tmp_path / "esnli" / "a1-2x-shuffled-s1")
+    assert args[args.index("--epochs") + 1] == "2" and args[-1] == str(tmp_path / "esnli" / "shuffled-s1.jsonl")
+
+
 def test_rows_from_a_gpu_are_reported_apart_and_never_paired_with_cpu_rows(tmp_path, monkeypatch):
     monkeypatch.setattr(study, "REPO", tmp_path)
     rows = []
