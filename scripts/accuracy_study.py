@@ -291,8 +291,9 @@ def paired_ci(arm_runs: list[dict[str, bool]], base_runs: list[dict[str, bool]],
 
 
 def plot(gains: list[tuple], out: Path) -> None:
-    """Δ accuracy vs α=0 per (track, arm): the 95 % interval over examples, and beside it, where a track
-    has two or more seeds, the wider one that resamples seeds too (the honest one with few seeds).
+    """Δ accuracy vs α=0 (or the baseline a label names after "vs") per (track, arm): the 95 % interval
+    over examples, and beside it, where a track has two or more seeds, the wider one that resamples
+    seeds too (the honest one with few seeds).
     Each gain is (label, Δ, lo, hi) or (label, Δ, lo, hi, seeds_lo, seeds_hi)."""
     if not gains:
         return
@@ -313,8 +314,8 @@ def plot(gains: list[tuple], out: Path) -> None:
                         color="C1")
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xticks(range(len(gains)), [g[0] for g in gains], rotation=30, ha="right")
-    ax.set_ylabel("Δ accuracy vs α=0 (points)")
-    ax.set_title("vs α=0, 95 % CI: over examples (blue, circles); seeds resampled too (orange, squares)",
+    ax.set_ylabel("Δ accuracy (points)")
+    ax.set_title("vs α=0 unless the label says 'vs', 95 % CI: over examples (blue, circles); seeds resampled too (orange, squares)",
                  fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
