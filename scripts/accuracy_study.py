@@ -338,38 +338,35 @@ def seed_and_example_ci(arm_runs: list[dict[str, bool]], base_runs: list[dict[st
     return boot[int(0.025 * resamples)], boot[int(0.975 * resamples) - 1]
 
 
-def difference(runs: list[dict], base: dict[int, dict], track: str, label: str, device: str,
+def difference(pairs: list[tuple[dict, dict]], track: str, label: str, device: str,
                gains: list) -> tuple[str, str, str]:
-    """Table cells for `runs` against the baseline run of the same seed (`base`: seed → row): the paired
-    difference with its interval over examples, the per-seed differences, and the interval with the
-    seeds resampled too; the plot's entry goes to `gains`."""
-    paired = [r for r in runs if r["seed"] in base]
-    if not paired:
+    """Table cells for (baseline run, arm run) seed pairs: the paired difference with its interval over
+    examples, the per-seed differences, and the interval with the seeds resampled too; the plot's
+    entry goes to `gains`."""
+    if not pairs:
         return "—", "—", "—"
-    arm_c = [correct(REPO / r["predictions"]) for r in paired]
-    base_c = [correct(REPO / base[r["seed"]]["predictions"]) for r in paired]
+    arm_c = [correct(REPO / r["predictions"]) for _, r in pairs]
+    base_c = [correct(REPO / b["predictions"]) for b, _ in pairs]
     d, lo, hi = paired_ci(arm_c, base_c)
-    per_seed = ", ".join(f"{100 * (r['metrics']['accuracy'] - base[r['seed']]['metrics']['accuracy']):+.1f}"
-                         for r in paired)
+    per_seed = ", ".join(f"{100 * (r['metrics']['accuracy'] - b['metrics']['accuracy']):+.1f}" for b, r in pairs)
     wlo = whi = None
     wide = "—"
-    if len(paired) > 1:
+    if len(pairs) > 1:
         wlo, whi = seed_and_example_ci(arm_c, base_c)
         wide = f"[{100 * wlo:+.2f}, {100 * whi:+.2f}]"
-    gains.append((f"{track} {label}{' GPU' * (device != 'cpu')} ({len(paired)} seed{'s' * (len(paired) > 1)})",
+    gains.append((f"{track} {label}{' GPU' * (device != 'cpu')} ({len(pairs)} seed{'s' * (len(pairs) > 1)})",
                   d, lo, hi, wlo, whi))
-    return f"{100 * d:+.2f} pts [{100 * lo:+.2f}, {100 * hi:+.2f}] ({len(paired)} pairs)", per_seed, wide
+    return f"{100 * d:+.2f} pts [{100 * lo:+.2f}, {100 * hi:+.2f}] ({len(pairs)} pairs)", per_seed, wide
 
 
 def other_pairs(track_rows: list[dict], track: str, device: str, gains: list) -> list[str]:
     """The OTHER_PAIRS both of whose arms this track ran, as a small table of its own."""
     lines = []
     for arm, baseline, question in OTHER_PAIRS:
-        runs = sorted((r for r in track_rows if r["arm"] == arm), key=lambda r: r["seed"])
-        base = {r["seed"]: r for r in track_rows if r["arm"] == baseline}
-        if not runs or not base:
+        pairs = seed_pairs(track_rows, track, arm, baseline)
+        if not pairs:
             continue
-        delta, per_seed, wide = difference(runs, base, track, f"{arm} vs {baseline}", device, gains)
+        delta, per_seed, wide = difference(pairs, track, f"{arm} vs {baseline}", device, gains)
         lines.append(f"| {arm} − {baseline} | {question} | {delta} | {per_seed} | {wide} |")
     if not lines:
         return []
@@ -382,8 +379,8 @@ def report(rows: list[dict], gains: list | None = None) -> str:
     lines = []
     for name, device in dict.fromkeys((r["track"], row_device(r)) for r in rows):
         track_rows = [r for r in rows if r["track"] == name and row_device(r) == device]
+        by_seed = sorted(track_rows, key=lambda r: r["seed"])  # per-seed differences read seed 0, 1, 2
         on = "" if device == "cpu" else f", on {track_rows[0]['machine']['device']}"
-        base = {r["seed"]: r for r in track_rows if r["arm"] == "a0"}
         t = TRACKS.get(name, {})
         trained = track_rows[0].get("train_examples", f"the first {t.get('train_limit')} rows'")
         lines += [f"### {name}{on} (train {trained} examples with rationales, {t.get('epochs')} epoch(s); "
@@ -397,11 +394,12 @@ def report(rows: list[dict], gains: list | None = None) -> str:
             runs = sorted((r for r in track_rows if r["arm"] == arm), key=lambda r: r["seed"])
             accs = [r["metrics"]["accuracy"] for r in runs]
             spread = f"{statistics.mean(accs):.4f} ± {statistics.stdev(accs):.4f}" if len(accs) > 1 else f"{accs[0]:.4f}"
-            delta, per_seed, wide = ("—", "—", "—") if arm == "a0" else difference(runs, base, name, arm, device, gains)
+            delta, per_seed, wide = (("—", "—", "—") if arm == "a0"
+                                     else difference(seed_pairs(by_seed, name, arm), name, arm, device, gains))
             mean = lambda k: statistics.mean(r[k] for r in runs)  # noqa: E731
             lines.append(f"| {arm} | {len(runs)} | {spread} | {delta} | {per_seed} | {wide} | {mean('steps'):.0f} "
                          f"| {mean('train_tokens'):,.0f} | {statistics.median(r['train_wall_s'] for r in runs):.0f} |")
-        lines += other_pairs(track_rows, name, device, gains)
+        lines += other_pairs(by_seed, name, device, gains)
         m = track_rows[0]["machine"]
         lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores, {m['device']}; commits "
                       f"{sorted({r['commit'] for r in track_rows})}; dates {track_rows[0]['date']} … {track_rows[-1]['date']}.",
@@ -445,9 +443,9 @@ def majority_metrics(task_name: str, predictions: Path) -> dict:
     return compute_metrics(task, examples, [common] * len(examples))
 
 
-def seed_pairs(rows: list[dict], track: str, arm: str) -> list[tuple[dict, dict]]:
-    """(α=0 run, `arm` run) of a track for every seed both ran, in the arm's row order."""
-    base = {r["seed"]: r for r in rows if r["track"] == track and r["arm"] == "a0"}
+def seed_pairs(rows: list[dict], track: str, arm: str, baseline: str = "a0") -> list[tuple[dict, dict]]:
+    """(`baseline` run, `arm` run) of a track for every seed both ran, in the arm's row order."""
+    base = {r["seed"]: r for r in rows if r["track"] == track and r["arm"] == baseline}
     return [(base[r["seed"]], r) for r in rows if r["track"] == track and r["arm"] == arm and r["seed"] in base]
 
 
