@@ -89,6 +89,8 @@ OTHER_PAIRS: list[tuple[str, str, str]] = [
     ("a1", "a0-2x", "equal wall time: α=1 against α=0 trained twice as many steps"),
     ("a1-2x", "a0-2x", "equal steps at twice the epochs: α=1 against α=0"),
     ("a1-2x-suffix", "a0-2x", "LM loss on rationale + answer only, against α=0 at two epochs"),
+    ("a1-2x-suffix", "a1-2x", "LM loss on rationale + answer only, against the whole sequence (Eq. 3)"),
+    ("a1-suffix", "a1", "LM loss on rationale + answer only, against the whole sequence (Eq. 3)"),
     ("a1-2x-shuffled", "a0-2x", "shuffled rationales, against α=0 at two epochs"),
     ("a1-2x-shuffled", "a1-2x", "shuffled against aligned rationales: is the gain reasoning or regularisation?"),
 ]
