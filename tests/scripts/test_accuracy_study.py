@@ -131,9 +131,17 @@ def test_every_arm_of_a_track_trains_the_same_data_order_and_budget(tmp_path):
     a0 = study.train_args("esnli", "a0", 1, tmp_path / "a0-s1")
     a1 = study.train_args("esnli", "a1", 1, tmp_path / "a1-s1")
     twice = study.train_args("esnli", "a0-2x", 1, tmp_path / "a0-2x-s1")
-    same = lambda args: [a for a in args if not a.startswith(str(tmp_path))]  # noqa: E731
-    strip = lambda args: [x for x in same(args) if x not in ("--alpha", "0", "1", "--beta")]  # noqa: E731
-    assert strip(a0) == strip(a1)
+    def data_and_budget(args: list[str]) -> list[str]:
+        """The arguments left once the run directory and the loss flags (each with its value) are dropped."""
+        kept, skip = [], False
+        for a in args:
+            if not skip and not a.startswith(str(tmp_path)) and a not in ("--alpha", "--beta", "--lm-span"):
+                kept.append(a)
+            skip = a in ("--alpha", "--beta", "--lm-span")
+        return kept
+
+    assert data_and_budget(a0) == data_and_budget(a1)
+    assert a1[a1.index("--lm-span") + 1] == "all"  # the Eq.-3 arm names its span: the default moved to 'suffix'
     assert twice[twice.index("--epochs") + 1] == "2" and a0[a0.index("--epochs") + 1] == "1"
     assert "--resume" in a0 and a0[a0.index("--seed") + 1] == "1"
 
