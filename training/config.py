@@ -29,7 +29,7 @@ class TrainConfig:
     # --- loss (§3, Eq. 4): L = beta * CE(pooled) + alpha * LM ----------------------------
     alpha: float = field(default=1.0, metadata={"help": "weight of the token-level LM loss; 0 = pooled baseline"})
     beta: float = field(default=1.0, metadata={"help": "weight of the pooled classification loss"})
-    # 'suffix' beat the paper's 'all' on e-SNLI and CREAK in the accuracy study (TRAINING.md, "Accuracy")
+    # 'suffix' beat the paper's 'all' on e-SNLI and led it on CREAK in the accuracy study (TRAINING.md, "Accuracy")
     lm_span: str = field(default="suffix", metadata={
         "help": "tokens in the LM loss: 'suffix' (rationale + answer) or 'all' (input too, the paper's Eq. 3)"})
     # --- model -----------------------------------------------------------------------------
