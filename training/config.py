@@ -62,6 +62,10 @@ class TrainConfig:
     eval_batch_size: int = field(default=16, metadata={"help": "batch size for validation"})
     eval_limit: int | None = field(default=None, metadata={"help": "evaluate on the first N val examples only"})
     train_limit: int | None = field(default=None, metadata={"help": "train on the first N train examples only"})
+    # Choosing epochs or learning rate on the split you report is tuning on it; this slice is for that.
+    holdout: float = field(default=0.0, metadata={
+        "help": "validate on this fraction of the train split instead of the val split (a stable hash "
+                "of each input picks it; it is left out of training and taken before --train-limit)"})
     save_every: int = field(default=20, metadata={"help": "checkpoint every N optimizer steps (and each epoch)"})
     log_every: int = field(default=1, metadata={"help": "log every N optimizer steps"})
     resume: bool = field(default=False, metadata={"help": "continue from <out>/checkpoints/last.pt"})
@@ -90,6 +94,7 @@ class TrainConfig:
             (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
             (self.max_length >= 8, f"max_length must be >= 8, got {self.max_length}"),
             (self.save_every >= 1, f"save_every must be >= 1, got {self.save_every}"),
+            (0 <= self.holdout < 1, f"holdout must be in [0, 1), got {self.holdout}"),
         ]
         for ok, message in checks:
             if not ok:

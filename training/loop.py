@@ -18,7 +18,7 @@ from contract.manifest import file_sha256
 from contract.tasks import Example, Task, TaskError, get_task
 
 from .config import TrainConfig
-from .data import Features, build_features, collate, load_examples, split_path
+from .data import Features, build_features, collate, holdout_part, load_examples, split_path
 from .evaluate import autocast, compute_metrics, predict_logits
 from .memory import peak_rss_mb, release_free_memory, rss_mb
 from .model import DualHeadModel, make_model
@@ -109,7 +109,8 @@ def make_features(cfg: TrainConfig, task: Task, tokenizer) -> tuple[list[Feature
     alpha = 0 too, so a pooled baseline trains on exactly the examples its DHRD twin does.
     """
     split_examples = load_examples(task, "train", cfg.data_dir)
-    examples = split_examples[: cfg.train_limit] if cfg.train_limit else split_examples
+    examples = [e for e in split_examples if not is_held_out(cfg, task, e)]
+    examples = examples[: cfg.train_limit] if cfg.train_limit else examples
     train_file = split_path(task, "train", cfg.data_dir)
     data_info: dict[str, Any] = {"train_file": str(train_file), "train_sha256": file_sha256(train_file)}
     rationales: dict[str, str] = {}
@@ -120,6 +121,22 @@ def make_features(cfg: TrainConfig, task: Task, tokenizer) -> tuple[list[Feature
                             lm_span=cfg.lm_span, max_rationale_tokens=cfg.max_rationale_tokens) for e in examples]
     data_info["truncated_inputs"] = sum(f.truncated for f in feats)
     return feats, data_info
+
+
+def is_held_out(cfg: TrainConfig, task: Task, example: Example) -> bool:
+    """In the --holdout slice of train: by the hash of the formatted input, so a duplicate input never
+    sits on both sides and the slice does not move with --train-limit or the seed."""
+    return cfg.holdout > 0 and holdout_part(task.format(example.fields), cfg.holdout) == "val"
+
+
+def validation_examples(cfg: TrainConfig, task: Task) -> list[Example]:
+    """What the end of each epoch scores: the val split, or with --holdout the held-out slice of train."""
+    if not cfg.holdout:
+        return load_examples(task, "val", cfg.data_dir, limit=cfg.eval_limit)
+    held = [e for e in load_examples(task, "train", cfg.data_dir) if is_held_out(cfg, task, e)]
+    if not held:
+        raise TaskError(f"--holdout {cfg.holdout} leaves no validation example in the train split of {task.name}")
+    return held[: cfg.eval_limit] if cfg.eval_limit else held
 
 
 def _join_rationales(cfg: TrainConfig, task: Task, examples: list[Example], split_examples: list[Example],
@@ -201,7 +218,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     backbone_path = resolve_backbone(cfg)
     tokenizer = load_tokenizer(backbone_path, cfg.trust_remote_code)
     features, data_info = make_features(cfg, task, tokenizer)
-    val_examples = load_examples(task, "val", cfg.data_dir, limit=cfg.eval_limit)
+    val_examples = validation_examples(cfg, task)
+    data_info.update(val_source="holdout of train" if cfg.holdout else "val", val_examples=len(val_examples))
     model = make_model(cfg, task.num_labels, backbone_path).to(d.device)
     model.train()
     optimizer = make_optimizer(model, cfg)

@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from training.cli import main
+from training.config import TrainConfig
 from training.data import load_examples
+from training.loop import is_held_out, validation_examples
 from contract.tasks import get_task
 
 from ..conftest import write_rationales
@@ -247,3 +249,28 @@ def test_train_ends_with_a_summary_and_the_command_to_export(tmp_path, tiny_back
     from training.cli import dhrd_command
 
     assert command.strip() == f"{dhrd_command()} export runs/cb-x --out exports/cb-x"
+
+
+def test_holdout_validates_on_a_fixed_slice_of_train_that_is_never_trained_on(tmp_path, tiny_backbone,
+                                                                                cb_rationales, data_dir):
+    task = get_task("cb")
+    cfg = TrainConfig(task="cb", out=tmp_path / "x", holdout=0.2, data_dir=data_dir)
+    held = validation_examples(cfg, task)
+    trained = [e for e in load_examples(task, "train", data_dir) if not is_held_out(cfg, task, e)]
+    assert held and trained and not {e.key for e in held} & {e.key for e in trained}
+    assert 0.1 < len(held) / (len(held) + len(trained)) < 0.3
+    # the slice does not move with the seed or the train limit, so arms and seeds are scored on the same one
+    other = TrainConfig(task="cb", out=tmp_path / "y", holdout=0.2, data_dir=data_dir, seed=7, train_limit=5)
+    assert [e.key for e in validation_examples(other, task)] == [e.key for e in held]
+
+    out = tmp_path / "run"
+    assert main(train_args(tiny_backbone, out, cb_rationales, "--holdout", "0.2", "--eval-limit", "1000",
+                           "--epochs", "1")) == 0
+    data = json.loads((out / "summary.json").read_text())["data"]
+    assert data["val_source"] == "holdout of train" and data["val_examples"] == len(held)
+    assert data["train_examples"] == 24  # --train-limit counts what is left after the slice
+
+
+def test_holdout_outside_zero_to_one_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="holdout"):
+        TrainConfig(task="cb", out=tmp_path, holdout=1.0)
