@@ -85,6 +85,9 @@ ARMS: dict[str, list[str]] = {
     "a1-2x-shuffled": ["--alpha", "1", "--lm-span", "all", "--shuffled-rationales", "--epochs-multiplier", "2"],
     # α=0 for three epochs: about the wall time of a1-2x-suffix (the LM loss on fewer positions is cheaper)
     "a0-3x": ["--alpha", "0", "--epochs-multiplier", "3"],
+    # the LM-span arm for the same three epochs: the budget the held-out slice of train chose for α=0
+    # (scripts/select_budget.py), so each arm is compared at the epochs selected without the reported split
+    "a1-3x-suffix": ["--alpha", "1", "--lm-span", "suffix", "--epochs-multiplier", "3"],
     # the track's other rationale set for the same examples (a teacher comparison)
     "a1-alt": ["--alpha", "1", "--beta", "1", "--lm-span", "all", "--alt-rationales"],
 }
@@ -94,6 +97,7 @@ OTHER_PAIRS: list[tuple[str, str, str]] = [
     ("a1-2x", "a0-2x", "equal steps at twice the epochs: α=1 against α=0"),
     ("a1-2x-suffix", "a0-2x", "LM loss on rationale + answer only, against α=0 at two epochs"),
     ("a1-2x-suffix", "a0-3x", "equal wall time: the LM-span arm against α=0 trained three epochs"),
+    ("a1-3x-suffix", "a0-3x", "equal steps at three epochs, the budget chosen on held-out train"),
     ("a1-2x-suffix", "a1-2x", "LM loss on rationale + answer only, against the whole sequence (Eq. 3)"),
     ("a1-suffix", "a1", "LM loss on rationale + answer only, against the whole sequence (Eq. 3)"),
     ("a1-2x-shuffled", "a0-2x", "shuffled rationales, against α=0 at two epochs"),
