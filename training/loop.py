@@ -124,9 +124,10 @@ def make_features(cfg: TrainConfig, task: Task, tokenizer) -> tuple[list[Feature
 
 
 def is_held_out(cfg: TrainConfig, task: Task, example: Example) -> bool:
-    """In the --holdout slice of train: by the hash of the formatted input, so a duplicate input never
-    sits on both sides and the slice does not move with --train-limit or the seed."""
-    return cfg.holdout > 0 and holdout_part(task.format(example.fields), cfg.holdout) == "val"
+    """In the --holdout slice of train: by the hash of the example's group (a MultiRC question's answer
+    options go together) or of its formatted input, so a duplicate never sits on both sides and the
+    slice does not move with --train-limit or the seed."""
+    return cfg.holdout > 0 and holdout_part(example.group or task.format(example.fields), cfg.holdout) == "val"
 
 
 def validation_examples(cfg: TrainConfig, task: Task) -> list[Example]:

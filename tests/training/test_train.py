@@ -274,3 +274,12 @@ def test_holdout_validates_on_a_fixed_slice_of_train_that_is_never_trained_on(tm
 def test_holdout_outside_zero_to_one_is_refused(tmp_path):
     with pytest.raises(ValueError, match="holdout"):
         TrainConfig(task="cb", out=tmp_path, holdout=1.0)
+
+
+def test_holdout_keeps_a_multirc_question_on_one_side(tmp_path, data_dir):
+    task = get_task("multirc")
+    cfg = TrainConfig(task="multirc", out=tmp_path, holdout=0.1, data_dir=data_dir)
+    examples = load_examples(task, "train", data_dir)
+    held = {e.group for e in examples if is_held_out(cfg, task, e)}
+    trained = {e.group for e in examples if not is_held_out(cfg, task, e)}
+    assert held and trained and not held & trained
