@@ -178,10 +178,15 @@ def train_args(name: str, arm: str, seed: int, run: Path) -> list[str]:
     if "--shuffled-rationales" in flags:
         flags.remove("--shuffled-rationales")
         flags += ["--rationales", str(shuffled_rationales(track, run.parent / f"shuffled-s{seed}.jsonl", seed))]
+    # in-training validation on a small slice only (it costs time and picks nothing: 'last' is scored)
+    return dhrd_train(track, run, seed, epochs, "--eval-limit", "64", *flags)
+
+
+def dhrd_train(track: dict, run: Path, seed: int, epochs: int, *flags: str) -> list[str]:
+    """`dhrd train` on a track's fixed train subset (the same examples for every arm and seed), resumable."""
     return [*DHRD, "train", "--task", track["task"], "--out", str(run), "--seed", str(seed),
             "--train-limit", str(track["train_limit"]), "--only-with-rationales", "--epochs", str(epochs),
-            # in-training validation on a small slice only (it costs time and picks nothing: 'last' is scored)
-            "--eval-limit", "64", "--eval-batch-size", "32", "--no-progress", "--resume", *flags]
+            "--eval-batch-size", "32", "--no-progress", "--resume", *flags]
 
 
 def run_one(name: str, arm: str, seed: int, runs: Path, rows_path: Path) -> dict:
@@ -207,10 +212,14 @@ def run_one(name: str, arm: str, seed: int, runs: Path, rows_path: Path) -> dict
            "train_command": shlex.join(relative(cmd)), "eval_command": shlex.join(relative(evaluate)),
            "machine": where,
            "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M")}
+    append_row(rows_path, row)
+    return row
+
+
+def append_row(rows_path: Path, row: dict) -> None:
     rows_path.parent.mkdir(parents=True, exist_ok=True)
     with rows_path.open("a") as f:
         f.write(json.dumps(row) + "\n")
-    return row
 
 
 def keep_predictions(source: Path, kept: Path) -> Path:
@@ -266,6 +275,7 @@ def padding_waste(name: str, arm: str, seed: int = 0) -> dict:
     """Share of padding in one epoch of this arm's micro-batches, built by `dhrd train`'s own code from
     the same arguments: the measure of what packing or finer length grouping could still save."""
     from training.config import TrainConfig, add_train_arguments
+    from training.data import load_examples
     from training.loop import Dist, epoch_batches, make_features
     from contract.encoding import load_tokenizer
     from contract.tasks import get_task
@@ -276,7 +286,8 @@ def padding_waste(name: str, arm: str, seed: int = 0) -> dict:
     argv = train_args(name, arm, seed, Path(tempfile.mkdtemp()) / name / f"{arm}-s{seed}")[2:]  # after `dhrd train`
     cfg = TrainConfig.from_args(parser.parse_known_args(argv)[0])
     tokenizer = load_tokenizer(resolve_backbone(cfg), cfg.trust_remote_code)
-    feats, _ = make_features(cfg, get_task(cfg.task), tokenizer)
+    task = get_task(cfg.task)
+    feats, _ = make_features(cfg, task, tokenizer, load_examples(task, "train", cfg.data_dir))
     batches = epoch_batches(feats, cfg, 0, Dist())
     real = sum(len(feats[i].input_ids) for b in batches for i in b)
     padded = sum(len(b) * max(len(feats[i].input_ids) for i in b) for b in batches)

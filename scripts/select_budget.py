@@ -21,7 +21,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from accuracy_study import ARMS, DHRD, REPO, TRACKS, commit, machine, read_rows, relative, training_seconds
+from accuracy_study import (ARMS, REPO, TRACKS, append_row, commit, dhrd_train, machine, read_rows, relative,
+                            training_seconds)
 
 DEFAULT_ROWS = REPO / "reports" / "accuracy" / "selection.jsonl"
 HOLDOUT = 0.1  # of the track's train file: e-SNLI ~980 examples, CREAK ~1,000
@@ -37,11 +38,8 @@ def selection_flags(arm: str) -> list[str]:
 
 
 def train_command(track: str, arm: str, lr: str, seed: int, epochs: int, run: Path) -> list[str]:
-    t = TRACKS[track]
-    return [*DHRD, "train", "--task", t["task"], "--out", str(run), "--seed", str(seed),
-            "--train-limit", str(t["train_limit"]), "--only-with-rationales", "--epochs", str(epochs),
-            "--holdout", str(HOLDOUT), "--eval-limit", str(EVAL_LIMIT), "--eval-batch-size", "32",
-            "--lr", lr, "--no-progress", "--resume", *selection_flags(arm)]
+    return dhrd_train(TRACKS[track], run, seed, epochs, "--holdout", str(HOLDOUT), "--eval-limit", str(EVAL_LIMIT),
+                      "--lr", lr, *selection_flags(arm))
 
 
 def run_one(track: str, arm: str, lr: str, seed: int, epochs: int, runs: Path, rows_path: Path) -> dict:
@@ -57,9 +55,7 @@ def run_one(track: str, arm: str, lr: str, seed: int, epochs: int, runs: Path, r
            "train_wall_s": training_seconds(run, time.time() - started),
            "train_command": shlex.join(relative(cmd)), "machine": machine(), "commit": commit(),
            "date": time.strftime("%Y-%m-%d %H:%M")}
-    rows_path.parent.mkdir(parents=True, exist_ok=True)
-    with rows_path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
+    append_row(rows_path, row)
     (run / "checkpoints" / "last.pt").unlink(missing_ok=True)  # ~1.4 GB each; the row holds the curve
     return row
 

@@ -102,13 +102,14 @@ def seed_everything(seed: int) -> None:
 
 
 # --- data ------------------------------------------------------------------------------------
-def make_features(cfg: TrainConfig, task: Task, tokenizer) -> tuple[list[Features], dict[str, Any]]:
-    """Token features of the train split (or its first --train-limit examples), and what they came from.
+def make_features(cfg: TrainConfig, task: Task, tokenizer,
+                  split_examples: list[Example]) -> tuple[list[Features], dict[str, Any]]:
+    """Token features of the train split (`split_examples`, less the --holdout slice, cut to
+    --train-limit), and what they came from.
 
     With --only-with-rationales the examples are cut to those the rationale file covers, for
     alpha = 0 too, so a pooled baseline trains on exactly the examples its DHRD twin does.
     """
-    split_examples = load_examples(task, "train", cfg.data_dir)
     examples = [e for e in split_examples if not is_held_out(cfg, task, e)]
     examples = examples[: cfg.train_limit] if cfg.train_limit else examples
     train_file = split_path(task, "train", cfg.data_dir)
@@ -130,11 +131,12 @@ def is_held_out(cfg: TrainConfig, task: Task, example: Example) -> bool:
     return cfg.holdout > 0 and holdout_part(example.group or task.format(example.fields), cfg.holdout) == "val"
 
 
-def validation_examples(cfg: TrainConfig, task: Task) -> list[Example]:
-    """What the end of each epoch scores: the val split, or with --holdout the held-out slice of train."""
+def validation_examples(cfg: TrainConfig, task: Task, split_examples: list[Example]) -> list[Example]:
+    """What the end of each epoch scores: the val split, or with --holdout the held-out slice of the
+    train split (`split_examples`)."""
     if not cfg.holdout:
         return load_examples(task, "val", cfg.data_dir, limit=cfg.eval_limit)
-    held = [e for e in load_examples(task, "train", cfg.data_dir) if is_held_out(cfg, task, e)]
+    held = [e for e in split_examples if is_held_out(cfg, task, e)]
     if not held:
         raise TaskError(f"--holdout {cfg.holdout} leaves no validation example in the train split of {task.name}")
     return held[: cfg.eval_limit] if cfg.eval_limit else held
@@ -218,8 +220,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         prepare_run_dir(run_dir, cfg)
     backbone_path = resolve_backbone(cfg)
     tokenizer = load_tokenizer(backbone_path, cfg.trust_remote_code)
-    features, data_info = make_features(cfg, task, tokenizer)
-    val_examples = validation_examples(cfg, task)
+    train_split = load_examples(task, "train", cfg.data_dir)
+    features, data_info = make_features(cfg, task, tokenizer, train_split)
+    val_examples = validation_examples(cfg, task, train_split)
     data_info.update(val_source="holdout of train" if cfg.holdout else "val", val_examples=len(val_examples))
     model = make_model(cfg, task.num_labels, backbone_path).to(d.device)
     model.train()

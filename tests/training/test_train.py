@@ -255,13 +255,14 @@ def test_holdout_validates_on_a_fixed_slice_of_train_that_is_never_trained_on(tm
                                                                                 cb_rationales, data_dir):
     task = get_task("cb")
     cfg = TrainConfig(task="cb", out=tmp_path / "x", holdout=0.2, data_dir=data_dir)
-    held = validation_examples(cfg, task)
-    trained = [e for e in load_examples(task, "train", data_dir) if not is_held_out(cfg, task, e)]
+    split = load_examples(task, "train", data_dir)
+    held = validation_examples(cfg, task, split)
+    trained = [e for e in split if not is_held_out(cfg, task, e)]
     assert held and trained and not {e.key for e in held} & {e.key for e in trained}
     assert 0.1 < len(held) / (len(held) + len(trained)) < 0.3
     # the slice does not move with the seed or the train limit, so arms and seeds are scored on the same one
     other = TrainConfig(task="cb", out=tmp_path / "y", holdout=0.2, data_dir=data_dir, seed=7, train_limit=5)
-    assert [e.key for e in validation_examples(other, task)] == [e.key for e in held]
+    assert [e.key for e in validation_examples(other, task, split)] == [e.key for e in held]
 
     out = tmp_path / "run"
     assert main(train_args(tiny_backbone, out, cb_rationales, "--holdout", "0.2", "--eval-limit", "1000",
