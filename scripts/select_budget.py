@@ -18,11 +18,14 @@ import argparse
 import json
 import shlex
 import subprocess
+import sys
 import time
 from pathlib import Path
 
-from accuracy_study import (ARMS, REPO, TRACKS, append_row, commit, dhrd_train, machine, read_rows, relative,
-                            training_seconds)
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]  # repo + study
+from study.runs import (REPO, append_row, commit, dhrd_train, machine, read_rows, relative,  # noqa: E402
+                        training_seconds)
+from study.tracks import ARMS, TRACKS  # noqa: E402
 
 DEFAULT_ROWS = REPO / "reports" / "accuracy" / "selection.jsonl"
 HOLDOUT = 0.1  # of the track's train file: e-SNLI ~980 examples, CREAK ~1,000

@@ -62,14 +62,18 @@ def read_flan_tsv(path: Path) -> Iterable[tuple[int, dict]]:
         yield lineno, {"input": text, "answer": answer, "rationale": rationale}
 
 
-def read_records(path: Path, part: str | None = None) -> Iterable[tuple[int, dict]]:
-    records = read_flan_tsv(path) if path.suffix == ".tsv" else read_jsonl(path)
+def read_records(path: Path, part: str | None = None, end: int | None = None) -> Iterable[tuple[int, dict]]:
+    """(line number, record) pairs of a split's file; with `end`, lines from row `end` on are never parsed."""
+    records = read_flan_tsv(path) if path.suffix == ".tsv" else read_jsonl(path, end)
     return ((n, r) for n, r in records if part is None or holdout_part(r.get("input", json.dumps(r))) == part)
 
 
-def read_jsonl(path: Path) -> Iterable[tuple[int, dict]]:
-    """(line number, record) pairs; a bad line raises TaskError naming file and line."""
+def read_jsonl(path: Path, end: int | None = None) -> Iterable[tuple[int, dict]]:
+    """(line number, record) pairs; a bad line raises TaskError naming file and line. Rows (0-based line
+    numbers) from `end` on are not parsed."""
     for lineno, line in _lines(path):
+        if end is not None and lineno - 1 >= end:
+            return
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -82,8 +86,13 @@ def read_jsonl(path: Path) -> Iterable[tuple[int, dict]]:
 def load_examples(task: Task, split: str, data_dir: Path | None = None, limit: int | None = None) -> list[Example]:
     """All examples of one split; labels are checked against the task's label set."""
     path, part = split_source(task, split, data_dir)
+    start, end = task.split_rows.get(split, (0, None))
     examples: list[Example] = []
-    for lineno, record in read_records(path, part):
+    for lineno, record in read_records(path, part, end):
+        if end is not None and lineno - 1 >= end:
+            break  # rows past the split's range are never read (e-SNLI's reserved rows among them)
+        if lineno - 1 < start:
+            continue
         record.setdefault("idx", lineno - 1)
         try:
             for key, fields, raw_label, group in task.rows(record):

@@ -49,6 +49,8 @@ class Task:
         spec: a JSON-able description for custom tasks, recorded in export manifests.
         field_types: fields that are not text: "int" (offsets, indices), "text_list" (answer choices),
             or "scalar" (custom tasks: text or a number); every other field is "text".
+        split_rows: split name -> [start, end) rows of its file (0-based, the record's `idx`) that the
+            split holds; rows outside every range are never read (e-SNLI keeps rows for independent checks).
     """
 
     name: str
@@ -63,6 +65,7 @@ class Task:
     raw_labels: Mapping[Any, str] = field(default_factory=dict)
     spec: Mapping[str, Any] | None = None
     field_types: Mapping[str, str] = field(default_factory=dict)
+    split_rows: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.labels) < 2:

@@ -1,14 +1,18 @@
-"""The accuracy study's statistics and report, on synthetic predictions (the runs themselves are hours)."""
+"""The accuracy study's runs and report, on synthetic predictions (the runs themselves are hours)."""
 from __future__ import annotations
 
-import importlib.util
 import json
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("accuracy_study", REPO / "scripts" / "accuracy_study.py")
-study = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(study)  # type: ignore[union-attr]
+sys.path.insert(0, str(REPO / "scripts"))  # as `python scripts/accuracy_study.py` has it
+from study import report, runs, statistics, tracks  # noqa: E402
+
+# one name space over the package's modules, as the tests read best
+study = SimpleNamespace(**{k: getattr(m, k) for m in (tracks, runs, statistics, report) for k in dir(m)
+                           if not k.startswith("_")})
 
 
 def predictions(path: Path, right: list[bool]) -> Path:
@@ -17,17 +21,8 @@ def predictions(path: Path, right: list[bool]) -> Path:
     return path
 
 
-def test_paired_interval_excludes_zero_only_when_the_arm_is_consistently_better(tmp_path):
-    base = [dict((f"k{i}", i % 2 == 0) for i in range(400)) for _ in range(3)]
-    better = [dict((k, v or int(k[1:]) % 4 == 1) for k, v in b.items()) for b in base]  # +25 points, every seed
-    d, lo, hi = study.paired_ci(better, base)
-    assert abs(d - 0.25) < 1e-9 and 0.2 < lo <= d <= hi < 0.3
-    d, lo, hi = study.paired_ci(base, base)
-    assert d == lo == hi == 0.0
-
-
 def test_report_gives_mean_std_and_the_paired_difference_per_arm(tmp_path, monkeypatch):
-    monkeypatch.setattr(study, "REPO", tmp_path)
+    monkeypatch.setattr(runs, "REPO", tmp_path)
     rows = []
     for seed in (0, 1):
         for arm, acc in (("a0", 0.5), ("a1", 0.75)):
@@ -39,17 +34,18 @@ def test_report_gives_mean_std_and_the_paired_difference_per_arm(tmp_path, monke
     gains: list = []
     text = study.report(rows, gains)
     assert "| a0 | 2 | 0.5000 ± 0.0000 | — | — | — |" in text
-    (label, d, lo, hi, seeds_lo, seeds_hi), = gains  # two seeds: the plot gets the seed-resampled interval too
-    assert label == "esnli a1 (2 seeds)" and seeds_lo < d < seeds_hi and lo < d < hi
+    (label, d, lo, hi, t_lo, t_hi), = gains  # two seeds: the plot gets the t-interval over seeds too
+    assert label == "esnli a1 (2 seeds)" and t_lo == d == t_hi and lo < d < hi  # same +25 on both seeds
     line = next(l for l in text.splitlines() if l.startswith("| a1 |"))
-    assert line.startswith("| a1 | 2 | 0.7500 ± 0.0000 | +25.00 pts [+") and "(2 pairs)" in line
-    low = float(line.split("[")[1].split(",")[0])
-    assert 10 < low < 25  # resampling the 100 examples: an interval around +25 that excludes 0
+    assert line.startswith("| a1 | 2 | 0.7500 ± 0.0000 | — | +25.0, +25.0 | +25.00 [+25.00, +25.00] |")
+    assert "2 seeds: too few to call" in line
+    low = float(line.split("| +25.00 [")[-1].split(",")[0])
+    assert 10 < low < 25  # the bootstrap over the 100 examples: an interval around +25 that excludes 0
     assert "evaluated on 100 held-out examples" in text
 
 
 def test_equal_time_and_two_epoch_arms_are_also_compared_with_the_longer_trained_baseline(tmp_path, monkeypatch):
-    monkeypatch.setattr(study, "REPO", tmp_path)
+    monkeypatch.setattr(runs, "REPO", tmp_path)
     rows = []
     for arm, acc in (("a0", 0.5), ("a1", 0.5), ("a0-2x", 0.7), ("a1-2x", 0.6)):
         pred = predictions(tmp_path / f"{arm}.jsonl", [i < acc * 100 for i in range(100)])
@@ -83,7 +79,7 @@ def test_the_shuffled_ablation_keeps_every_example_and_label_but_moves_the_reaso
 
 
 def test_rows_from_a_gpu_are_reported_apart_and_never_paired_with_cpu_rows(tmp_path, monkeypatch):
-    monkeypatch.setattr(study, "REPO", tmp_path)
+    monkeypatch.setattr(runs, "REPO", tmp_path)
     rows = []
     for device, a1_acc in (("cpu", 0.75), ("NVIDIA H200", 0.25)):
         for arm, acc in (("a0", 0.5), ("a1", a1_acc)):
@@ -107,7 +103,7 @@ def test_kept_predictions_are_compressed_reproducible_and_read_back(tmp_path):
 
 
 def test_merging_a_gpu_machines_rows_adds_only_its_new_runs_with_their_predictions(tmp_path, monkeypatch):
-    monkeypatch.setattr(study, "REPO", tmp_path / "here")
+    monkeypatch.setattr(runs, "REPO", tmp_path / "here")
     ours, theirs = tmp_path / "here", tmp_path / "gpu-out"
     row = lambda arm, device: {"track": "esnli", "arm": arm, "seed": 0,  # noqa: E731
                                "predictions": f"reports/accuracy/predictions/esnli/{arm}-s0.{device}.jsonl.gz",
@@ -159,18 +155,41 @@ def test_training_time_ignores_a_pause_between_kill_and_resume(tmp_path):
     assert study.training_seconds(tmp_path, 9999.0) == 12.0
 
 
-def test_resampling_seeds_widens_the_interval_when_seeds_disagree():
-    base = [dict((f"k{i}", i % 2 == 0) for i in range(400)) for _ in range(3)]
-    up = dict((k, True) for k in base[0])  # +50 points on one seed
-    down = dict((k, False) for k in base[0])  # -50 points on another
-    arm = [up, down, base[2]]
-    d, lo, hi = study.paired_ci(arm, base)
-    wlo, whi = study.seed_and_example_ci(arm, base)
-    assert abs(d) < 1e-9 and (whi - wlo) > 3 * (hi - lo)
+def test_seeds_that_disagree_give_a_wide_t_interval_and_no_verdict(tmp_path, monkeypatch):
+    """Three seeds: +25, −25 and +10 points. The bootstrap over examples, seeds fixed, is narrow; the
+    report's primary interval is over seeds, wide, and three seeds are never called significant."""
+    monkeypatch.setattr(runs, "REPO", tmp_path)
+    rows = []
+    for seed, arm_acc in ((0, 0.75), (1, 0.25), (2, 0.6)):
+        for arm, acc in (("a0", 0.5), ("a1", arm_acc)):
+            pred = predictions(tmp_path / f"{arm}-{seed}.jsonl", [i < acc * 100 for i in range(100)])
+            rows.append({"track": "esnli", "arm": arm, "seed": seed, "metrics": {"accuracy": acc}, "steps": 10,
+                         "train_tokens": 1000, "train_wall_s": 5.0, "predictions": pred.name,
+                         "machine": {"cpu": "X", "cores": 2, "device": "cpu"}, "commit": "abc", "date": "d"})
+    gains: list = []
+    line = next(l for l in study.report(rows, gains).splitlines() if l.startswith("| a1 |"))
+    assert "+25.0, -25.0, +10.0" in line and "3 seeds: too few to call" in line
+    (_, d, lo, hi, t_lo, t_hi), = gains
+    assert (t_hi - t_lo) > 5 * (hi - lo) and t_lo < 0 < t_hi
+    assert round(100 * t_lo, 1) == round(study.seed_test([25.0, -25.0, 10.0]).lo, 1)
+
+
+def test_a_run_that_answers_one_class_is_counted_in_the_table(tmp_path, monkeypatch):
+    monkeypatch.setattr(runs, "REPO", tmp_path)
+    rows = []
+    for arm, right in (("a0", [i % 2 == 0 for i in range(100)]), ("a1", [True] * 100)):
+        pred = predictions(tmp_path / f"{arm}.jsonl", right)  # a1 predicts 1 everywhere (gold is 1)
+        rows.append({"track": "esnli", "arm": arm, "seed": 0, "metrics": {"accuracy": sum(right) / 100}, "steps": 1,
+                     "train_tokens": 1, "train_wall_s": 1.0, "predictions": pred.name,
+                     "machine": {"cpu": "X", "cores": 2, "device": "cpu"}, "commit": "abc", "date": "d"})
+    text = study.report(rows)
+    assert next(l for l in text.splitlines() if l.startswith("| a1 |")).startswith("| a1 | 1 | 1.0000 | 1 |")
+    assert next(l for l in text.splitlines() if l.startswith("| a0 |")).startswith("| a0 | 1 | 0.5000 | — |")
+    assert "the SELECTION split: e-SNLI test rows 0-1999" in text
 
 
 def test_the_superglue_table_averages_like_the_paper_and_shows_the_majority_class(tmp_path, monkeypatch):
-    monkeypatch.setattr(study, "REPO", tmp_path)
+    monkeypatch.setattr(runs, "REPO", tmp_path)
     golds = {"cb": ["entailment"] * 3 + ["contradiction"], "multirc": ["True", "False", "False", "False"],
              "copa": ["choice1"] * 3 + ["choice2"], "rte": ["entailment"] * 3 + ["not_entailment"]}
     rows = []
@@ -195,7 +214,7 @@ def test_the_superglue_table_averages_like_the_paper_and_shows_the_majority_clas
 
 
 def test_the_superglue_average_difference_has_an_interval_over_seeds_and_examples(tmp_path, monkeypatch):
-    monkeypatch.setattr(study, "REPO", tmp_path)
+    monkeypatch.setattr(runs, "REPO", tmp_path)
     labels = {"cb": ["entailment", "contradiction"], "copa": ["choice1", "choice2"],
               "rte": ["entailment", "not_entailment"]}
     rows = []
@@ -215,7 +234,7 @@ def test_the_superglue_average_difference_has_an_interval_over_seeds_and_example
 
 
 def test_the_superglue_table_has_no_average_until_every_task_has_both_arms(tmp_path, monkeypatch):
-    monkeypatch.setattr(study, "REPO", tmp_path)
+    monkeypatch.setattr(runs, "REPO", tmp_path)
     pred = tmp_path / "rte.jsonl"
     pred.write_text(json.dumps({"key": "rte/0", "pred": "entailment", "gold": "entailment"}) + "\n")
     rows = [{"track": "rte", "arm": arm, "seed": 0, "metrics": {"accuracy": 0.5, "score": 0.5}, "predictions": pred.name}
@@ -225,7 +244,7 @@ def test_the_superglue_table_has_no_average_until_every_task_has_both_arms(tmp_p
 
 
 def test_a_teacher_comparison_trains_both_rationale_sets_on_the_same_examples(tmp_path, monkeypatch):
-    monkeypatch.setattr(study, "REPO", tmp_path)
+    monkeypatch.setattr(runs, "REPO", tmp_path)
     sets = tmp_path / "data" / "rationales"
     sets.mkdir(parents=True)
     row = lambda k, teacher: json.dumps({"key": f"wsc/{k}", "label": "True",  # noqa: E731
@@ -247,10 +266,31 @@ def test_a_teacher_comparison_trains_both_rationale_sets_on_the_same_examples(tm
 
 def test_padding_waste_counts_the_pad_tokens_of_the_arms_own_batches(tmp_path, monkeypatch, tiny_backbone, data_dir):
     plain = study.train_args
-    monkeypatch.setattr(study, "train_args", lambda *a: plain(*a) + ["--backbone", str(tiny_backbone),
+    monkeypatch.setattr(runs, "train_args", lambda *a: plain(*a) + ["--backbone", str(tiny_backbone),
                                                                      "--data-dir", str(data_dir)])
     a0, a1 = study.padding_waste("cb", "a0"), study.padding_waste("cb", "a1")
     assert a0["examples"] == a1["examples"] == 250
     assert a1["real_tokens"] > a0["real_tokens"]  # the rationale and answer
     for r in (a0, a1):
         assert r["real_tokens"] < r["padded_tokens"] and r["waste"] == round(1 - r["real_tokens"] / r["padded_tokens"], 4)
+
+
+def test_the_confirmation_gives_its_verdict_only_when_every_planned_seed_has_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(runs, "REPO", tmp_path)
+    plan = study.CONFIRMATION
+    arm, baseline = plan["primary"]
+    rows = []
+    for seed, gain in zip(plan["seeds"], (0.03, 0.02, 0.04, 0.01, 0.03)):
+        for name, acc in ((baseline, 0.7), (arm, 0.7 + gain)):
+            pred = predictions(tmp_path / f"{name}-{seed}.jsonl", [i < acc * 100 for i in range(100)])
+            rows.append({"track": plan["track"], "arm": name, "seed": seed, "metrics": {"accuracy": acc},
+                         "steps": 1, "train_tokens": 1, "train_wall_s": 1.0, "predictions": pred.name,
+                         "machine": {"cpu": "X", "cores": 2, "device": "cpu"}, "commit": "abc", "date": "d"})
+    assert "4 of 5 planned seed pairs done; no verdict" in study.confirmation_verdict(rows[:-2])
+    verdict = study.confirmation_verdict(rows)
+    assert "mean +2.60 points over 5 seeds" in verdict and "**CONFIRMED**" in verdict
+    flat = [dict(r, metrics={"accuracy": 0.7}) for r in rows]
+    assert "**NOT CONFIRMED**" in study.confirmation_verdict(flat)
+    assert "the CONFIRMATION split: e-SNLI test rows 2000-5999" in study.report(rows)
+    args = study.train_args(plan["track"], "a1-2x-suffix-shuffled", 10, tmp_path / "esnli-confirm" / "x-s10")
+    assert args[args.index("--lm-span") + 1] == "suffix" and args[-1].endswith("shuffled-s10.jsonl")

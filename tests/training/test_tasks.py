@@ -122,3 +122,25 @@ def test_flan_files_are_split_90_10_by_input_hash(data_dir):
     train, val = load_examples(task, "train", data_dir), load_examples(task, "val", data_dir)
     assert 0.08 < len(val) / (len(train) + len(val)) < 0.12
     assert not {e.key for e in train} & {e.key for e in val}
+
+
+def test_a_split_holds_only_its_declared_rows_and_never_reads_past_them(tmp_path):
+    """e-SNLI's test file is three splits of ours; a split with `split_rows` yields only its rows and
+    stops reading at its end (here, a row past the end is not even valid JSON)."""
+    from dataclasses import replace
+
+    data = tmp_path / "nli.jsonl"
+    rows = [json.dumps({"premise": f"p{i}", "hypothesis": "h", "label": 0}) for i in range(6)]
+    data.write_text("\n".join(rows + ["{not json: the reserved rows are never parsed"]) + "\n")
+    task = replace(get_task("esnli"), splits={"val": str(data), "confirm": str(data)},
+                   split_rows={"val": (0, 2), "confirm": (2, 6)})
+    assert [e.key for e in load_examples(task, "val")] == ["esnli/0", "esnli/1"]
+    assert [e.key for e in load_examples(task, "confirm")] == [f"esnli/{i}" for i in range(2, 6)]
+    assert [e.key for e in load_examples(task, "confirm", limit=2)] == ["esnli/2", "esnli/3"]
+
+
+def test_esnli_rows_6000_and_later_belong_to_no_split():
+    task = get_task("esnli")
+    test_file_splits = [s for s, path in task.splits.items() if path.endswith("esnli_test.json")]
+    assert sorted(test_file_splits) == ["confirm", "val"]
+    assert task.split_rows == {"val": (0, 2000), "confirm": (2000, 6000)}

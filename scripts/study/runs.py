@@ -1,0 +1,223 @@
+"""Running the study: one `dhrd train` + `dhrd evaluate` per (track, arm, seed), one JSON row appended per
+finished run with its per-example predictions kept beside it (gzip), resumable, and merging another
+machine's rows (scripts/gpu_study.sh)."""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import random
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from loadtest.provenance import commit
+
+from .tracks import ARMS, TRACKS
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+# The `dhrd` command: the console script beside this interpreter (the README's .venv), or, where the
+# package is only on the path (the GPU machine runs the checkout without installing it), `python -m dhrd`.
+DHRD = [str(BIN / "dhrd")] if (BIN / "dhrd").exists() else [sys.executable, "-m", "dhrd"]
+DEFAULT_ROWS = REPO / "reports" / "accuracy" / "rows.jsonl"
+
+
+def at_repo(path: str | Path) -> Path:
+    """A path a row records (relative to the repository) as a file here."""
+    return REPO / path
+
+
+def machine() -> dict:
+    """loadtest.provenance's machine, plus what trained (torch, device)."""
+    import torch
+
+    from loadtest.provenance import machine as host
+
+    return {**host(), "torch": torch.__version__,
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
+
+
+def row_device(row: dict) -> str:
+    """"cpu" or "cuda": rows from different devices are never paired or averaged together."""
+    return "cpu" if row.get("machine", {}).get("device", "cpu") == "cpu" else "cuda"
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def shuffled_rationales(track: dict, out: Path, seed: int) -> Path:
+    """The track's rationale file with rationales permuted across examples (labels kept): the paper's
+    alignment ablation. If these help as much, the gain is regularisation, not reasoning."""
+    from training.rationales.rows import default_rationale_file, read_rows
+    from contract.tasks import get_task
+
+    rows = [row for _, row in read_rows(default_rationale_file(get_task(track["task"])))]
+    texts = [r["rationale"] for r in rows]
+    random.Random(seed).shuffle(texts)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps({**r, "rationale": t}) + "\n" for r, t in zip(rows, texts)))
+    return out
+
+
+def rationale_subset(spec: dict, out: Path, keys: set[str] | None = None) -> tuple[Path, set[str]]:
+    """A committed set cut to one teacher's rows (`spec["teacher"]`, if given) and to `keys` (if given),
+    written to `out`; returns the file and the keys it holds."""
+    from training.rationales.rows import read_rows
+
+    rows = [row for _, row in read_rows(REPO / "data" / "rationales" / spec["file"])
+            if ("teacher" not in spec or row.get("teacher") == spec["teacher"]) and (keys is None or row["key"] in keys)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out, {r["key"] for r in rows}
+
+
+def track_rationales(name: str, run: Path, alt: bool) -> list[str]:
+    """`--rationales FILE` for a track with its own rationale set (or its alternative set, cut to the same
+    examples), so every arm trains the same examples; nothing for a track on the committed default set."""
+    track = TRACKS[name]
+    if "rationales" not in track:
+        return []
+    main, keys = rationale_subset(track["rationales"], run.parent / "rationales.jsonl")
+    if alt:
+        main, _ = rationale_subset(track["alt_rationales"], run.parent / "alt-rationales.jsonl", keys)
+    return ["--rationales", str(main)]
+
+
+def train_args(name: str, arm: str, seed: int, run: Path) -> list[str]:
+    track = TRACKS[name]
+    flags = list(ARMS[arm])
+    alt = "--alt-rationales" in flags
+    if alt:
+        flags.remove("--alt-rationales")
+    flags += track_rationales(name, run, alt)
+    epochs = track["epochs"]
+    if "--epochs-multiplier" in flags:
+        i = flags.index("--epochs-multiplier")
+        epochs *= int(flags[i + 1])
+        del flags[i:i + 2]
+    if "--shuffled-rationales" in flags:
+        flags.remove("--shuffled-rationales")
+        flags += ["--rationales", str(shuffled_rationales(track, run.parent / f"shuffled-s{seed}.jsonl", seed))]
+    # in-training validation on a small slice only (it costs time and picks nothing: 'last' is scored)
+    return dhrd_train(track, run, seed, epochs, "--eval-limit", "64", *flags)
+
+
+def dhrd_train(track: dict, run: Path, seed: int, epochs: int, *flags: str) -> list[str]:
+    """`dhrd train` on a track's fixed train subset (the same examples for every arm and seed), resumable."""
+    return [*DHRD, "train", "--task", track["task"], "--out", str(run), "--seed", str(seed),
+            "--train-limit", str(track["train_limit"]), "--only-with-rationales", "--epochs", str(epochs),
+            "--eval-batch-size", "32", "--no-progress", "--resume", *flags]
+
+
+def run_one(name: str, arm: str, seed: int, runs: Path, rows_path: Path) -> dict:
+    run = runs / name / f"{arm}-s{seed}"
+    track = TRACKS[name]
+    cmd = train_args(name, arm, seed, run)
+    started = time.time()
+    subprocess.run(cmd, check=True, cwd=REPO)
+    trained = time.time() - started
+    split = track.get("split", "val")
+    evaluate = [*DHRD, "evaluate", str(run), "--split", split, "--checkpoint", "last",
+                "--batch-size", "32", *(["--limit", str(track["eval_limit"])] if track["eval_limit"] else [])]
+    subprocess.run(evaluate, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    where = machine()
+    predictions = keep_predictions(run / "eval" / f"{split}.predictions.jsonl", rows_path.parent / "predictions" / name
+                                   / f"{arm}-s{seed}.{row_device({'machine': where})}.jsonl.gz")
+    summary = json.loads((run / "summary.json").read_text())
+    evaluated = json.loads((run / "eval" / f"{split}.metrics.json").read_text())
+    row = {"track": name, "arm": arm, "seed": seed, "task": track["task"], "split": split,
+           "metrics": evaluated["metrics"],
+           "train_examples": summary["data"]["train_examples"],
+           "examples": evaluated["examples"], "steps": summary["steps"], "train_tokens": summary["tokens"],
+           "train_wall_s": training_seconds(run, trained),
+           "predictions": str(predictions.relative_to(REPO)) if predictions.is_relative_to(REPO) else str(predictions),
+           "train_command": shlex.join(relative(cmd)), "eval_command": shlex.join(relative(evaluate)),
+           "machine": where,
+           "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M")}
+    append_row(rows_path, row)
+    return row
+
+
+def append_row(rows_path: Path, row: dict) -> None:
+    rows_path.parent.mkdir(parents=True, exist_ok=True)
+    with rows_path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def keep_predictions(source: Path, kept: Path) -> Path:
+    """Copy a run's per-example predictions beside the rows (gzip, a few hundred kB per run), so the report's
+    paired intervals can be recomputed from the repository: run directories are local and not committed."""
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    tmp = kept.with_name(kept.name + ".tmp")  # written whole, then renamed: a kill leaves no half file
+    tmp.write_bytes(gzip.compress(source.read_bytes(), mtime=0))  # mtime=0: same predictions, same bytes
+    tmp.replace(kept)
+    return kept
+
+
+def read_predictions(path: Path) -> list[dict]:
+    text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def merge_rows(other_root: Path, rows_path: Path) -> list[dict]:
+    """Append another machine's finished runs (its checkout's rows file and kept predictions, as
+    scripts/gpu_study.sh brings them back under `other_root`) to ours: rows we lack, by (track, arm,
+    seed, device), with their predictions. Returns the rows added."""
+    ours = {(r["track"], r["arm"], r["seed"], row_device(r)) for r in read_rows(rows_path)}
+    theirs = read_rows(other_root / rows_path.relative_to(REPO))
+    added = [r for r in theirs if (r["track"], r["arm"], r["seed"], row_device(r)) not in ours]
+    for r in added:
+        target = REPO / r["predictions"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((other_root / r["predictions"]).read_bytes())
+    with rows_path.open("a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in added)
+    return added
+
+
+def relative(cmd: list[str]) -> list[str]:
+    """A command as someone in the repository would type it (no machine's absolute paths in reports)."""
+    return [str(Path(a).relative_to(REPO)) if a.startswith(str(REPO) + "/") else a for a in cmd]
+
+
+def training_seconds(run: Path, this_call: float) -> float:
+    """Wall time of the training steps from the step log, or this call's time when there is no log.
+    Robust to a run paused (killed, resumed later): a gap over 10x the median step is counted as one
+    median step (the steps redone after the resume are in the log's later rows)."""
+    times = [json.loads(line)["time"] for line in (run / "log.jsonl").read_text().splitlines() if line.strip()] \
+        if (run / "log.jsonl").exists() else []
+    if len(times) < 2:
+        return round(this_call, 1)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    median = statistics.median(gaps)
+    return round(median + sum(g if g <= 10 * median else median for g in gaps), 1)
+
+
+def padding_waste(name: str, arm: str, seed: int = 0) -> dict:
+    """Share of padding in one epoch of this arm's micro-batches, built by `dhrd train`'s own code from
+    the same arguments: the measure of what packing or finer length grouping could still save."""
+    from training.config import TrainConfig, add_train_arguments
+    from training.data import load_examples
+    from training.loop import Dist, epoch_batches, make_features
+    from contract.encoding import load_tokenizer
+    from contract.tasks import get_task
+    from training.run_dir import resolve_backbone
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    argv = train_args(name, arm, seed, Path(tempfile.mkdtemp()) / name / f"{arm}-s{seed}")[2:]  # after `dhrd train`
+    cfg = TrainConfig.from_args(parser.parse_known_args(argv)[0])
+    tokenizer = load_tokenizer(resolve_backbone(cfg), cfg.trust_remote_code)
+    task = get_task(cfg.task)
+    feats, _ = make_features(cfg, task, tokenizer, load_examples(task, "train", cfg.data_dir))
+    batches = epoch_batches(feats, cfg, 0, Dist())
+    real = sum(len(feats[i].input_ids) for b in batches for i in b)
+    padded = sum(len(b) * max(len(feats[i].input_ids) for i in b) for b in batches)
+    return {"track": name, "arm": arm, "examples": len(feats), "real_tokens": real, "padded_tokens": padded,
+            "waste": round(1 - real / padded, 4)}
