@@ -191,3 +191,42 @@ def test_a_body_that_never_finishes_is_408():
 
     response = run(go())
     assert response.status_code == 408 and response.json()["error"]["type"] == "timeout"
+
+
+# --- issue 23, item 8: one caller's CoT parameters must not fail another's request ----------------------
+def _two_cot_calls(tiny_export, bad: dict):
+    """A good and a bad /classify/cot call sent together, so they would share one generation batch."""
+    async def go():
+        settings = Settings(models={"cb": tiny_export}, dtype="float32", cot=True, cot_max_new_tokens=4,
+                            max_wait_ms=200)
+        async with serving(settings) as client:
+            good = {"model": "cb", "input": "a b", "max_new_tokens": 2, "seed": 1}
+            return await asyncio.gather(client.post("/classify/cot", json=good),
+                                        client.post("/classify/cot", json={**good, **bad}))
+    return run(go())
+
+
+@pytest.mark.parametrize("seed", [2**70, -(2**63) - 1, 2**63])
+def test_an_out_of_range_cot_seed_is_a_422_and_the_request_beside_it_is_served(tiny_export, seed):
+    good, bad = _two_cot_calls(tiny_export, {"seed": seed})
+    assert bad.status_code == 422, bad.text
+    assert bad.json()["error"]["field"] == "seed"
+    assert good.status_code == 200, good.text
+
+
+def test_a_generation_group_that_fails_fails_only_its_own_request(tiny_export, monkeypatch):
+    """Defence in depth: whatever makes `generate()` raise for one request's parameters, requests with
+    other parameters in the same batch are still answered."""
+    from service.cot import CotRunner
+
+    original = CotRunner._generate_group
+
+    def fragile(self, prompts, params):
+        if params.temperature == 0.5:
+            raise ValueError("this group's parameters break generate()")
+        return original(self, prompts, params)
+
+    monkeypatch.setattr(CotRunner, "_generate_group", fragile)
+    good, bad = _two_cot_calls(tiny_export, {"temperature": 0.5})
+    assert good.status_code == 200, good.text
+    assert bad.status_code == 500 and bad.json()["error"]["type"] == "internal"
