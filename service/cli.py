@@ -73,7 +73,8 @@ def check_exports(settings: Settings) -> None:
     from contract.export_reader import check_export
 
     for path in settings.models.values():
-        check_export(path, verify_hashes=settings.verify_hashes)
+        check_export(path, verify_hashes=settings.verify_hashes,
+                     allow_missing_digest=settings.allow_missing_manifest_digest)
     if not settings.verify_hashes:
         log.warning("--no-verify-hashes: export files are NOT checked against their manifests' sha256")
 

@@ -83,9 +83,9 @@ class ModelRunner(InputEncoder):
 
     @classmethod
     def from_export(cls, path: Path, dtype: str = "bfloat16", device: str = "cpu", verify_hashes: bool = True,
-                    compile: bool = False) -> "ModelRunner":
-        return cls(load_export(path, dtype=DTYPES[dtype], device=device, verify_hashes=verify_hashes), device,
-                   compile)
+                    compile: bool = False, allow_missing_digest: bool = False) -> "ModelRunner":
+        return cls(load_export(path, dtype=DTYPES[dtype], device=device, verify_hashes=verify_hashes,
+                               allow_missing_digest=allow_missing_digest), device, compile)
 
     def use_cuda_graphs(self, max_batch_size: int, max_batch_tokens: int) -> bool:
         """Capture the classifier as CUDA graphs (graphs.py); on any failure keep eager and say why."""

@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     device: str = Field("cpu", description="'cpu' or 'cuda[:N]'")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice)")
     verify_hashes: bool = Field(True, description="check every export file against its manifest sha256")
+    # Deleting manifest.sha256 must not turn a tampered manifest into a warning: a missing digest is
+    # refused unless the operator says, for exports written before the digest existed, to load unchecked.
+    allow_missing_manifest_digest: bool = Field(False, description="load exports that have no manifest.sha256 "
+                                                "(written before it existed); their manifest is NOT checked")
     compile: bool = Field(False, description="torch.compile the classifier (inductor, frozen weights); slower "
                                              "start-up, see BENCHMARKS.md for what it buys")
     cuda_graphs: bool = Field(True, description="on a CUDA device, capture the classifier as CUDA graphs for "
