@@ -14,7 +14,8 @@ class Settings(BaseSettings):
     """Every knob of the service. Environment: `DHRD_<FIELD>` (e.g. `DHRD_MAX_BATCH_SIZE=64`);
     models as `DHRD_MODELS='{"cb": "exports/cb"}'` (JSON) or `cb=exports/cb,rte=exports/rte`."""
 
-    model_config = SettingsConfigDict(env_prefix="DHRD_", extra="forbid")
+    # hide_input_in_errors: a refused setting (an API key among them) is not echoed into logs.
+    model_config = SettingsConfigDict(env_prefix="DHRD_", extra="forbid", hide_input_in_errors=True)
 
     models: Annotated[dict[str, Path], NoDecode] = Field(default_factory=dict, description="served name -> export directory")
     host: str = "127.0.0.1"
@@ -77,18 +78,33 @@ class Settings(BaseSettings):
     @field_validator("models", mode="before")
     @classmethod
     def _parse_models(cls, value):
-        """Accept `name=path,name=path` as well as a JSON object or a dict."""
+        """Accept `name=path,name=path` as well as a JSON object or a dict. A name given twice is refused:
+        `--model cb=A --model cb=B` would otherwise serve B without a word."""
         if isinstance(value, str) and value.strip().startswith("{"):
-            return json.loads(value)
+            return json.loads(value, object_pairs_hook=_unique_models)
         if isinstance(value, str):
-            pairs = [p for p in value.split(",") if p.strip()]
-            parsed = {}
-            for pair in pairs:
+            pairs = []
+            for pair in (p for p in value.split(",") if p.strip()):
                 name, sep, path = pair.partition("=")
                 if not sep or not name.strip() or not path.strip():
-                    raise ValueError(f"model spec {pair!r} must look like NAME=EXPORT_DIR")
-                parsed[name.strip()] = path.strip()
-            return parsed
+                    raise ValueError(f"--model spec {pair!r} must look like NAME=EXPORT_DIR")
+                pairs.append((name.strip(), path.strip()))
+            return _unique_models(pairs)
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _check_api_key(cls, value: str | None) -> str | None:
+        """An empty key would silently serve without auth; a key with spaces or non-ASCII characters would
+        never match (HTTP carries header bytes, and clients send UTF-8 where the server reads Latin-1)."""
+        if value is None:
+            return value
+        if not value.strip():
+            raise ValueError("--api-key (DHRD_API_KEY) is empty, which would serve without auth; "
+                             "leave the flag out to serve without a key, or give a real key")
+        if not all("!" <= c <= "~" for c in value):
+            raise ValueError("--api-key (DHRD_API_KEY) may only hold printable ASCII without spaces "
+                             "(e.g. `openssl rand -hex 32`): no client could send another key so that it matches")
         return value
 
     @field_validator("cors_origins", mode="before")
@@ -117,3 +133,14 @@ class Settings(BaseSettings):
             if not name.replace("-", "").replace("_", "").isalnum():
                 raise ValueError(f"model name {name!r} may only hold letters, digits, '-' and '_'")
         return self
+
+
+def _unique_models(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """`--model` / DHRD_MODELS pairs as a dict; raises ValueError naming a name given twice."""
+    models: dict[str, str] = {}
+    for name, path in pairs:
+        if name in models:
+            raise ValueError(f"--model (DHRD_MODELS) names model {name!r} twice ({models[name]!r} and {path!r}); "
+                             "each name serves one export")
+        models[name] = path
+    return models
