@@ -230,3 +230,87 @@ def test_a_generation_group_that_fails_fails_only_its_own_request(tiny_export, m
     good, bad = _two_cot_calls(tiny_export, {"temperature": 0.5})
     assert good.status_code == 200, good.text
     assert bad.status_code == 500 and bad.json()["error"]["type"] == "internal"
+
+
+# --- issue 23, item 6: a huge input costs work bounded by max_length, and never stalls the event loop -----
+SMOLLM2_TOKENIZER = __import__("pathlib").Path(__file__).resolve().parents[2] / "loadtest" / "assets" / "smollm2"
+
+
+def test_a_huge_one_word_input_is_encoded_in_bounded_time():
+    """The real tokenizer took ~0.7-1.4 s per MB on the whole text before cutting it to max_length."""
+    import time
+
+    from contract.encoding import load_tokenizer
+    from service.runner import InputEncoder
+
+    from .conftest import FAKE_TASK, FakeManifest
+
+    manifest = FakeManifest()
+    manifest.max_length = 512
+    encoder = InputEncoder(manifest, FAKE_TASK, load_tokenizer(SMOLLM2_TOKENIZER))
+    for text in ("a" * 1_900_000, "word " * 380_000, "é🙂" * 600_000):
+        started = time.perf_counter()
+        encoded = encoder.encode(text, 0, truncate=True)
+        assert time.perf_counter() - started < 0.3
+        assert encoded.truncated and len(encoded.ids) == 512
+        started = time.perf_counter()
+        with pytest.raises(Exception, match="over the model's limit of 512"):
+            encoder.encode(text, 0, truncate=False)
+        assert time.perf_counter() - started < 0.3
+
+
+def test_cutting_before_tokenising_keeps_the_ids_of_real_text():
+    """Where the text has word boundaries the bounded encoder gives exactly the ids of the whole text's."""
+    import random
+
+    from contract.encoding import encode_bounded, encode_input, load_tokenizer
+
+    tokenizer = load_tokenizer(SMOLLM2_TOKENIZER)
+    rng = random.Random(0)
+    vocabulary = ["the", "premise", "said", "naïve", "café", "東京", "🙂", "x" * 30, "#" * 80, "\n", "  ", "\t",
+                  "Question:", "42", "3.14", "don't", "—", "\n" + " " * 80]
+    for n in (10, 600, 3_000, 40_000):
+        text = " ".join(rng.choice(vocabulary) for _ in range(n))
+        for max_length in (16, 512):
+            ids, truncated, count = encode_bounded(tokenizer, text, max_length)
+            assert (ids, truncated) == encode_input(tokenizer, text, max_length), (n, max_length)
+            assert count is None or count == len(tokenizer(text)["input_ids"])
+
+
+def test_huge_inputs_do_not_stall_health_or_other_requests():
+    """Four 1.9 MB one-word inputs (under the 2 MB body limit) used to hold the event loop ~2.6 s each."""
+    import time
+
+    from contract.encoding import load_tokenizer
+
+    runner = FakeRunner()
+    runner.tokenizer = load_tokenizer(SMOLLM2_TOKENIZER)
+    runner.manifest.max_length = 512
+
+    async def go():
+        async with serving(Settings(models={}), {"cb": runner}) as client:
+            huge = {"model": "cb", "input": "a" * 1_900_000}
+            slow: list[float] = []
+            stop = asyncio.Event()
+
+            async def health():  # /health, and how long the event loop was held between its calls
+                while not stop.is_set():
+                    started = time.perf_counter()
+                    assert (await client.get("/health")).status_code == 200
+                    await asyncio.sleep(0.01)
+                    slow.append(time.perf_counter() - started - 0.01)
+
+            pinging = asyncio.ensure_future(health())
+            await asyncio.sleep(0.05)
+            answers = await asyncio.gather(
+                *(client.post("/classify", json=huge) for _ in range(4)),
+                client.post("/classify", json={**huge, "truncate": False}),
+                client.post("/classify", json={"model": "cb", "input": "It rained."}))
+            stop.set()
+            await pinging
+            return answers, slow
+
+    answers, slow = run(go())
+    assert [a.status_code for a in answers] == [200] * 4 + [422, 200], [a.text[:200] for a in answers]
+    assert answers[0].json()["data"][0]["truncated"] is True
+    assert max(slow) < 0.5, slow
