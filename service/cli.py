@@ -60,8 +60,10 @@ def serve(args: argparse.Namespace) -> None:
             raise SystemExit(code)
         return
     app = create_app(settings, hashes_checked=settings.verify_hashes)
+    from .connections import uvicorn_options
+
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level,
-                            limit_concurrency=settings.max_connections,
+                            **uvicorn_options(settings),
                             # uvicorn's own cut-off comes after ours, so what we could not finish is answered 503
                             timeout_graceful_shutdown=settings.grace_s + 10)
     DrainingServer(config, app).run()

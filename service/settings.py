@@ -61,9 +61,15 @@ class Settings(BaseSettings):
     # past this many requests in flight, POSTs are answered 429 without reading their bodies.
     max_concurrent_requests: int = Field(1024, ge=1, description="requests in flight before an early 429")
     body_timeout_s: float = Field(10.0, gt=0, description="a request body not fully received by then -> 408")
-    # The last line of defence, at the connection level: uvicorn answers requests past this many open
-    # connections with its own plain-text 503 (the one answer that is not our JSON shape).
-    max_connections: int = Field(4096, ge=16, description="open connections before uvicorn refuses more")
+    # The last line of defence, at the connection level: past this many open connections a request gets
+    # a JSON 503 from the protocol (service/connections.py; uvicorn's own answer was plain text).
+    max_connections: int = Field(4096, ge=16, description="open connections before requests get a JSON 503")
+    # What uvicorn does not bound (service/connections.py): a connection that sends nothing, or its
+    # headers slowly, or headers of any size, holds a connection slot or memory without the API key.
+    header_timeout_s: float = Field(10.0, gt=0, description="a request's headers must arrive within this "
+                                    "many seconds of the connection opening or of the previous answer "
+                                    "(idle: closed; partial: 408)")
+    max_header_bytes: int = Field(65536, ge=1024, description="request line and headers larger -> 431")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="no CORS unless origins are listed")
 
     # --- chain-of-thought comparison endpoint ---------------------------------------------------

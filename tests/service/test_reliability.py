@@ -314,3 +314,66 @@ def test_huge_inputs_do_not_stall_health_or_other_requests():
     assert [a.status_code for a in answers] == [200] * 4 + [422, 200], [a.text[:200] for a in answers]
     assert answers[0].json()["data"][0]["truncated"] is True
     assert max(slow) < 0.5, slow
+
+
+# --- issue 23, item 7: idle or slow connections, and huge headers, at the connection level -----------------
+def test_idle_connections_are_closed_and_huge_or_slow_headers_get_json(tmp_path):
+    """With --max-connections 16, 20 connections that send nothing used to make every request get uvicorn's
+    plain-text 503 forever, and a 100 MB header was read into memory without a limit."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from loadtest.servers import free_port, spawn_until_ready, stop
+
+    fixture = __import__("pathlib").Path(__file__).resolve().parents[1] / "fixtures" / "export-v1-cb"
+    port = free_port()
+    cmd = [sys.executable, "-m", "dhrd", "serve", "--model", f"cb={fixture}", "--port", str(port), "--dtype",
+           "float32", "--max-connections", "16", "--header-timeout-s", "1", "--max-header-bytes", "16384",
+           "--log-level", "warning"]
+    proc = spawn_until_ready(cmd, f"http://127.0.0.1:{port}/ready", tmp_path / "serve.log", timeout=120, poll=0.2)
+
+    def connect() -> socket.socket:
+        return socket.create_connection(("127.0.0.1", port), timeout=10)
+
+    def answer(sock: socket.socket) -> tuple[int, dict]:
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert b"application/json" in head.lower(), data[:300]
+        return int(head.split()[1]), json.loads(body)
+
+    def health() -> int:
+        with connect() as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            return answer(sock)[0]
+
+    try:
+        idle = [connect() for _ in range(20)]
+        time.sleep(0.3)
+        crowded_status, crowded = None, None
+        with connect() as sock:  # over the cap: refused, in our JSON shape
+            sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            crowded_status, crowded = answer(sock)
+        time.sleep(1.5)  # the idle ones are closed after --header-timeout-s
+        assert all(s.recv(1) == b"" for s in idle)
+        assert health() == 200
+        assert crowded_status == 503 and crowded["error"]["type"] == "overloaded"
+
+        with connect() as sock:  # a header over the limit: 431, without reading the rest
+            sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 65536)
+            status, body = answer(sock)
+        assert status == 431 and body["error"]["field"] == "headers"
+
+        with connect() as sock:  # headers trickling in past the timeout: 408
+            sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n")
+            status, body = answer(sock)
+        assert status == 408 and body["error"]["type"] == "timeout"
+        for s in idle:
+            s.close()
+        assert health() == 200
+    finally:
+        stop(proc, timeout=30)
