@@ -139,7 +139,7 @@ class _Base:
 
     def _deadline(self) -> float | None:
         """When a call starting now must be over (`self._clock` time), or None: no bound."""
-        return None if self.deadline_s is None else self._clock() + self.deadline_s
+        return None if self.deadline_s is None or self.deadline_s == float("inf") else self._clock() + self.deadline_s
 
     def _attempt_timeout(self, deadline: float | None) -> float | httpx.Timeout:
         """The next attempt's timeout: the per-attempt `timeout`, cut to what is left of the call's deadline;
