@@ -56,23 +56,24 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._await_headers()
-
-    def _await_headers(self) -> None:
-        """A new request may start: count its header bytes and start its deadline."""
-        self._in_headers = True
+        self._in_headers = False  # between a request's first byte and the end of its headers
         self._header_bytes = 0
-        self._header_timer: asyncio.TimerHandle | None = self.loop.call_later(self.header_timeout_s,
-                                                                              self._headers_too_slow)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._await_request()
 
-    def _headers_received(self) -> None:
-        self._in_headers = False
+    def _await_request(self) -> None:
+        """No request is being served: the next one's headers are due within `header_timeout_s`."""
+        self._cancel_timer()
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
+
+    def _cancel_timer(self) -> None:
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
 
     def _refuse(self, answer: bytes | None) -> None:
-        self._headers_received()
+        self._cancel_timer()
+        self._in_headers = False
         if not self.transport.is_closing():
             if answer is not None:
                 self.transport.write(answer)
@@ -80,25 +81,30 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _headers_too_slow(self) -> None:
         self._header_timer = None
-        if not self._in_headers:
-            return
-        if self._header_bytes == 0:  # nothing sent: an idle connection, closed as a kept-alive one would be
+        if not self._in_headers:  # nothing of a request sent: idle, closed as a kept-alive one would be
             self._refuse(None)
         else:
             self._refuse(error_bytes(408, "timeout", f"request headers not received within "
                                                      f"{self.header_timeout_s:g} s", "headers"))
 
     def data_received(self, data: bytes) -> None:
-        if self._in_headers:
-            self._header_bytes += len(data)
         super().data_received(data)
-        # The parser ran its callbacks for `data`: still in the headers and over the limit, stop reading.
-        if self._in_headers and self._header_bytes > self.max_header_bytes:
-            self._refuse(error_bytes(431, "too_large", f"request line and headers are over the limit of "
-                                                       f"{self.max_header_bytes} bytes", "headers"))
+        # The parser has run its callbacks for `data`: still inside a request's headers (this request's,
+        # or the next one's arriving while this one is served), count them, and stop past the limit.
+        if self._in_headers and not self.transport.is_closing():
+            self._header_bytes += len(data)
+            if self._header_bytes > self.max_header_bytes:
+                self._refuse(error_bytes(431, "too_large", f"request line and headers are over the limit of "
+                                                           f"{self.max_header_bytes} bytes", "headers"))
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_headers = True
+        self._header_bytes = 0
 
     def on_headers_complete(self) -> None:
-        self._headers_received()
+        self._in_headers = False
+        self._cancel_timer()
         cap = self.max_connections
         if cap is not None and (len(self.connections) >= cap or len(self.tasks) >= cap):
             app, self.app = self.app, _over_capacity  # this request only: the app is chosen here, once
@@ -110,12 +116,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
+        queued = bool(self.pipeline)  # a pipelined request, already parsed, starts now
         super().on_response_complete()
-        if not self.transport.is_closing():
-            self._await_headers()  # the next request on this kept-alive connection
+        if not queued and not self.transport.is_closing():
+            self._await_request()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._headers_received()
+        self._cancel_timer()
         super().connection_lost(exc)
 
 

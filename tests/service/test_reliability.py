@@ -375,5 +375,15 @@ def test_idle_connections_are_closed_and_huge_or_slow_headers_get_json(tmp_path)
         for s in idle:
             s.close()
         assert health() == 200
+
+        with connect() as sock:  # kept-alive and pipelined requests are still served
+            ask = b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n"
+            sock.sendall(ask)
+            time.sleep(0.6)
+            sock.sendall(ask + ask[:-2] + b"connection: close\r\n\r\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        assert data.count(b"HTTP/1.1 200 OK") == 3, data
     finally:
         stop(proc, timeout=30)
