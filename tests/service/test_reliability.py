@@ -387,3 +387,29 @@ def test_idle_connections_are_closed_and_huge_or_slow_headers_get_json(tmp_path)
         assert data.count(b"HTTP/1.1 200 OK") == 3, data
     finally:
         stop(proc, timeout=30)
+
+
+def test_admission_counts_the_requests_own_tokenising_time_against_its_deadline():
+    """The honest queue refuses work that would finish past its deadline; tokenising is part of that work."""
+    from service.served import InputOptions, ServedModel
+
+    class Queue:
+        def __init__(self):
+            self.deadlines: list[float] = []
+
+        def admit(self, n, deadline):
+            self.deadlines.append(deadline)
+
+        async def run(self, sequences, deadline):
+            return [[0.5, 0.5] for _ in sequences]
+
+    queue = Queue()
+    served = ServedModel("fake", FakeRunner(), queue)
+    big = "word " * 40_000  # 200 K characters: tokenised off the loop, and counted up to what is read
+    run(served.classify([big], InputOptions(), deadline=100.0))
+    assert served._seconds_per_char > 0
+    served._seconds_per_char = 1e-3
+    run(served.classify([big, "x"], InputOptions(), deadline=100.0))
+    work = served._work([big, "x"])
+    assert 0 < work < 1000  # each input counted only up to the window the bounded encoder reads first
+    assert queue.deadlines[-1] == pytest.approx(100.0 - work * 1e-3)
