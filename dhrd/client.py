@@ -18,8 +18,8 @@ jitter when it says nothing), so are connections that could not be opened and co
 before the request could have been processed; a `Retry-After` longer than `max_retry_wait` is not
 waited for (the error is raised, with `retry_after` set). `deadline_s` (by default the `timeout`) bounds
 a whole call, attempts and the waits between them included: no retry starts that could not, taking as
-long as the last attempt, finish before it, and each attempt gets at most what is left. `AsyncClient` is the same over asyncio and
-sends up to `concurrency` of a long list's requests at once.
+long as the last attempt, finish before it, and each attempt gets at most what is left. `AsyncClient`
+is the same over asyncio and sends up to `concurrency` of a long list's requests at once.
 """
 from __future__ import annotations
 
