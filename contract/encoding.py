@@ -1,6 +1,7 @@
 """Input text → token ids, exactly as training and serving both must do it; the tokenizer's padding fallback."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 
@@ -14,10 +15,49 @@ def encode_input(tokenizer, text: str, max_length: int) -> tuple[list[int], bool
     ids = token_ids(tokenizer, text)
     if len(ids) <= max_length:
         return ids, False
+    return _keep_end(tokenizer, ids, max_length), True
+
+
+def _keep_end(tokenizer, ids: list[int], max_length: int) -> list[int]:
     bos = tokenizer.bos_token_id
     if bos is not None and ids[0] == bos:  # keep the model's BOS when the tokenizer adds one
-        return [bos] + ids[len(ids) - max_length + 1:], True
-    return ids[len(ids) - max_length:], True
+        return [bos] + ids[len(ids) - max_length + 1:]
+    return ids[len(ids) - max_length:]
+
+
+# `encode_bounded` first tokenises only the text's end: this many characters per token kept (most text
+# runs 3-5), plus BOUNDARY_TOKENS, widened 4x while the end holds too few tokens (runs of long tokens).
+CHARS_PER_TOKEN_GUESS = 8
+BOUNDARY_TOKENS = 64
+_WORD_START = re.compile(r"\s(?=\S)")  # the last whitespace before a word: where pre-tokenizers split
+_BOUNDARY_SCAN = 4096  # characters searched for such a place past the window's start
+
+
+def encode_bounded(tokenizer, text: str, max_length: int) -> tuple[list[int], bool, int | None]:
+    """`encode_input` with work bounded by `max_length`, not by the text: what a server does with input
+    a client controls (tokenising a 1.9 MB input whole took ~1 s). Returns the ids, whether they were
+    truncated, and the whole text's token count (None when only its end was tokenised).
+
+    A text longer than a window is tokenised from a word boundary inside its last window of characters;
+    when that end alone holds more than `max_length + BOUNDARY_TOKENS` tokens, the whole text holds more
+    than `max_length`, and its last `max_length` tokens are the end's: pre-tokenizers (byte-level BPE's
+    regex, whitespace splitting) never merge across that boundary, so the ids are those `encode_input`
+    gives (`tests/service/test_reliability.py` checks this on the real tokenizer). Only an end with no
+    word boundary at all (one huge "word") is cut mid-word, where merges near the cut may differ (our
+    inference; it is far from the kept tokens unless the word is longer than them).
+    """
+    window = CHARS_PER_TOKEN_GUESS * (max_length + BOUNDARY_TOKENS)
+    while window < len(text):
+        start = len(text) - window
+        boundary = _WORD_START.search(text, start, min(len(text), start + _BOUNDARY_SCAN))
+        ids = token_ids(tokenizer, text[boundary.start() if boundary else start:])
+        if len(ids) > max_length + BOUNDARY_TOKENS:
+            return _keep_end(tokenizer, ids, max_length), True, None
+        window *= 4
+    ids = token_ids(tokenizer, text)
+    if len(ids) <= max_length:
+        return ids, False, len(ids)
+    return _keep_end(tokenizer, ids, max_length), True, len(ids)
 
 
 def token_ids(tokenizer, text: str) -> list[int]:

@@ -31,9 +31,25 @@ class LoadedModel:
     task: Task
 
 
+def export_file(path: Path, name: str) -> Path:
+    """The file `name` of export `path`, refused unless it stays inside the export: no absolute names,
+    no `..`, no symlink that resolves outside (a manifest must not make the reader hash, or the loader
+    read, another file on the host). Symlinks within the export are fine. Raises ExportError; the
+    message never carries anything read from outside the export."""
+    if Path(name).is_absolute() or ".." in Path(name).parts or "\\" in name or name in (".", ""):
+        raise ExportError(f"{path}: manifest entry {name[:200]!r} is not a file inside the export "
+                          "(absolute paths and '..' are refused)")
+    root = Path(path).resolve()
+    file = root / name
+    target = file.resolve()  # with no '..' and no absolute name, only a symlink can lead out
+    if not target.is_relative_to(root):
+        raise ExportError(f"{path}: {name} is a symlink to {target}, outside the export; refused")
+    return file
+
+
 def read_manifest(path: Path) -> Manifest:
     """Parse `<path>/manifest.json`; raises ExportError naming the file and the problem."""
-    file = Path(path) / MANIFEST_FILE
+    file = export_file(path, MANIFEST_FILE)
     if not file.exists():
         raise ExportError(f"{path} is not a DHRD export (no {MANIFEST_FILE})")
     try:
@@ -106,40 +122,53 @@ def check_consistency(path: Path, manifest: Manifest) -> Task:
     return task
 
 
-def check_manifest_digest(path: Path) -> bool:
-    """`manifest.sha256` (written at export) must match manifest.json. Returns False for exports that
-    predate it (format 1 exports from before contract 1.1's reader), which load with a warning."""
-    digest_file = Path(path) / MANIFEST_DIGEST_FILE
+ALLOW_MISSING_DIGEST_FLAG = "--allow-missing-manifest-digest"  # `dhrd serve`'s name for allow_missing_digest
+
+
+def check_manifest_digest(path: Path, allow_missing: bool = False) -> bool:
+    """`manifest.sha256` (written at export) must match manifest.json. A missing one is refused: deleting
+    it would otherwise turn a tampered manifest into a warning. Exports written before it existed load
+    only with `allow_missing` (`dhrd serve --allow-missing-manifest-digest`), with a warning; returns
+    False then. Raises ExportError."""
+    digest_file = export_file(path, MANIFEST_DIGEST_FILE)
     if not digest_file.exists():
-        log.warning("%s: no %s; the manifest's own integrity cannot be checked (older export)", path,
-                    MANIFEST_DIGEST_FILE)
+        if not allow_missing:
+            raise ExportError(f"{path}: no {MANIFEST_DIGEST_FILE}, so the manifest's own integrity cannot be "
+                              f"checked. Re-export it, or check manifest.json and write its digest "
+                              f"(`sha256sum manifest.json > {MANIFEST_DIGEST_FILE}` in the export), or pass "
+                              f"{ALLOW_MISSING_DIGEST_FLAG} to load it unchecked (exports older than the digest)")
+        log.warning("%s: no %s; the manifest's own integrity is NOT checked (%s)", path, MANIFEST_DIGEST_FILE,
+                    ALLOW_MISSING_DIGEST_FLAG)
         return False
     recorded = (digest_file.read_text().split() or [""])[0]
-    actual = file_sha256(Path(path) / MANIFEST_FILE)
+    actual = file_sha256(export_file(path, MANIFEST_FILE))
     if recorded != actual:
         raise ExportError(f"{Path(path) / MANIFEST_FILE}: sha256 {actual[:12]}… does not match {MANIFEST_DIGEST_FILE} "
                           f"({recorded[:12]}…); the manifest was modified or is corrupt")
     return True
 
 
-def check_export(path: Path, verify_hashes: bool = True) -> tuple[Manifest, Task]:
-    """Everything that can be checked without building the model: manifest, consistency, hashes.
-    Returns the manifest and the task it declares."""
+def check_export(path: Path, verify_hashes: bool = True, allow_missing_digest: bool = False) -> tuple[Manifest, Task]:
+    """Everything that can be checked without building the model: manifest, consistency, that every
+    listed file stays inside the export (always), and (with `verify_hashes`) the manifest's digest and
+    the files' hashes. Returns the manifest and the task it declares. Raises ExportError."""
     manifest = read_manifest(path)
     task = check_consistency(path, manifest)
+    for name in [*manifest.files, WEIGHTS_FILE]:
+        export_file(path, name)
     if verify_hashes:
-        check_manifest_digest(path)
+        check_manifest_digest(path, allow_missing_digest)
         check_files(path, manifest)
     return manifest, task
 
 
 def check_files(path: Path, manifest: Manifest) -> None:
-    """Every file the manifest lists must exist with the recorded sha256."""
+    """Every file the manifest lists must be inside the export and exist with the recorded sha256."""
     if WEIGHTS_FILE not in manifest.files:
         raise ExportError(f"{path}: manifest lists no {WEIGHTS_FILE}")
     for name, digest in manifest.files.items():
-        file = Path(path) / name
-        if not file.exists():
+        file = export_file(path, name)
+        if not file.is_file():
             raise ExportError(f"{path}: missing file {name} listed in the manifest")
         actual = file_sha256(file)
         if actual != digest:
@@ -148,13 +177,15 @@ def check_files(path: Path, manifest: Manifest) -> None:
 
 
 def load_export(path: Path, dtype: torch.dtype = torch.bfloat16, device: str = "cpu",
-                verify_hashes: bool = True) -> LoadedModel:
-    """Build backbone (from config.json, no LM head) + head and load the export's weights strictly."""
+                verify_hashes: bool = True, allow_missing_digest: bool = False) -> LoadedModel:
+    """Build backbone (from config.json, no LM head) + head and load the export's weights strictly.
+    `allow_missing_digest`: load an export without `manifest.sha256` (older exports; see
+    `check_manifest_digest`). Raises ExportError."""
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModel
 
     path = Path(path)
-    manifest, task = check_export(path, verify_hashes)
+    manifest, task = check_export(path, verify_hashes, allow_missing_digest)
     try:
         state = load_file(str(path / WEIGHTS_FILE))
     except Exception as exc:  # safetensors raises its own error types for truncated or garbled files

@@ -24,7 +24,7 @@ def accuracy(port: int, task_name: str, model: str, path: str, limit: int | None
     """Accuracy of one endpoint on the served task's validation split (full-length inputs), sent in
     requests of 8 so batching applies; CoT with the paper's decoding settings."""
     from contract.tasks import get_task
-    from training.data import load_examples
+    from contract.data import load_examples
 
     task = get_task(task_name)
     examples = load_examples(task, "val")[:limit]

@@ -1,7 +1,7 @@
 """Locust users for the DHRD service: `/classify` (pooled head) and `/classify/cot` (CoT decoding).
 
-Inputs are real examples from the SuperGLUE validation split of the served task (a mix of
-lengths), sent as structured fields the service formats with the training contract.
+Inputs are real examples from the validation split of the served task (a mix of lengths), sent as
+structured fields the service formats with the contract's task template.
 
 Environment:
     DHRD_LOAD_MODEL     served model name (default cb); DHRD_LOAD_TASK the task behind it (default: same)
@@ -26,7 +26,10 @@ from locust import FastHttpUser, between, constant, constant_throughput, task
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from contract.tasks import get_task  # noqa: E402  (pure Python: no torch needed in a Locust image)
+# Pure Python (no torch needed in a Locust image). Splits are read by the contract's reader, the one
+# training uses: a copy here once opened `flan/<task>_train.tsv#val` as a file name.
+from contract.data import load_examples  # noqa: E402
+from contract.tasks import get_task  # noqa: E402
 
 MODEL = os.environ.get("DHRD_LOAD_MODEL", "cb")
 TASK = get_task(os.environ.get("DHRD_LOAD_TASK", MODEL))
@@ -38,17 +41,10 @@ HEADERS = {"Authorization": f"Bearer {os.environ['DHRD_API_KEY']}"} if os.enviro
 
 
 def load_inputs(limit: int = 2000) -> list[dict]:
-    data_dir = Path(os.environ.get("DHRD_DATA_DIR", REPO.parent / "shared" / "data"))
-    path = Path(TASK.splits["val"])
-    path = path if path.is_absolute() else data_dir / path
-    inputs: list[dict] = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            for _, fields, _, _ in TASK.rows(json.loads(line)):
-                inputs.append({k: v for k, v in fields.items() if v is not None})
-            if len(inputs) >= limit:
-                break
-    return inputs
+    """The task's validation inputs as structured fields (the service formats them), at most `limit`."""
+    data_dir = Path(os.environ["DHRD_DATA_DIR"]) if os.environ.get("DHRD_DATA_DIR") else None
+    return [{k: v for k, v in e.fields.items() if v is not None}
+            for e in load_examples(TASK, "val", data_dir, limit=limit)]
 
 
 INPUTS = (json.loads(Path(os.environ["DHRD_LOAD_INPUTS"]).read_text()) if os.environ.get("DHRD_LOAD_INPUTS")

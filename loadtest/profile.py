@@ -32,7 +32,7 @@ def profile(export: Path, tokens: int, batch_sizes: list[int], seconds: float, c
             dtype: str = "bfloat16") -> dict:
     from service.runner import ModelRunner
     from contract.model import pad_batch
-    from training.data import load_examples
+    from contract.data import load_examples
 
     started = time.perf_counter()
     runner = ModelRunner.from_export(export, dtype=dtype, compile=compile)

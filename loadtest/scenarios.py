@@ -77,7 +77,7 @@ def fixed_length_inputs(export: Path, tokens: int, path: Path, count: int = 200)
 
     from contract.encoding import encode_input
     from contract.tasks import get_task
-    from training.data import load_examples
+    from contract.data import load_examples
 
     manifest = json.loads((export / "manifest.json").read_text())
     task = get_task(manifest["task"])

@@ -15,12 +15,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from contract.data import load_examples
+from contract.metrics import compute_metrics
 from contract.tasks import get_task
 from loadtest.accuracy import predict_split
 from loadtest.provenance import commit, machine
 from loadtest.servers import free_port, spawn_until_ready, stop
-from training.data import load_examples
-from training.evaluate import compute_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,8 @@ from .errors import DeadlineExceeded, Overloaded, ShuttingDown, TooLarge
 from .metrics import Metrics
 
 # A payload is anything whose len() is its token count: a list of token ids for classification,
-# a `cot.CotItem` for generation. The predict function returns one result per payload.
+# a `cot.CotItem` for generation. The predict function returns one result per payload; a result that is
+# an Exception fails that payload's request only.
 PredictFn = Callable[[Sequence[Sized]], list[Any]]
 # A launch function starts a forward pass on an asynchronous device and returns at once; the object it
 # returns has `.result()`, which waits for the device and returns one result per payload.
@@ -281,7 +282,10 @@ class Batcher:
         self.metrics.inference_duration.labels(self.name).observe(elapsed)
         for item, result in zip(batch, results):
             if not item.future.done():
-                item.future.set_result(result)
+                if isinstance(result, Exception):  # this sequence failed alone (a CoT group's parameters)
+                    item.future.set_exception(result)
+                else:
+                    item.future.set_result(result)
 
 
 async def wait_all(futures: list[asyncio.Future], deadline: float) -> list:

@@ -60,8 +60,10 @@ def serve(args: argparse.Namespace) -> None:
             raise SystemExit(code)
         return
     app = create_app(settings, hashes_checked=settings.verify_hashes)
+    from .connections import uvicorn_options
+
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level,
-                            limit_concurrency=settings.max_connections,
+                            **uvicorn_options(settings),
                             # uvicorn's own cut-off comes after ours, so what we could not finish is answered 503
                             timeout_graceful_shutdown=settings.grace_s + 10)
     DrainingServer(config, app).run()
@@ -73,7 +75,8 @@ def check_exports(settings: Settings) -> None:
     from contract.export_reader import check_export
 
     for path in settings.models.values():
-        check_export(path, verify_hashes=settings.verify_hashes)
+        check_export(path, verify_hashes=settings.verify_hashes,
+                     allow_missing_digest=settings.allow_missing_manifest_digest)
     if not settings.verify_hashes:
         log.warning("--no-verify-hashes: export files are NOT checked against their manifests' sha256")
 

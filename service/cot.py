@@ -115,13 +115,19 @@ class CotRunner:
         return self.prompt.prompt_ids(input_ids)
 
     @torch.inference_mode()
-    def generate(self, items: Sequence[CotItem]) -> list[CotResult]:
-        """Decode items; those with equal parameters share one `generate()` call."""
-        results: list[CotResult | None] = [None] * len(items)
+    def generate(self, items: Sequence[CotItem]) -> list[CotResult | Exception]:
+        """Decode items; those with equal parameters share one `generate()` call. A group whose call
+        raises gets the exception as each of its results (the batcher fails only those requests): one
+        caller's parameters must not fail the other requests that happen to share the batch."""
+        results: list[CotResult | Exception | None] = [None] * len(items)
         order = sorted(range(len(items)), key=lambda i: hash(items[i].params))
         for params, group in groupby(order, key=lambda i: items[i].params):
             idx = list(group)
-            for i, r in zip(idx, self._generate_group([items[i].ids for i in idx], params)):
+            try:
+                out: list[CotResult | Exception] = list(self._generate_group([items[i].ids for i in idx], params))
+            except Exception as exc:  # noqa: BLE001 -- handed to those requests' futures, logged there
+                out = [exc] * len(idx)
+            for i, r in zip(idx, out):
                 results[i] = r
         return results  # type: ignore[return-value]
 

@@ -56,7 +56,8 @@ class EngineCore:
         for name, path in s.models.items():
             if name not in runners:
                 runners[name] = await loop.run_in_executor(
-                    self.executor, ModelRunner.from_export, path, s.dtype, s.device, verify_hashes, s.compile)
+                    self.executor, ModelRunner.from_export, path, s.dtype, s.device, verify_hashes, s.compile,
+                    s.allow_missing_manifest_digest)
         for name, runner in runners.items():
             if s.cuda_graphs and s.device.startswith("cuda") and hasattr(runner, "use_cuda_graphs"):
                 await loop.run_in_executor(self.executor, runner.use_cuda_graphs, s.max_batch_size, s.max_batch_tokens)

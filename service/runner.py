@@ -9,8 +9,7 @@ from typing import Any, Sequence
 
 import torch
 
-from contract.encoding import encode_input
-from contract.encoding import load_tokenizer
+from contract.encoding import encode_bounded, load_tokenizer
 from contract.export_reader import LoadedModel, check_export, load_export
 from contract.model import DTYPES, pad_batch
 from contract.tasks import TaskError
@@ -63,10 +62,12 @@ class InputEncoder:
         """Token ids of one request item; raises InvalidInput naming the item."""
         text = self.format(item, index)
         max_length = min(limit or self.manifest.max_length, self.manifest.max_length)
-        ids, truncated = encode_input(self.tokenizer, text, max_length)
+        # Bounded by max_length, not by the text (a 1.9 MB input must not cost a second of tokenising),
+        # and tokenised once: a refusal below reuses the count when the whole text was tokenised.
+        ids, truncated, count = encode_bounded(self.tokenizer, text, max_length)
         if truncated and not truncate:
-            full = len(self.tokenizer(text)["input_ids"])
-            raise InvalidInput(f"input[{index}] has {full} tokens, over the model's limit of {max_length}; "
+            size = f"{count} tokens" if count is not None else f"more than {max_length} tokens ({len(text)} characters)"
+            raise InvalidInput(f"input[{index}] has {size}, over the model's limit of {max_length}; "
                                "send truncate=true to cut its beginning", field=f"input.{index}")
         return Encoded(ids, truncated)
 
@@ -83,9 +84,9 @@ class ModelRunner(InputEncoder):
 
     @classmethod
     def from_export(cls, path: Path, dtype: str = "bfloat16", device: str = "cpu", verify_hashes: bool = True,
-                    compile: bool = False) -> "ModelRunner":
-        return cls(load_export(path, dtype=DTYPES[dtype], device=device, verify_hashes=verify_hashes), device,
-                   compile)
+                    compile: bool = False, allow_missing_digest: bool = False) -> "ModelRunner":
+        return cls(load_export(path, dtype=DTYPES[dtype], device=device, verify_hashes=verify_hashes,
+                               allow_missing_digest=allow_missing_digest), device, compile)
 
     def use_cuda_graphs(self, max_batch_size: int, max_batch_tokens: int) -> bool:
         """Capture the classifier as CUDA graphs (graphs.py); on any failure keep eager and say why."""

@@ -63,7 +63,10 @@ class CotRequest(ClassifyRequest):
     max_new_tokens: int = Field(500, ge=1, description="capped by the server's cot_max_new_tokens")
     min_new_tokens: int = Field(0, ge=0, description="decode at least this many tokens (vLLM's min_tokens): "
                                                      "to measure the cost of a fixed CoT length")
-    seed: int | None = Field(None, description="sampling seed for reproducible outputs")
+    # vLLM's bounds (a signed 64-bit integer): torch.manual_seed raises on a larger one, which inside
+    # a shared generation batch would fail every request in it.
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1,
+                             description="sampling seed for reproducible outputs (a signed 64-bit integer)")
 
 
 class CotData(ClassificationData):

@@ -7,9 +7,13 @@ engine process. The CoT comparison adds its prompt (ids around the input) and it
 """
 from __future__ import annotations
 
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence, Sized
 
+from contract.encoding import BOUNDARY_TOKENS, CHARS_PER_TOKEN_GUESS
 from contract.text import COT_ENDPOINT_PROMPT_VERSION
 
 from .cot import CotItem, CotPrompt, GenParams
@@ -17,6 +21,12 @@ from .errors import Disabled, InvalidInput
 from .runner import Encoded, InputEncoder
 
 Item = str | dict[str, Any]
+
+# A request with more text than this is tokenised in a worker thread, an input at a time, so the event
+# loop (health checks, reading other bodies, answering) gets the GIL back between inputs; smaller ones
+# stay on the loop, where a thread hop would cost more than the tokenising (our choice of threshold).
+INLINE_CHARS = 32_768
+_TOKENISER = ThreadPoolExecutor(1, thread_name_prefix="dhrd-tok")
 
 
 class WorkQueue(Protocol):
@@ -69,6 +79,7 @@ class ServedModel:
         self.batcher = batcher
         self.cot = cot
         self.cot_batcher = cot_batcher
+        self._seconds_per_char = 0.0  # tokenising cost, a running estimate the admission check adds to the wait
 
     @property
     def labels(self) -> list[str]:
@@ -87,10 +98,34 @@ class ServedModel:
         """Token ids of every item; raises InvalidInput naming the item's field."""
         return [self.runner.encode(item, i, options.truncate, options.limit) for i, item in enumerate(items)]
 
+    def _work(self, items: Sequence[Item]) -> int:
+        """Characters the tokenizer will see: each item's text, up to what `encode_bounded` first reads."""
+        cap = CHARS_PER_TOKEN_GUESS * (self.runner.manifest.max_length + BOUNDARY_TOKENS)
+        return sum(min(cap, _chars(item)) for item in items)
+
+    def _admit(self, queue: WorkQueue, items: Sequence[Item], deadline: float) -> int:
+        """The queue's admission check (before tokenising: a 429 should cost little), with this request's
+        own tokenising time counted against its deadline. Returns the request's work in characters."""
+        work = self._work(items)
+        queue.admit(len(items), deadline - work * self._seconds_per_char)
+        return work
+
+    async def _encode(self, items: Sequence[Item], options: InputOptions, work: int) -> list[Encoded]:
+        """`encode`, off the event loop when the request holds much text; updates the cost estimate."""
+        started = time.perf_counter()
+        if work <= INLINE_CHARS:
+            encoded = self.encode(items, options)
+        else:
+            encoded = await asyncio.get_running_loop().run_in_executor(_TOKENISER, self.encode, items, options)
+        if work:
+            rate = (time.perf_counter() - started) / work
+            self._seconds_per_char = rate if not self._seconds_per_char else 0.8 * self._seconds_per_char + 0.2 * rate
+        return encoded
+
     async def classify(self, items: Sequence[Item], options: InputOptions, deadline: float) -> list[Classification]:
         """Class probabilities of every item, batched with concurrent requests; by `deadline` (monotonic) or 504."""
-        self.batcher.admit(len(items), deadline)  # refuse before tokenising: a 429 should cost little
-        encoded = self.encode(items, options)
+        work = self._admit(self.batcher, items, deadline)
+        encoded = await self._encode(items, options, work)
         probs = await self.batcher.run([e.ids for e in encoded], deadline)
         labels = self.labels
         return [Classification(labels[max(range(len(p)), key=p.__getitem__)], p, e.truncated, len(e.ids))
@@ -101,8 +136,8 @@ class ServedModel:
         """Chain-of-thought answers: the base causal LM decodes around the same (possibly cut) input ids."""
         if self.cot is None or self.cot_batcher is None:
             raise Disabled("the CoT endpoint is disabled; start the service with --cot (DHRD_COT=true)")
-        self.cot_batcher.admit(len(items), deadline)
-        encoded = self.encode(items, options)
+        work = self._admit(self.cot_batcher, items, deadline)
+        encoded = await self._encode(items, options, work)
         prompts = [CotItem(self.cot.prompt_ids(e.ids), params) for e in encoded]
         results = await self.cot_batcher.run(prompts, deadline)
         labels = self.labels
@@ -110,6 +145,19 @@ class ServedModel:
                            [float(k == r.label) for k in range(len(labels))], e.truncated, len(p.ids), r.text,
                            r.generated_tokens, r.label is not None)
                 for r, e, p in zip(results, encoded, prompts)]
+
+
+def _chars(item: Item) -> int:
+    """Characters of text in a request item (a string, or a fields object's strings and string lists)."""
+    if isinstance(item, str):
+        return len(item)
+    total = 0
+    for value in item.values():
+        if isinstance(value, str):
+            total += len(value)
+        elif isinstance(value, list):
+            total += sum(len(v) for v in value if isinstance(v, str))
+    return total
 
 
 def template_preview(task) -> str | None:

@@ -14,7 +14,8 @@ class Settings(BaseSettings):
     """Every knob of the service. Environment: `DHRD_<FIELD>` (e.g. `DHRD_MAX_BATCH_SIZE=64`);
     models as `DHRD_MODELS='{"cb": "exports/cb"}'` (JSON) or `cb=exports/cb,rte=exports/rte`."""
 
-    model_config = SettingsConfigDict(env_prefix="DHRD_", extra="forbid")
+    # hide_input_in_errors: a refused setting (an API key among them) is not echoed into logs.
+    model_config = SettingsConfigDict(env_prefix="DHRD_", extra="forbid", hide_input_in_errors=True)
 
     models: Annotated[dict[str, Path], NoDecode] = Field(default_factory=dict, description="served name -> export directory")
     host: str = "127.0.0.1"
@@ -30,6 +31,10 @@ class Settings(BaseSettings):
     device: str = Field("cpu", description="'cpu' or 'cuda[:N]'")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice)")
     verify_hashes: bool = Field(True, description="check every export file against its manifest sha256")
+    # Deleting manifest.sha256 must not turn a tampered manifest into a warning: a missing digest is
+    # refused unless the operator says, for exports written before the digest existed, to load unchecked.
+    allow_missing_manifest_digest: bool = Field(False, description="load exports that have no manifest.sha256 "
+                                                "(written before it existed); their manifest is NOT checked")
     compile: bool = Field(False, description="torch.compile the classifier (inductor, frozen weights); slower "
                                              "start-up, see BENCHMARKS.md for what it buys")
     cuda_graphs: bool = Field(True, description="on a CUDA device, capture the classifier as CUDA graphs for "
@@ -56,9 +61,15 @@ class Settings(BaseSettings):
     # past this many requests in flight, POSTs are answered 429 without reading their bodies.
     max_concurrent_requests: int = Field(1024, ge=1, description="requests in flight before an early 429")
     body_timeout_s: float = Field(10.0, gt=0, description="a request body not fully received by then -> 408")
-    # The last line of defence, at the connection level: uvicorn answers requests past this many open
-    # connections with its own plain-text 503 (the one answer that is not our JSON shape).
-    max_connections: int = Field(4096, ge=16, description="open connections before uvicorn refuses more")
+    # The last line of defence, at the connection level: past this many open connections a request gets
+    # a JSON 503 from the protocol (service/connections.py; uvicorn's own answer was plain text).
+    max_connections: int = Field(4096, ge=16, description="open connections before requests get a JSON 503")
+    # What uvicorn does not bound (service/connections.py): a connection that sends nothing, or its
+    # headers slowly, or headers of any size, holds a connection slot or memory without the API key.
+    header_timeout_s: float = Field(10.0, gt=0, description="a request's headers must arrive within this "
+                                    "many seconds of the connection opening or of the previous answer "
+                                    "(idle: closed; partial: 408)")
+    max_header_bytes: int = Field(65536, ge=1024, description="request line and headers larger -> 431")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="no CORS unless origins are listed")
 
     # --- chain-of-thought comparison endpoint ---------------------------------------------------
@@ -73,18 +84,33 @@ class Settings(BaseSettings):
     @field_validator("models", mode="before")
     @classmethod
     def _parse_models(cls, value):
-        """Accept `name=path,name=path` as well as a JSON object or a dict."""
+        """Accept `name=path,name=path` as well as a JSON object or a dict. A name given twice is refused:
+        `--model cb=A --model cb=B` would otherwise serve B without a word."""
         if isinstance(value, str) and value.strip().startswith("{"):
-            return json.loads(value)
+            return json.loads(value, object_pairs_hook=_unique_models)
         if isinstance(value, str):
-            pairs = [p for p in value.split(",") if p.strip()]
-            parsed = {}
-            for pair in pairs:
+            pairs = []
+            for pair in (p for p in value.split(",") if p.strip()):
                 name, sep, path = pair.partition("=")
                 if not sep or not name.strip() or not path.strip():
-                    raise ValueError(f"model spec {pair!r} must look like NAME=EXPORT_DIR")
-                parsed[name.strip()] = path.strip()
-            return parsed
+                    raise ValueError(f"--model spec {pair!r} must look like NAME=EXPORT_DIR")
+                pairs.append((name.strip(), path.strip()))
+            return _unique_models(pairs)
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _check_api_key(cls, value: str | None) -> str | None:
+        """An empty key would silently serve without auth; a key with spaces or non-ASCII characters would
+        never match (HTTP carries header bytes, and clients send UTF-8 where the server reads Latin-1)."""
+        if value is None:
+            return value
+        if not value.strip():
+            raise ValueError("--api-key (DHRD_API_KEY) is empty, which would serve without auth; "
+                             "leave the flag out to serve without a key, or give a real key")
+        if not all("!" <= c <= "~" for c in value):
+            raise ValueError("--api-key (DHRD_API_KEY) may only hold printable ASCII without spaces "
+                             "(e.g. `openssl rand -hex 32`): no client could send another key so that it matches")
         return value
 
     @field_validator("cors_origins", mode="before")
@@ -113,3 +139,14 @@ class Settings(BaseSettings):
             if not name.replace("-", "").replace("_", "").isalnum():
                 raise ValueError(f"model name {name!r} may only hold letters, digits, '-' and '_'")
         return self
+
+
+def _unique_models(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """`--model` / DHRD_MODELS pairs as a dict; raises ValueError naming a name given twice."""
+    models: dict[str, str] = {}
+    for name, path in pairs:
+        if name in models:
+            raise ValueError(f"--model (DHRD_MODELS) names model {name!r} twice ({models[name]!r} and {path!r}); "
+                             "each name serves one export")
+        models[name] = path
+    return models

@@ -37,7 +37,9 @@ def frontend_main(settings: Settings, socket_path: str, sock, log_level: str) ->
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s[front]: %(message)s")
     app = create_app(settings, hashes_checked=True, engine_socket=socket_path)
-    config = uvicorn.Config(app, log_level=log_level, limit_concurrency=settings.max_connections,
+    from .connections import uvicorn_options
+
+    config = uvicorn.Config(app, log_level=log_level, **uvicorn_options(settings),
                             timeout_graceful_shutdown=settings.grace_s + 10)
     DrainingServer(config, app).run(sockets=[sock])
 

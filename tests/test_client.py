@@ -349,3 +349,111 @@ def test_the_client_module_needs_only_httpx_and_the_standard_library():
             "'contract') if m in sys.modules); print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# --- issue 23, item 13: a deadline for the whole call; a connection closed before any answer ----------
+class FakeClock:
+    """Time that passes only when the client waits or the stub server takes its time."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_timeout_bounds_the_whole_call_retries_and_waits_included():
+    """With timeout=10 against slow 503s the call used to take 4 attempts x 3 s + 3 waits x 2 s."""
+    clock = FakeClock()
+    sent_timeouts: list[float] = []
+
+    def slow_503(request: httpx.Request) -> httpx.Response:
+        sent_timeouts.append(request.extensions["timeout"]["read"])
+        clock.sleep(3.0)
+        return overloaded("2", status=503, kind="not_ready")
+
+    stub = Stub(*[slow_503] * 10)
+    client = stub_client(stub, timeout=10.0)
+    client._clock = clock  # type: ignore[attr-defined]
+    client._sleep = clock.sleep  # type: ignore[method-assign]
+    with pytest.raises(DHRDError) as caught:
+        client.classify("x", model="m")
+    assert caught.value.status == 503
+    assert clock.now <= 10.0 and len(stub.requests) == 2  # 0-3 s, wait 2, 5-8 s; a third could not finish
+    assert sent_timeouts[0] == 10.0 and sent_timeouts[1] <= 5.0  # an attempt gets only what is left
+
+
+def test_deadline_s_is_the_calls_total_and_the_timeout_each_attempts():
+    clock = FakeClock()
+    attempts: list[tuple[float, float]] = []  # (start, read timeout the attempt was given)
+
+    def slow_429(request: httpx.Request) -> httpx.Response:
+        attempts.append((clock.now, request.extensions["timeout"]["read"]))
+        clock.sleep(1.0)
+        return overloaded("1")
+
+    stub = Stub(*[slow_429] * 20)
+    client = stub_client(stub, timeout=2.0, deadline_s=7.0, max_retries=20)
+    client._clock = clock  # type: ignore[attr-defined]
+    client._sleep = clock.sleep  # type: ignore[method-assign]
+    with pytest.raises(DHRDError):
+        client.classify("x", model="m")
+    assert len(attempts) >= 3 and attempts[0] == (0.0, 2.0)
+    assert all(timeout <= 2.0 and start + timeout <= 7.0 + 1e-9 for start, timeout in attempts)
+
+
+def test_a_real_slow_503_server_is_given_up_on_at_the_timeout():
+    import http.server
+
+    class Slow503(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["content-length"]))
+            time.sleep(0.4)
+            body = b'{"error": {"type": "not_ready", "message": "loading", "field": null}}'
+            self.send_response(503)
+            self.send_header("retry-after", "1")
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow503)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with Client(f"http://127.0.0.1:{server.server_address[1]}", timeout=1.5) as client:
+            start = time.monotonic()
+            with pytest.raises(DHRDError) as caught:
+                client.classify("x", model="m")
+            elapsed = time.monotonic() - start
+    finally:
+        server.shutdown()
+    assert caught.value.status == 503 and elapsed < 2.0  # was ~4.6 s: 4 attempts and 3 waits
+
+
+@pytest.mark.parametrize("closed", [httpx.RemoteProtocolError("Server disconnected without sending a response."),
+                                    httpx.WriteError("[Errno 32] Broken pipe")])
+def test_a_connection_closed_before_the_request_could_be_processed_is_retried(closed):
+    stub = Stub(closed)
+    client = stub_client(stub)
+    assert client.classify("yes", model="m")[0].label == "yes" and len(stub.requests) == 2
+
+
+def test_async_client_keeps_the_calls_deadline_too():
+    async def handler(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.3)
+        return overloaded("1", status=503, kind="not_ready")
+
+    async def go():
+        async with AsyncClient("http://stub", timeout=0.8, transport=httpx.MockTransport(handler)) as client:
+            start = time.monotonic()
+            with pytest.raises(DHRDError):
+                await client.classify(["a", "b"], model="m")
+            return time.monotonic() - start
+
+    assert asyncio.run(go()) < 1.0  # was 4 x 0.3 s + 3 x ~1 s

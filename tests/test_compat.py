@@ -36,3 +36,19 @@ def test_the_direct_rust_tokenizer_path_gives_the_wrappers_ids():
         assert token_ids(tokenizer, text) == tokenizer(text, add_special_tokens=True)["input_ids"], text
     tokenizer.backend_tokenizer.enable_truncation(8)  # a backend with its own settings: the wrapper decides
     assert token_ids(tokenizer, "x " * 50) == tokenizer("x " * 50, add_special_tokens=True)["input_ids"]
+
+
+def test_an_export_without_manifest_sha256_loads_only_with_the_explicit_flag(tmp_path):
+    """Exports written before `manifest.sha256` existed: refused by default (a tamperer could delete the
+    digest), loaded with `allow_missing_digest` (`dhrd serve --allow-missing-manifest-digest`)."""
+    import shutil
+
+    from contract.export_reader import ExportError, load_export
+    from contract.manifest import MANIFEST_DIGEST_FILE
+
+    copy = tmp_path / "old"
+    shutil.copytree(FIXTURES / "export-v1-cb", copy)
+    (copy / MANIFEST_DIGEST_FILE).unlink(missing_ok=True)
+    with pytest.raises(ExportError, match="no manifest.sha256"):
+        load_export(copy, dtype=torch.float32)
+    load_export(copy, dtype=torch.float32, allow_missing_digest=True)

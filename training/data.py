@@ -1,112 +1,18 @@
-"""Reading task data, turning examples into token features, and collating them into padded batches."""
+"""Turning examples into token features and collating them into padded batches. Reading a task's splits
+is the contract's (`contract.data`, torch-free, shared with the load tool); its names are re-exported here."""
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import torch
 
+from contract.data import (REPO_ROOT, default_data_dir, holdout_part, load_examples, read_flan_tsv,  # noqa: F401
+                           read_jsonl, read_records, split_path, split_source)
 from contract.encoding import encode_input
 from contract.model import pad_batch
 from contract.text import answer_text, reason_text
 from contract.tasks import Example, Task, TaskError
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def default_data_dir() -> Path:
-    """`$DHRD_DATA_DIR`, else the shared data folder beside the repository (`../shared/data`)."""
-    env = os.environ.get("DHRD_DATA_DIR")
-    return Path(env) if env else (REPO_ROOT.parent / "shared" / "data")
-
-
-def split_source(task: Task, split: str, data_dir: Path | None = None) -> tuple[Path, str | None]:
-    """The file behind a split, and the part of it (`file#val`) for files we split ourselves."""
-    if split not in task.splits:
-        raise TaskError(f"task {task.name!r} has no split {split!r}; it has {sorted(task.splits)}")
-    name, _, part = task.splits[split].partition("#")
-    path = Path(name)
-    return (path if path.is_absolute() else (data_dir or default_data_dir()) / path), part or None
-
-
-def split_path(task: Task, split: str, data_dir: Path | None = None) -> Path:
-    return split_source(task, split, data_dir)[0]
-
-
-def holdout_part(text: str, fraction: float = 0.1) -> str:
-    """Stable train/val assignment of a record by the sha256 of its input text."""
-    return "val" if int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction else "train"
-
-
-def _lines(path: Path) -> Iterable[tuple[int, str]]:
-    """(line number, line) for the non-blank lines of a data file."""
-    if not path.exists():
-        raise TaskError(f"data file {path} does not exist (set --data-dir or DHRD_DATA_DIR)")
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if line.strip():
-                yield lineno, line
-
-
-def read_flan_tsv(path: Path) -> Iterable[tuple[int, dict]]:
-    """FLAN v2 CoT files: `input<TAB>answer<TAB>rationale`, newlines escaped as a literal backslash-n."""
-    for lineno, line in _lines(path):
-        cols = line.rstrip("\n").split("\t")
-        if len(cols) != 3:
-            raise TaskError(f"{path}:{lineno}: expected 3 tab-separated columns, got {len(cols)}")
-        text, answer, rationale = (c.replace("\\n", "\n").strip() for c in cols)
-        yield lineno, {"input": text, "answer": answer, "rationale": rationale}
-
-
-def read_records(path: Path, part: str | None = None, end: int | None = None) -> Iterable[tuple[int, dict]]:
-    """(line number, record) pairs of a split's file; with `end`, lines from row `end` on are never parsed."""
-    records = read_flan_tsv(path) if path.suffix == ".tsv" else read_jsonl(path, end)
-    return ((n, r) for n, r in records if part is None or holdout_part(r.get("input", json.dumps(r))) == part)
-
-
-def read_jsonl(path: Path, end: int | None = None) -> Iterable[tuple[int, dict]]:
-    """(line number, record) pairs; a bad line raises TaskError naming file and line. Rows (0-based line
-    numbers) from `end` on are not parsed."""
-    for lineno, line in _lines(path):
-        if end is not None and lineno - 1 >= end:
-            return
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TaskError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from exc
-        if not isinstance(record, dict):
-            raise TaskError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-        yield lineno, record
-
-
-def load_examples(task: Task, split: str, data_dir: Path | None = None, limit: int | None = None) -> list[Example]:
-    """All examples of one split; labels are checked against the task's label set."""
-    path, part = split_source(task, split, data_dir)
-    start, end = task.split_rows.get(split, (0, None))
-    examples: list[Example] = []
-    for lineno, record in read_records(path, part, end):
-        if end is not None and lineno - 1 >= end:
-            break  # rows past the split's range are never read (e-SNLI's reserved rows among them)
-        if lineno - 1 < start:
-            continue
-        record.setdefault("idx", lineno - 1)
-        try:
-            for key, fields, raw_label, group in task.rows(record):
-                label = None if raw_label is None else task.label_index(raw_label)
-                task.format(fields)  # fail here, with the line number, not mid-training
-                examples.append(Example(f"{task.name}/{key}", fields, label, group and f"{task.name}/{group}"))
-        except (TaskError, KeyError, TypeError, AttributeError) as exc:
-            detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
-            raise TaskError(f"{path}:{lineno}: {detail}") from exc
-        if limit is not None and len(examples) >= limit:
-            break
-    if not examples:
-        raise TaskError(f"{path}: no examples")
-    return examples[:limit] if limit else examples
 
 
 @dataclass

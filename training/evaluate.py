@@ -1,8 +1,7 @@
-"""Prediction and the official SuperGLUE metrics (accuracy; CB acc + macro-F1; MultiRC F1a + EM)."""
+"""Prediction on a split; the official metrics are the contract's (`contract.metrics`, re-exported here)."""
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Sequence
@@ -10,40 +9,12 @@ from typing import Any, Sequence
 import torch
 
 from contract.encoding import encode_input, ensure_pad_token
+from contract.metrics import compute_metrics, f1_binary  # noqa: F401  (re-exported)
 from contract.model import pad_batch
 from contract.tasks import Example, Task
 
 from .data import load_examples
 from .run_dir import EVAL_DIR, load_run_model
-
-
-def f1_binary(gold: Sequence[int], pred: Sequence[int], positive: int = 1) -> float:
-    tp = sum(g == positive and p == positive for g, p in zip(gold, pred))
-    fp = sum(g != positive and p == positive for g, p in zip(gold, pred))
-    fn = sum(g == positive and p != positive for g, p in zip(gold, pred))
-    return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
-
-
-def compute_metrics(task: Task, examples: Sequence[Example], preds: Sequence[int]) -> dict[str, float]:
-    """Official metric(s) of the task, plus `score`: the single number used to pick the best checkpoint
-    (the mean of the two metrics for CB and MultiRC, as the paper averages them)."""
-    gold = [e.label for e in examples]
-    if any(g is None for g in gold):
-        raise ValueError("metrics need labelled examples")
-    accuracy = sum(g == p for g, p in zip(gold, preds)) / len(gold)
-    if task.metric == "accuracy":
-        return {"accuracy": accuracy, "score": accuracy}
-    if task.metric == "accuracy_f1":
-        f1 = sum(f1_binary(gold, preds, k) for k in range(task.num_labels)) / task.num_labels
-        return {"accuracy": accuracy, "f1_macro": f1, "score": (accuracy + f1) / 2}
-    # MultiRC: F1a over all answer options (positive = True), EM over questions.
-    positive = task.labels.index("True")
-    f1a = f1_binary(gold, preds, positive)
-    by_question: dict[str, list[bool]] = defaultdict(list)
-    for e, p in zip(examples, preds):
-        by_question[e.group or e.key].append(e.label == p)
-    em = sum(all(v) for v in by_question.values()) / len(by_question)
-    return {"f1a": f1a, "em": em, "accuracy": accuracy, "score": (f1a + em) / 2}
 
 
 def autocast(precision: str, device: torch.device):

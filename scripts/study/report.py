@@ -207,7 +207,7 @@ def cell(task: str, metrics: list[dict]) -> str:
 def majority_metrics(task_name: str, predictions: Path) -> dict:
     """The official metrics of always answering the most common gold label of the scored examples."""
     from contract.tasks import Example, get_task
-    from training.evaluate import compute_metrics
+    from contract.metrics import compute_metrics
 
     task = get_task(task_name)
     rows = read_predictions(predictions)
@@ -230,7 +230,7 @@ def superglue_average_ci(rows: list[dict], arm: str = "a1", resamples: int = 200
     every task, the seed pairs and the scored examples (MultiRC: whole questions, since its EM is per
     question). Secondary: with 1-3 seeds per task a percentile bootstrap over seeds is too narrow."""
     from contract.tasks import Example, get_task
-    from training.evaluate import compute_metrics
+    from contract.metrics import compute_metrics
 
     tasks = []
     for name in names or list(SUPERGLUE):

@@ -191,3 +191,225 @@ def test_a_body_that_never_finishes_is_408():
 
     response = run(go())
     assert response.status_code == 408 and response.json()["error"]["type"] == "timeout"
+
+
+# --- issue 23, item 8: one caller's CoT parameters must not fail another's request ----------------------
+def _two_cot_calls(tiny_export, bad: dict):
+    """A good and a bad /classify/cot call sent together, so they would share one generation batch."""
+    async def go():
+        settings = Settings(models={"cb": tiny_export}, dtype="float32", cot=True, cot_max_new_tokens=4,
+                            max_wait_ms=200)
+        async with serving(settings) as client:
+            good = {"model": "cb", "input": "a b", "max_new_tokens": 2, "seed": 1}
+            return await asyncio.gather(client.post("/classify/cot", json=good),
+                                        client.post("/classify/cot", json={**good, **bad}))
+    return run(go())
+
+
+@pytest.mark.parametrize("seed", [2**70, -(2**63) - 1, 2**63])
+def test_an_out_of_range_cot_seed_is_a_422_and_the_request_beside_it_is_served(tiny_export, seed):
+    good, bad = _two_cot_calls(tiny_export, {"seed": seed})
+    assert bad.status_code == 422, bad.text
+    assert bad.json()["error"]["field"] == "seed"
+    assert good.status_code == 200, good.text
+
+
+def test_a_generation_group_that_fails_fails_only_its_own_request(tiny_export, monkeypatch):
+    """Defence in depth: whatever makes `generate()` raise for one request's parameters, requests with
+    other parameters in the same batch are still answered."""
+    from service.cot import CotRunner
+
+    original = CotRunner._generate_group
+
+    def fragile(self, prompts, params):
+        if params.temperature == 0.5:
+            raise ValueError("this group's parameters break generate()")
+        return original(self, prompts, params)
+
+    monkeypatch.setattr(CotRunner, "_generate_group", fragile)
+    good, bad = _two_cot_calls(tiny_export, {"temperature": 0.5})
+    assert good.status_code == 200, good.text
+    assert bad.status_code == 500 and bad.json()["error"]["type"] == "internal"
+
+
+# --- issue 23, item 6: a huge input costs work bounded by max_length, and never stalls the event loop -----
+SMOLLM2_TOKENIZER = __import__("pathlib").Path(__file__).resolve().parents[2] / "loadtest" / "assets" / "smollm2"
+
+
+def test_a_huge_one_word_input_is_encoded_in_bounded_time():
+    """The real tokenizer took ~0.7-1.4 s per MB on the whole text before cutting it to max_length."""
+    import time
+
+    from contract.encoding import load_tokenizer
+    from service.runner import InputEncoder
+
+    from .conftest import FAKE_TASK, FakeManifest
+
+    manifest = FakeManifest()
+    manifest.max_length = 512
+    encoder = InputEncoder(manifest, FAKE_TASK, load_tokenizer(SMOLLM2_TOKENIZER))
+    for text in ("a" * 1_900_000, "word " * 380_000, "é🙂" * 600_000):
+        started = time.perf_counter()
+        encoded = encoder.encode(text, 0, truncate=True)
+        assert time.perf_counter() - started < 0.3
+        assert encoded.truncated and len(encoded.ids) == 512
+        started = time.perf_counter()
+        with pytest.raises(Exception, match="over the model's limit of 512"):
+            encoder.encode(text, 0, truncate=False)
+        assert time.perf_counter() - started < 0.3
+
+
+def test_cutting_before_tokenising_keeps_the_ids_of_real_text():
+    """Where the text has word boundaries the bounded encoder gives exactly the ids of the whole text's."""
+    import random
+
+    from contract.encoding import encode_bounded, encode_input, load_tokenizer
+
+    tokenizer = load_tokenizer(SMOLLM2_TOKENIZER)
+    rng = random.Random(0)
+    vocabulary = ["the", "premise", "said", "naïve", "café", "東京", "🙂", "x" * 30, "#" * 80, "\n", "  ", "\t",
+                  "Question:", "42", "3.14", "don't", "—", "\n" + " " * 80]
+    for n in (10, 600, 3_000, 40_000):
+        text = " ".join(rng.choice(vocabulary) for _ in range(n))
+        for max_length in (16, 512):
+            ids, truncated, count = encode_bounded(tokenizer, text, max_length)
+            assert (ids, truncated) == encode_input(tokenizer, text, max_length), (n, max_length)
+            assert count is None or count == len(tokenizer(text)["input_ids"])
+
+
+def test_huge_inputs_do_not_stall_health_or_other_requests():
+    """Four 1.9 MB one-word inputs (under the 2 MB body limit) used to hold the event loop ~2.6 s each."""
+    import time
+
+    from contract.encoding import load_tokenizer
+
+    runner = FakeRunner()
+    runner.tokenizer = load_tokenizer(SMOLLM2_TOKENIZER)
+    runner.manifest.max_length = 512
+
+    async def go():
+        async with serving(Settings(models={}), {"cb": runner}) as client:
+            huge = {"model": "cb", "input": "a" * 1_900_000}
+            slow: list[float] = []
+            stop = asyncio.Event()
+
+            async def health():  # /health, and how long the event loop was held between its calls
+                while not stop.is_set():
+                    started = time.perf_counter()
+                    assert (await client.get("/health")).status_code == 200
+                    await asyncio.sleep(0.01)
+                    slow.append(time.perf_counter() - started - 0.01)
+
+            pinging = asyncio.ensure_future(health())
+            await asyncio.sleep(0.05)
+            answers = await asyncio.gather(
+                *(client.post("/classify", json=huge) for _ in range(4)),
+                client.post("/classify", json={**huge, "truncate": False}),
+                client.post("/classify", json={"model": "cb", "input": "It rained."}))
+            stop.set()
+            await pinging
+            return answers, slow
+
+    answers, slow = run(go())
+    assert [a.status_code for a in answers] == [200] * 4 + [422, 200], [a.text[:200] for a in answers]
+    assert answers[0].json()["data"][0]["truncated"] is True
+    assert max(slow) < 0.5, slow
+
+
+# --- issue 23, item 7: idle or slow connections, and huge headers, at the connection level -----------------
+def test_idle_connections_are_closed_and_huge_or_slow_headers_get_json(tmp_path):
+    """With --max-connections 16, 20 connections that send nothing used to make every request get uvicorn's
+    plain-text 503 forever, and a 100 MB header was read into memory without a limit."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from loadtest.servers import free_port, spawn_until_ready, stop
+
+    fixture = __import__("pathlib").Path(__file__).resolve().parents[1] / "fixtures" / "export-v1-cb"
+    port = free_port()
+    cmd = [sys.executable, "-m", "dhrd", "serve", "--model", f"cb={fixture}", "--port", str(port), "--dtype",
+           "float32", "--max-connections", "16", "--header-timeout-s", "1", "--max-header-bytes", "16384",
+           "--log-level", "warning"]
+    proc = spawn_until_ready(cmd, f"http://127.0.0.1:{port}/ready", tmp_path / "serve.log", timeout=120, poll=0.2)
+
+    def connect() -> socket.socket:
+        return socket.create_connection(("127.0.0.1", port), timeout=10)
+
+    def answer(sock: socket.socket) -> tuple[int, dict]:
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert b"application/json" in head.lower(), data[:300]
+        return int(head.split()[1]), json.loads(body)
+
+    def health() -> int:
+        with connect() as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            return answer(sock)[0]
+
+    try:
+        idle = [connect() for _ in range(20)]
+        time.sleep(0.3)
+        crowded_status, crowded = None, None
+        with connect() as sock:  # over the cap: refused, in our JSON shape
+            sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            crowded_status, crowded = answer(sock)
+        time.sleep(1.5)  # the idle ones are closed after --header-timeout-s
+        assert all(s.recv(1) == b"" for s in idle)
+        assert health() == 200
+        assert crowded_status == 503 and crowded["error"]["type"] == "overloaded"
+
+        with connect() as sock:  # a header over the limit: 431, without reading the rest
+            sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 65536)
+            status, body = answer(sock)
+        assert status == 431 and body["error"]["field"] == "headers"
+
+        with connect() as sock:  # headers trickling in past the timeout: 408
+            sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n")
+            status, body = answer(sock)
+        assert status == 408 and body["error"]["type"] == "timeout"
+        for s in idle:
+            s.close()
+        assert health() == 200
+
+        with connect() as sock:  # kept-alive and pipelined requests are still served
+            ask = b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n"
+            sock.sendall(ask)
+            time.sleep(0.6)
+            sock.sendall(ask + ask[:-2] + b"connection: close\r\n\r\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        assert data.count(b"HTTP/1.1 200 OK") == 3, data
+    finally:
+        stop(proc, timeout=30)
+
+
+def test_admission_counts_the_requests_own_tokenising_time_against_its_deadline():
+    """The honest queue refuses work that would finish past its deadline; tokenising is part of that work."""
+    from service.served import InputOptions, ServedModel
+
+    class Queue:
+        def __init__(self):
+            self.deadlines: list[float] = []
+
+        def admit(self, n, deadline):
+            self.deadlines.append(deadline)
+
+        async def run(self, sequences, deadline):
+            return [[0.5, 0.5] for _ in sequences]
+
+    queue = Queue()
+    served = ServedModel("fake", FakeRunner(), queue)
+    big = "word " * 40_000  # 200 K characters: tokenised off the loop, and counted up to what is read
+    run(served.classify([big], InputOptions(), deadline=100.0))
+    assert served._seconds_per_char > 0
+    served._seconds_per_char = 1e-3
+    run(served.classify([big, "x"], InputOptions(), deadline=100.0))
+    work = served._work([big, "x"])
+    assert 0 < work < 1000  # each input counted only up to the window the bounded encoder reads first
+    assert queue.deadlines[-1] == pytest.approx(100.0 - work * 1e-3)

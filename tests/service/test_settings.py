@@ -84,3 +84,28 @@ def test_front_end_processes_default_to_one_process_on_cpu_and_several_on_a_gpu(
     assert Settings(device="cuda").front_ends >= 1
     assert Settings(device="cuda", workers=0).front_ends == 0
     assert Settings(workers=3).front_ends == 3
+
+
+# --- issue 23, item 11: configuration traps are refused, naming the flag --------------------------------
+@pytest.mark.parametrize("extra,flag", [
+    (["--api-key", ""], "--api-key"),  # used to disable auth silently
+    (["--api-key", "   "], "--api-key"),
+    (["--api-key", "clé-secrète"], "--api-key"),  # a UTF-8 client's bytes never matched it
+    (["--api-key", "two words"], "--api-key"),
+    (["--model", "cb=exports/other"], "--model"),  # used to serve the last one silently
+])
+def test_configuration_traps_are_refused_naming_the_flag(tmp_path, capsys, extra, flag):
+    assert main(["serve", "--model", f"cb={tmp_path}", *extra]) == 2
+    err = capsys.readouterr().err
+    assert flag in err, err
+    assert "is not a DHRD export" not in err  # refused as a setting, before any export is looked at
+    if flag == "--api-key" and extra[1].strip():
+        assert extra[1] not in err  # a key is not echoed into logs
+
+
+@pytest.mark.parametrize("env,value", [("DHRD_API_KEY", ""), ("DHRD_MODELS", '{"cb": "a", "cb": "b"}'),
+                                       ("DHRD_MODELS", "cb=a,cb=b")])
+def test_configuration_traps_are_refused_from_the_environment_too(monkeypatch, env, value):
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ValidationError, match="--api-key|--model"):
+        Settings()
