@@ -1,4 +1,5 @@
-"""Dynamic batching: a bounded queue per model, cut into batches by size, padded tokens and wait time.
+"""Continuous batching: a bounded queue per model, cut into batches by size and padded tokens; an idle
+device takes a request at once, and requests gather only while a forward pass runs.
 
 Three stages, as in text-embeddings-inference: the handler validates, tokenises and `submit`s
 (awaiting futures); this batcher's task collects sequences and cuts batches; the forward pass
@@ -172,24 +173,38 @@ class Batcher:
                     await self._forward(batch)
 
     async def _collect(self, items: list[_Pending]) -> None:
-        """Wait for one live sequence, then gather more into `items` until the batch is full or max_wait_ms passed."""
+        """Wait for one live sequence, then take what is already queued into `items`, up to max_batch_size.
+
+        Continuous batching (TEI, vLLM): an idle device never waits for company, since a timer there only
+        adds latency; requests gather while a pass runs, because the batcher is busy awaiting it. With the
+        pipeline (`launch`), a batch may still be on the device now: then arrivals gather for up to
+        max_wait_ms, until the batch is full or the device has finished, before the next launch.
+        """
         while not items:
             items += self._live([await self._queue.get()])
+        self._take_queued(items)
+        if self._finishing and len(items) < self.config.max_batch_size:
+            await self._gather_while_busy(items)
+        for item in items:
+            self._unqueue(item)
+
+    def _take_queued(self, items: list[_Pending]) -> None:
+        while len(items) < self.config.max_batch_size and not self._queue.empty():
+            items += self._live([self._queue.get_nowait()])
+
+    async def _gather_while_busy(self, items: list[_Pending]) -> None:
+        """Pipelined only: while a launched batch runs, let arrivals join the next one, for at most
+        max_wait_ms; stop early when the batch is full or the device has no batch left."""
         deadline = time.perf_counter() + self.config.max_wait_ms / 1000
-        while len(items) < self.config.max_batch_size:
-            if not self._queue.empty():
-                items += self._live([self._queue.get_nowait()])
-                continue
+        while self._finishing and len(items) < self.config.max_batch_size:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break
             self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            except asyncio.TimeoutError:
-                break
-        for item in items:
-            self._unqueue(item)
+            arrival = asyncio.ensure_future(self._arrived.wait())
+            await asyncio.wait({arrival, *self._finishing}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            arrival.cancel()
+            self._take_queued(items)
 
     def _live(self, items: list[_Pending]) -> list[_Pending]:
         """Drop sequences whose request was cancelled (client gone) or that cannot finish before their
