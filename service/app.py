@@ -13,7 +13,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from . import schemas
 from .cot import GenParams
 from .deps import BEARER, StateDep
-from .errors import ClientGone, InvalidInput, TooLarge, error_response, install_handlers
+from .errors import ClientGone, InvalidInput, TooLarge
+from .http_errors import error_response, install_handlers
 from .metrics import Metrics, exposition
 from .middleware import Admission, BodyGuard, Observe
 from .runner import ModelRunner

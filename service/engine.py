@@ -9,16 +9,30 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Mapping, TypeVar
 
 from contract.model import DTYPES
 
 from .batcher import BatchConfig, Batcher
 from .cot import CotRunner
+from .errors import NotReady, UnknownModel
 from .metrics import Metrics
 from .runner import ModelRunner
 from .settings import Settings
 
 log = logging.getLogger("dhrd.engine")
+M = TypeVar("M")
+
+
+def find_model(models: Mapping[str, M], name: str, ready: bool, load_error: str | None) -> M:
+    """The one readiness check and model lookup, shared by the in-process path (`AppState.model`) and
+    the engine process (`EngineServer`), so both refuse alike. Raises NotReady or UnknownModel."""
+    if not ready:
+        raise NotReady(load_error or "models are still loading; retry when GET /ready answers 200")
+    found = models.get(name)
+    if found is None:
+        raise UnknownModel(f"model {name[:64]!r} is not served; available: {sorted(models)}", field="model")
+    return found
 
 
 @dataclass

@@ -13,8 +13,8 @@ import os
 import signal
 
 from . import ipc
-from .engine import EngineCore
-from .errors import Disabled, NotReady, UnknownModel
+from .engine import EngineCore, find_model
+from .errors import Disabled
 from .metrics import Metrics
 from .settings import Settings
 
@@ -76,12 +76,7 @@ class EngineServer:
             writer.write(ipc.pack(message))
 
     def _queue(self, model: str, kind: str):
-        if not self.ready:
-            raise NotReady(self.load_error or "the engine is still loading its models")
-        entry = self.core.models.get(model)
-        if entry is None:
-            raise UnknownModel(f"model {model[:64]!r} is not served; available: {sorted(self.core.models)}",
-                               field="model")
+        entry = find_model(self.core.models, model, self.ready, self.load_error)
         queue = entry.batcher if kind == "classify" else entry.cot_batcher
         if queue is None:
             raise Disabled("the CoT endpoint is disabled; start the service with --cot (DHRD_COT=true)")

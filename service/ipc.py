@@ -1,5 +1,6 @@
 """The local channel between front-end processes and the engine process: length-prefixed pickled
-messages over a Unix socket, and service errors as plain tuples on the wire.
+messages over a Unix socket, and service errors as plain tuples on the wire (no HTTP: the engine
+process never imports the web framework).
 
 Why pickle: both ends are this package, the socket lives in a directory only the service's user can
 open (mode 0700, made by `dhrd serve`), and pickling a list of token id lists is the cheapest encoding
@@ -46,18 +47,20 @@ async def read(reader: asyncio.StreamReader) -> tuple:
         raise ChannelClosed(str(exc) or "channel closed") from exc
 
 
-def error_to_wire(exc: BaseException) -> tuple[str, str, str | None, dict[str, str]]:
-    """A service error as (kind, message, field, headers); anything else as an internal error."""
+def error_to_wire(exc: BaseException) -> tuple[str, str, str | None, float | None]:
+    """A service error as (kind, message, field, retry_after); anything else as an internal error."""
     if isinstance(exc, ServiceError):
-        return exc.kind, exc.message, exc.field, dict(exc.headers)
-    return "internal", f"the forward pass failed: {type(exc).__name__}: {exc}", None, {}
+        return exc.kind, exc.message, exc.field, getattr(exc, "retry_after", None)
+    return "internal", f"the forward pass failed: {type(exc).__name__}: {exc}", None, None
 
 
-def error_from_wire(wire: tuple[str, str, str | None, dict[str, str]]) -> ServiceError:
-    kind, message, field, headers = wire
+def error_from_wire(wire: tuple[str, str, str | None, float | None]) -> ServiceError:
+    kind, message, field, retry_after = wire
     cls = error_class(kind)
     exc = cls.__new__(cls)
-    ServiceError.__init__(exc, message, field, headers)  # subclasses' own __init__ only shape these
+    ServiceError.__init__(exc, message, field)  # subclasses' own __init__ only shape these
+    if retry_after is not None:
+        exc.retry_after = retry_after  # type: ignore[attr-defined]
     return exc
 
 

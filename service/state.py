@@ -8,9 +8,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .engine import EngineCore
+from .engine import EngineCore, find_model
 from .engine_client import EngineClient, RemoteQueue
-from .errors import NotReady, ShuttingDown, UnknownModel
+from .errors import ShuttingDown
 from .metrics import Metrics
 from .runner import InputEncoder, ModelRunner
 from .served import ServedModel
@@ -35,12 +35,7 @@ class AppState:
         ShuttingDown once draining."""
         if self.draining:
             raise ShuttingDown("the service is shutting down; retry on another replica")
-        if not self.ready:
-            raise NotReady(self.load_error or "models are still loading; retry when GET /ready answers 200")
-        served = self.models.get(name)
-        if served is None:
-            raise UnknownModel(f"model {name[:64]!r} is not served; available: {sorted(self.models)}", field="model")
-        return served
+        return find_model(self.models, name, self.ready, self.load_error)
 
     @property
     def serving(self) -> bool:
