@@ -15,7 +15,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, Sized
 
-from .errors import DeadlineExceeded, Overloaded, ShuttingDown, TooLarge
+from .errors import DeadlineExceeded, EngineDead, Overloaded, ShuttingDown, TooLarge, is_fatal_device_error
 from .metrics import Metrics
 
 # A payload is anything whose len() is its token count: a list of token ids for classification,
@@ -48,8 +48,11 @@ class _Pending:
 
 class Batcher:
     def __init__(self, name: str, predict: PredictFn, config: BatchConfig, executor: Executor, metrics: Metrics,
-                 launch: LaunchFn | None = None, finisher: Executor | None = None):
+                 launch: LaunchFn | None = None, finisher: Executor | None = None,
+                 on_fatal: Callable[[BaseException], None] | None = None):
         self.name = name
+        # Called once a forward pass raises a fatal device error: the engine must then stop (engine.py).
+        self.on_fatal = on_fatal
         self.predict = predict
         # With `launch` (CUDA graphs), batch N+1 is padded, copied and launched while batch N still runs
         # on the device; `finisher` (its own thread) waits for each batch's results.
@@ -247,7 +250,7 @@ class Batcher:
         try:
             results = await loop.run_in_executor(self.executor, self.predict, [p.payload for p in batch])
         except Exception as exc:  # a failed forward pass fails its requests, not the batcher
-            self._fail(batch, exc)
+            self._fail(batch, self._failure(exc))
             return
         finally:
             self._computing = 0
@@ -264,7 +267,7 @@ class Batcher:
             pending = await loop.run_in_executor(self.executor, self.launch, [p.payload for p in batch])
         except Exception as exc:
             self._computing -= len(batch)
-            self._fail(batch, exc)
+            self._fail(batch, self._failure(exc))
             return
         task = asyncio.create_task(self._finish(batch, pending, started))
         self._finishing.add(task)
@@ -275,11 +278,25 @@ class Batcher:
         try:
             results = await loop.run_in_executor(self.finisher, pending.result)
         except Exception as exc:
-            self._fail(batch, exc)
+            self._fail(batch, self._failure(exc))
             return
         finally:
             self._computing -= len(batch)
         self._done(batch, results, started)
+
+    def _failure(self, exc: Exception) -> Exception:
+        """What a failed pass's requests are answered with. An ordinary error is that batch's alone; a
+        fatal device error (the CUDA context is dead, every later pass would fail too) kills the engine."""
+        if not is_fatal_device_error(exc):
+            return exc
+        if self.on_fatal is not None:
+            self.on_fatal(exc)
+        return EngineDead("the accelerator failed and the engine is stopping; retry on another replica")
+
+    def kill(self, error: Exception) -> int:
+        """Refuse new work and answer everything not yet computed with `error`; the engine is dying."""
+        self._closed = True
+        return self._fail_queued(error)
 
     @staticmethod
     def _fail(batch: list[_Pending], exc: Exception) -> None:

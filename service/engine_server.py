@@ -19,6 +19,7 @@ from .metrics import Metrics
 from .settings import Settings
 
 log = logging.getLogger("dhrd.engine")
+EXIT_DEVICE_FAILED = 3  # the engine's exit code after a fatal device error (the supervisor logs it)
 
 
 class EngineServer:
@@ -82,18 +83,23 @@ class EngineServer:
             raise Disabled("the CoT endpoint is disabled; start the service with --cot (DHRD_COT=true)")
         return queue
 
-    async def serve(self, verify_hashes: bool, stop: asyncio.Event) -> None:
-        """Listen, load, and serve until `stop` is set; then drain briefly and close."""
+    async def serve(self, verify_hashes: bool, stop: asyncio.Event) -> bool:
+        """Listen, load, and serve until `stop` is set (then drain briefly and close) or the device fails
+        fatally (then close at once: nothing more can be computed). Returns whether the device failed."""
         server = await asyncio.start_unix_server(self.handle, path=self.socket_path)
         os.chmod(self.socket_path, 0o600)
         loading = asyncio.create_task(self.load(verify_hashes))
-        await stop.wait()
-        # The supervisor stops the front ends first; whatever they still sent gets a short grace.
+        stopped, died = asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.core.died.wait())
+        await asyncio.wait({stopped, died}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel(), died.cancel()
         loading.cancel()
-        failed = await self.core.drain(min(self.settings.grace_s, 5.0))
+        self.ready = False
+        # The supervisor stops the front ends first; whatever they still sent gets a short grace.
+        failed = 0 if self.core.dead else await self.core.drain(min(self.settings.grace_s, 5.0))
         server.close()
         await self.core.close()
         log.info("engine stopped (%d queued sequence(s) answered 503)", failed)
+        return self.core.dead is not None
 
 
 def main(settings: Settings, socket_path: str, log_level: str, verify_hashes: bool) -> None:
@@ -104,9 +110,13 @@ def main(settings: Settings, socket_path: str, log_level: str, verify_hashes: bo
         from uvloop import run
     except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
         run = asyncio.run
-    async def serve() -> None:
+    async def serve() -> bool:
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        await EngineServer(settings, socket_path).serve(verify_hashes, stop)
+        return await EngineServer(settings, socket_path).serve(verify_hashes, stop)
 
-    run(serve())
+    if run(serve()):
+        # The device context is dead: exit non-zero now (the supervisor then stops the service). os._exit
+        # skips interpreter teardown, whose CUDA frees and thread joins could fail or hang on a dead device.
+        logging.shutdown()
+        os._exit(EXIT_DEVICE_FAILED)

@@ -39,8 +39,13 @@ class AppState:
 
     @property
     def serving(self) -> bool:
-        """Ready, and (with an engine process) still connected to it."""
-        return self.ready and (self.client is None or self.client.alive)
+        """Ready, its in-process engine alive, and (with an engine process) still connected to it."""
+        return self.ready and not self.engine_dead and (self.client is None or self.client.alive)
+
+    @property
+    def engine_dead(self) -> bool:
+        """The in-process engine hit a fatal device error: the server must stop, non-zero (server.py)."""
+        return self.engine is not None and self.engine.dead is not None
 
     async def load(self, runners: dict[str, ModelRunner] | None = None, verify_hashes: bool = True,
                    engine_socket: str | Path | None = None) -> None:

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from service.batcher import BatchConfig, Batcher
-from service.errors import DeadlineExceeded, Overloaded, ShuttingDown, TooLarge
+from service.errors import DeadlineExceeded, EngineDead, Overloaded, ShuttingDown, TooLarge
 from service.http_errors import http_headers, http_status
 from service.metrics import Metrics
 from service.settings import Settings
@@ -342,3 +342,40 @@ def test_while_the_device_is_busy_arrivals_gather_for_at_most_max_wait_ms():
 
     launched_idle, gathering, capped, results = asyncio.run(go())
     assert launched_idle == [1] and gathering == [1] and capped == [1, 1] and results == [10, 20]
+
+
+# --- fatal device errors (a dead CUDA context) against ordinary per-batch failures -------------------
+def failing_with(message: str):
+    def predict(batch):
+        raise RuntimeError(message)
+    return predict
+
+
+@pytest.mark.parametrize("message", ["CUDA error: an illegal memory access was encountered",
+                                     "CUDA error: device-side assert triggered"])
+def test_a_fatal_device_error_answers_engine_dead_and_tells_the_engine(message):
+    async def go():
+        fatal: list[BaseException] = []
+        b = Batcher("m", failing_with(message), make(Recorder()).config, ThreadPoolExecutor(1), Metrics(),
+                    on_fatal=fatal.append)
+        b.start()
+        out = await asyncio.gather(*b.submit([[1]], far()), return_exceptions=True)
+        await b.stop()
+        return fatal, out
+
+    fatal, out = asyncio.run(go())
+    assert len(fatal) == 1 and isinstance(out[0], EngineDead)
+
+
+def test_an_ordinary_forward_error_fails_its_batch_only():
+    async def go():
+        fatal: list[BaseException] = []
+        b = Batcher("m", failing_with("mat1 and mat2 shapes cannot be multiplied"), make(Recorder()).config,
+                    ThreadPoolExecutor(1), Metrics(), on_fatal=fatal.append)
+        b.start()
+        out = await asyncio.gather(*b.submit([[1]], far()), return_exceptions=True)
+        await b.stop()
+        return fatal, out
+
+    fatal, out = asyncio.run(go())
+    assert fatal == [] and type(out[0]) is RuntimeError

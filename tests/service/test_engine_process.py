@@ -200,3 +200,56 @@ def test_if_the_engine_dies_the_supervisor_stops_the_service_and_exits_nonzero(t
         if proc.poll() is None:
             proc.kill()
     assert "dhrd-engine exited with code -9" in log.read_text()
+
+
+FAULT = '''
+"""Injected into every process of the service under test: after warm-up, the forward pass fails as a
+dead CUDA context does."""
+import service.runner as runner
+
+_warmup, _predict = runner.ModelRunner.warmup, runner.ModelRunner.predict
+
+
+def warmup(self):
+    _warmup(self)
+    self.armed = True
+
+
+def predict(self, batch):
+    if getattr(self, "armed", False):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
+    return _predict(self, batch)
+
+
+runner.ModelRunner.warmup, runner.ModelRunner.predict = warmup, predict
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers,code", [("0", 3), ("1", 1)])
+def test_a_fatal_device_error_stops_the_service_nonzero(tmp_path, workers, code):
+    """One process: the server exits 3. `--workers 1`: the engine exits 3, the supervisor stops the rest, 1."""
+    (tmp_path / "sitecustomize.py").write_text(FAULT)  # every process, spawned children included
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.Popen([sys.executable, "-m", "dhrd", "serve", "--model", f"cb={FIXTURE}", "--port", str(port),
+                             "--workers", workers, "--dtype", "float32"], stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(900):
+            try:
+                if httpx.get(url + "/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.1)
+        answer = httpx.post(url + "/classify", json={"model": "cb", "input": PAIR}, timeout=30)
+        assert answer.status_code == 503, answer.text
+        assert proc.wait(timeout=60) == code
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "fatal device error" in log.read_text()
