@@ -60,11 +60,11 @@ async def send(url: str, requests: int, connections: int) -> dict[int, int]:
     return statuses
 
 
-def measure(export: Path, workers: int, requests: int, connections: int, warmup: int) -> dict:
+def measure(export: Path, workers: int, requests: int, connections: int, warmup: int, flags: list[str]) -> dict:
     port = free_port()
     log = Path(tempfile.mkdtemp(prefix="engine-cpu-")) / "serve.log"
     cmd = [sys.executable, "-m", "dhrd", "serve", "--model", f"cb={export}", "--port", str(port), "--workers",
-           str(workers), "--dtype", "float32", "--log-level", "info"]
+           str(workers), "--dtype", "float32", "--log-level", "info", *flags]
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
         pid = engine_pid(log)
@@ -79,7 +79,7 @@ def measure(export: Path, workers: int, requests: int, connections: int, warmup:
         stop(proc)
     return {"engine_cpu_us_per_request": round(cpu / requests * 1e6, 1), "engine_cpu_s": round(cpu, 3),
             "requests": requests, "connections": connections, "workers": workers, "wall_s": round(wall, 2),
-            "statuses": statuses, "commit": _commit()}
+            "flags": flags, "statuses": statuses, "commit": _commit()}
 
 
 def _commit() -> str:
@@ -94,10 +94,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=100, help="requests sent before measuring")
+    # One torch thread: a second OpenMP thread spins between passes and its CPU would swamp the engine's
+    # own per-request work, which is what this measures.
+    parser.add_argument("--flags", default="--threads 1", help="more `dhrd serve` flags (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be >= 1: with 0 there is no engine process to measure")
-    print(json.dumps(measure(args.export, args.workers, args.requests, args.connections, args.warmup)))
+    print(json.dumps(measure(args.export, args.workers, args.requests, args.connections, args.warmup,
+                             args.flags.split())))
 
 
 if __name__ == "__main__":
