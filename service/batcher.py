@@ -322,22 +322,27 @@ async def wait_all(futures: list[asyncio.Future], deadline: float) -> list:
     try:
         done, pending = await asyncio.wait(futures, timeout=max(0.0, deadline - time.monotonic()))
     except asyncio.CancelledError:
-        _abandon(futures)
+        abandon(futures)
         raise
     if pending:
-        _abandon(futures)
+        abandon(futures)
         raise DeadlineExceeded("no result before the request deadline (request_timeout_s)")
+    return outcome(futures)
+
+
+def outcome(futures: list[asyncio.Future]) -> list:
+    """The results of finished futures, in order, or the first failure raised (every other abandoned)."""
     if any(f.cancelled() for f in futures):  # the batcher was stopped under it
-        _abandon(futures)
+        abandon(futures)
         raise ShuttingDown("the service stopped before this request was computed; retry on another replica")
     failed = next((f for f in futures if f.exception() is not None), None)
     if failed is not None:
-        _abandon(futures)
+        abandon(futures)
         raise failed.exception()  # type: ignore[misc]
     return [f.result() for f in futures]
 
 
-def _abandon(futures: list[asyncio.Future]) -> None:
+def abandon(futures: list[asyncio.Future]) -> None:
     """Cancel what is pending and mark finished failures as seen: an exception nobody retrieves is
     logged by asyncio as an error, and these outcomes (deadline, client gone) are expected."""
     for f in futures:

@@ -253,3 +253,87 @@ def test_a_fatal_device_error_stops_the_service_nonzero(tmp_path, workers, code)
         if proc.poll() is None:
             proc.kill()
     assert "fatal device error" in log.read_text()
+
+
+@asynccontextmanager
+async def engine_and_client(tmp_path, delay: float, **settings):
+    """An engine server and a bare `EngineClient` (no HTTP) in this event loop, over a real socket."""
+    from service.engine_client import EngineClient
+
+    s = Settings(models={"cb": FIXTURE}, dtype="float32", **settings)
+    runner = SlowRunner.from_export(FIXTURE, dtype="float32")
+    socket_path = str(tmp_path / "engine.sock")
+    stop = asyncio.Event()
+    engine = EngineServer(s, socket_path, runners={"cb": runner})
+    task = asyncio.create_task(engine.serve(False, stop))
+    client = EngineClient(socket_path)
+    try:
+        await client.connect()
+        while not (await client.status())[0]:
+            await asyncio.sleep(0.05)
+        runner.delay = delay  # warm-up done
+        yield client, runner
+    finally:
+        await client.close()
+        stop.set()
+        await task
+
+
+def frames_of(monkeypatch) -> list[list[str]]:
+    """Every frame packed from now on, as the kinds of its messages."""
+    frames: list[list[str]] = []
+    pack = ipc.pack
+
+    def counting(messages):
+        frames.append([m[0] for m in messages])
+        return pack(messages)
+
+    monkeypatch.setattr(ipc, "pack", counting)
+    return frames
+
+
+IDS = [[1, 2, 3, 4, 5]]
+
+
+def test_one_frame_per_forward_pass_each_way(tmp_path, monkeypatch):
+    """Eight requests submitted together go as one frame; their answers, computed in one pass, come back
+    as one frame. Requests that arrive during that pass form the next pass, answered in a second frame."""
+    async def go():
+        async with engine_and_client(tmp_path, delay=0.3) as (client, runner):
+            frames = frames_of(monkeypatch)
+            first = [client.submit("cb", "classify", IDS, far()) for _ in range(8)]
+            await asyncio.sleep(0.1)  # their pass runs in the engine
+            second = [client.submit("cb", "classify", IDS, far()) for _ in range(3)]
+            results = await asyncio.gather(*(client.wait(f, far()) for f in first + second))
+            return frames, results
+
+    frames, results = run(go())
+    assert len(results) == 11 and all(len(r) == 1 for r in results)
+    assert [f for f in frames if f[0] == "run"] == [["run"] * 8, ["run"] * 3]
+    assert [f for f in frames if f[0] == "ok"] == [["ok"] * 8, ["ok"] * 3]
+
+
+def test_the_engine_answers_a_deadline_it_cannot_meet_and_skips_cancelled_requests(tmp_path):
+    from service.errors import DeadlineExceeded
+
+    async def go():
+        SlowRunner.computed = 0
+        async with engine_and_client(tmp_path, delay=0.4) as (client, runner):
+            SlowRunner.computed = 0
+            busy = client.submit("cb", "classify", IDS, far())
+            await asyncio.sleep(0.1)  # the engine's pass runs; these two wait in its queue
+            late = client.submit("cb", "classify", IDS, time.monotonic() + 0.2)
+            gone = client.submit("cb", "classify", IDS, far())
+            await asyncio.sleep(0.05)
+            client.cancel(gone)
+            await client.wait(busy, far())
+            with pytest.raises(DeadlineExceeded):
+                await client.wait(late, far())
+            await asyncio.sleep(0.5)
+            return SlowRunner.computed
+
+    assert run(go()) == 1  # only the first request cost a forward pass
+
+
+def far() -> float:
+    return time.monotonic() + 60
