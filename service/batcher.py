@@ -49,8 +49,11 @@ class _Pending:
 class Batcher:
     def __init__(self, name: str, predict: PredictFn, config: BatchConfig, executor: Executor, metrics: Metrics,
                  launch: LaunchFn | None = None, finisher: Executor | None = None,
-                 on_fatal: Callable[[BaseException], None] | None = None):
+                 on_fatal: Callable[[BaseException], None] | None = None, gather_when_idle: bool = False):
         self.name = name
+        # Generation (CoT) decodes a static batch for seconds: a request that started alone would hold
+        # every later one for a whole decode, so such a batcher still gathers for max_wait_ms when idle.
+        self.gather_when_idle = gather_when_idle
         # Called once a forward pass raises a fatal device error: the engine must then stop (engine.py).
         self.on_fatal = on_fatal
         self.predict = predict
@@ -182,12 +185,13 @@ class Batcher:
         adds latency; requests gather while a pass runs, because the batcher is busy awaiting it. With the
         pipeline (`launch`), a batch may still be on the device now: then arrivals gather for up to
         max_wait_ms, until the batch is full or the device has finished, before the next launch.
+        (`gather_when_idle`, generation only: up to max_wait_ms on an idle device too.)
         """
         while not items:
             items += self._live([await self._queue.get()])
         self._take_queued(items)
-        if self._finishing and len(items) < self.config.max_batch_size:
-            await self._gather_while_busy(items)
+        if (self._finishing or self.gather_when_idle) and len(items) < self.config.max_batch_size:
+            await self._gather(items)
         for item in items:
             self._unqueue(item)
 
@@ -195,11 +199,11 @@ class Batcher:
         while len(items) < self.config.max_batch_size and not self._queue.empty():
             items += self._live([self._queue.get_nowait()])
 
-    async def _gather_while_busy(self, items: list[_Pending]) -> None:
-        """Pipelined only: while a launched batch runs, let arrivals join the next one, for at most
-        max_wait_ms; stop early when the batch is full or the device has no batch left."""
+    async def _gather(self, items: list[_Pending]) -> None:
+        """Let arrivals join the next batch for at most max_wait_ms: while a launched batch runs (stop
+        early when the device has none left), or always with `gather_when_idle`; stop when full."""
         deadline = time.perf_counter() + self.config.max_wait_ms / 1000
-        while self._finishing and len(items) < self.config.max_batch_size:
+        while (self._finishing or self.gather_when_idle) and len(items) < self.config.max_batch_size:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break

@@ -89,13 +89,15 @@ class EngineCore:
                                                  DTYPES[s.dtype], s.device, s.cot_cache)
                 # Generation batches are bounded by count; their metrics carry the label "<model>:cot".
                 model.cot = cot
-                model.cot_batcher = self._batcher(f"{name}:cot", cot.generate, s.cot_max_batch_size, 10**9)
+                model.cot_batcher = self._batcher(f"{name}:cot", cot.generate, s.cot_max_batch_size, 10**9,
+                                                  gather_when_idle=True)
 
-    def _batcher(self, name: str, predict, max_batch_size: int, max_batch_tokens: int, launch=None) -> Batcher:
+    def _batcher(self, name: str, predict, max_batch_size: int, max_batch_tokens: int, launch=None,
+                 gather_when_idle: bool = False) -> Batcher:
         s = self.settings
         batcher = Batcher(name, predict, BatchConfig(max_batch_size, max_batch_tokens, s.max_wait_ms, s.max_queue),
                           self.executor, self.metrics, launch=launch, finisher=self.finisher if launch else None,
-                          on_fatal=self._device_failed)
+                          on_fatal=self._device_failed, gather_when_idle=gather_when_idle)
         batcher.start()
         return batcher
 

@@ -379,3 +379,20 @@ def test_an_ordinary_forward_error_fails_its_batch_only():
 
     fatal, out = asyncio.run(go())
     assert fatal == [] and type(out[0]) is RuntimeError
+
+
+def test_generation_still_gathers_for_max_wait_ms_on_an_idle_device():
+    """A CoT batch decodes for seconds and cannot take requests mid-pass: its batcher waits to fill."""
+    async def go():
+        rec = Recorder()
+        b = Batcher("m:cot", rec, make(rec, max_batch_size=8, max_wait_ms=100).config, ThreadPoolExecutor(1),
+                    Metrics(), gather_when_idle=True)
+        b.start()
+        first = b.submit([[1]], far())
+        await asyncio.sleep(0.03)
+        second = b.submit([[2]], far())
+        await asyncio.gather(*first, *second)
+        await b.stop()
+        return rec
+
+    assert asyncio.run(go()).batches == [[1, 1]]
