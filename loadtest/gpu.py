@@ -8,7 +8,9 @@ with plain `generate()` and with the static-cache compiled decoder, at the paper
     python -m loadtest.gpu --device cpu --shapes tiny --quick   # the same pipeline on a CPU (the test)
 
 Every stage runs under its own timeout and records ok / failed / timeout / skipped with its log's tail,
-so one failure does not cost the rest. Writes JSON + markdown under loadtest/results/gpu/.
+so one failure does not cost the rest. Writes JSON + markdown under --out (gpu_run.sh: $OUT); the JSON
+is rewritten after every stage ("complete": false until the end), so a killed run still returns what
+it measured.
 """
 from __future__ import annotations
 
@@ -50,16 +52,18 @@ WORDS = ("the river city people morning quiet market old bridge rain light house
 
 # --- stages --------------------------------------------------------------------------------------
 class Stages:
-    """Runs named stages under timeouts; each outcome lands in `report["stages"]`."""
+    """Runs named stages under timeouts; each outcome lands in `report["stages"]`, and `save(report)`
+    runs after every stage, so a run killed midway (device time spent) still returns what it measured."""
 
-    def __init__(self, report: dict, deadline: float):
-        self.report, self.deadline = report, deadline
+    def __init__(self, report: dict, deadline: float, save=lambda report: None):
+        self.report, self.deadline, self.save = report, deadline, save
 
     def run(self, name: str, timeout: float, fn, *args):
         left = self.deadline - time.monotonic()
         if left < 5:
             self.report["stages"][name] = {"status": "skipped", "reason": "overall budget spent"}
             print(f"[gpu] {name}: skipped (budget)", flush=True)
+            self.save(self.report)
             return None
         started = time.monotonic()
         try:
@@ -72,7 +76,14 @@ class Stages:
         status["seconds"] = round(time.monotonic() - started, 1)
         self.report["stages"][name] = status
         print(f"[gpu] {name}: {status}", flush=True)
+        self.save(self.report)
         return result
+
+    def measure(self, into: dict, key: str, name: str, timeout: float, fn, *args):
+        """`run`, with the result stored at `into[key]` and saved before the next stage starts."""
+        into[key] = self.run(name, timeout, fn, *args)
+        self.save(self.report)
+        return into[key]
 
 
 def sh(cmd: list[str], timeout: float, log: Path) -> str:
@@ -84,6 +95,16 @@ def sh(cmd: list[str], timeout: float, log: Path) -> str:
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:3])} exited {proc.returncode}: {text[-1500:]}")
     return text
+
+
+def saver(path: Path):
+    """Writes the report to `path` atomically (a kill mid-write leaves the previous complete version)."""
+    def save(report: dict) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".json.tmp")
+        partial.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        os.replace(partial, path)
+    return save
 
 
 # --- building inputs -----------------------------------------------------------------------------
@@ -359,8 +380,11 @@ def run(args) -> int:
     work = Path(tempfile.mkdtemp(prefix="dhrd-gpu-"))
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "commit": commit(),
               "command": "python -m loadtest.gpu " + " ".join(sys.argv[1:]), "device": args.device,
-              "device_name": device_name(args.device), "stages": {}, "shapes": {}}
-    stages = Stages(report, time.monotonic() + args.budget_s)
+              "device_name": device_name(args.device), "complete": False, "stages": {}, "shapes": {}}
+    stem = f"{time.strftime('%Y-%m-%d-%H%M')}-{args.device.replace(':', '')}"
+    save = saver(args.out / f"{stem}.json")  # under $OUT on the device machine: comes back even if killed
+    save(report)
+    stages = Stages(report, time.monotonic() + args.budget_s, save)
     data = write_data(work / "data")
     serve_flags = ["--workers", str(args.workers), "--max-batch-size", "8" if quick else "256",
                    "--max-batch-tokens", "2048" if quick else "65536", "--max-wait-ms", "2"]
@@ -376,22 +400,20 @@ def run(args) -> int:
             continue
         r.update(train_s=made["train_s"], export_s=made["export_s"])
         export = Path(made["export"])
-        r["forward"] = stages.run(f"{shape}: forward ceiling", 150, ceiling_stage, export, args.device,
-                                  [b for b in batches if not big or b <= 512], args.tokens, 1.0 if quick else 2.0,
-                                  work, shape)
+        stages.measure(r, "forward", f"{shape}: forward ceiling", 150, ceiling_stage, export, args.device,
+                       [b for b in batches if not big or b <= 512], args.tokens, 1.0 if quick else 2.0, work, shape)
         if r["forward"]:
             r["ceiling_seq_per_s"] = max(v["seq_per_s"] for mode in ("eager", "cuda_graphs")
                                          for v in (r["forward"].get(mode) or {}).values())
-        r["classify"] = stages.run(f"{shape}: /classify", 240, classify_stage, export, args.device, serve_flags,
-                                   concurrencies, args.client_processes, seconds, args.tokens, work, shape)
-        r["cot_static"] = stages.run(f"{shape}: /classify/cot static", 240, cot_stage, export, args.device, "static",
-                                     cot_concurrency, cot_tokens, work, f"{shape}-cot-static")
-        r["cot_dynamic"] = stages.run(f"{shape}: /classify/cot dynamic", 180, cot_stage, export, args.device,
-                                      "dynamic", cot_concurrency, cot_tokens, work, f"{shape}-cot-dynamic")
+        stages.measure(r, "classify", f"{shape}: /classify", 240, classify_stage, export, args.device, serve_flags,
+                       concurrencies, args.client_processes, seconds, args.tokens, work, shape)
+        stages.measure(r, "cot_static", f"{shape}: /classify/cot static", 240, cot_stage, export, args.device,
+                       "static", cot_concurrency, cot_tokens, work, f"{shape}-cot-static")
+        stages.measure(r, "cot_dynamic", f"{shape}: /classify/cot dynamic", 180, cot_stage, export, args.device,
+                       "dynamic", cot_concurrency, cot_tokens, work, f"{shape}-cot-dynamic")
         r["targets"] = judge(shape, r)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"{time.strftime('%Y-%m-%d-%H%M')}-{args.device.replace(':', '')}"
-    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    report["complete"] = True
+    save(report)
     (args.out / f"{stem}.md").write_text(markdown(report))
     print(markdown(report))
     if args.keep:

@@ -13,7 +13,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from . import schemas
 from .cot import GenParams
 from .deps import BEARER, StateDep
-from .errors import ClientGone, InvalidInput, TooLarge, error_response, install_handlers
+from .errors import ClientGone, InvalidInput, TooLarge
+from .http_errors import error_response, install_handlers
 from .metrics import Metrics, exposition
 from .middleware import Admission, BodyGuard, Observe
 from .runner import ModelRunner
@@ -76,7 +77,8 @@ def create_app(settings: Settings, runners: dict[str, ModelRunner] | None = None
         if not state.ready:
             return error_response(503, "not_ready", state.load_error or "models are loading")
         if not state.serving:
-            return error_response(503, "not_ready", "the engine process is gone")
+            return error_response(503, "not_ready", "the engine is gone (its process exited or its device "
+                                                    "failed); the service is stopping")
         return {"status": "ready", "models": sorted(state.models)}
 
     @app.get("/metrics", summary="Prometheus metrics (text exposition format)", response_class=Response,

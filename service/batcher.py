@@ -1,4 +1,5 @@
-"""Dynamic batching: a bounded queue per model, cut into batches by size, padded tokens and wait time.
+"""Continuous batching: a bounded queue per model, cut into batches by size and padded tokens; an idle
+device takes a request at once, and requests gather only while a forward pass runs.
 
 Three stages, as in text-embeddings-inference: the handler validates, tokenises and `submit`s
 (awaiting futures); this batcher's task collects sequences and cuts batches; the forward pass
@@ -14,7 +15,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, Sized
 
-from .errors import DeadlineExceeded, Overloaded, ShuttingDown, TooLarge
+from .errors import DeadlineExceeded, EngineDead, Overloaded, ShuttingDown, TooLarge, is_fatal_device_error
 from .metrics import Metrics
 
 # A payload is anything whose len() is its token count: a list of token ids for classification,
@@ -48,8 +49,14 @@ class _Pending:
 
 class Batcher:
     def __init__(self, name: str, predict: PredictFn, config: BatchConfig, executor: Executor, metrics: Metrics,
-                 launch: LaunchFn | None = None, finisher: Executor | None = None):
+                 launch: LaunchFn | None = None, finisher: Executor | None = None,
+                 on_fatal: Callable[[BaseException], None] | None = None, gather_when_idle: bool = False):
         self.name = name
+        # Generation (CoT) decodes a static batch for seconds: a request that started alone would hold
+        # every later one for a whole decode, so such a batcher still gathers for max_wait_ms when idle.
+        self.gather_when_idle = gather_when_idle
+        # Called once a forward pass raises a fatal device error: the engine must then stop (engine.py).
+        self.on_fatal = on_fatal
         self.predict = predict
         # With `launch` (CUDA graphs), batch N+1 is padded, copied and launched while batch N still runs
         # on the device; `finisher` (its own thread) waits for each batch's results.
@@ -173,24 +180,39 @@ class Batcher:
                     await self._forward(batch)
 
     async def _collect(self, items: list[_Pending]) -> None:
-        """Wait for one live sequence, then gather more into `items` until the batch is full or max_wait_ms passed."""
+        """Wait for one live sequence, then take what is already queued into `items`, up to max_batch_size.
+
+        Continuous batching (TEI, vLLM): an idle device never waits for company, since a timer there only
+        adds latency; requests gather while a pass runs, because the batcher is busy awaiting it. With the
+        pipeline (`launch`), a batch may still be on the device now: then arrivals gather for up to
+        max_wait_ms, until the batch is full or the device has finished, before the next launch.
+        (`gather_when_idle`, generation only: up to max_wait_ms on an idle device too.)
+        """
         while not items:
             items += self._live([await self._queue.get()])
+        self._take_queued(items)
+        if (self._finishing or self.gather_when_idle) and len(items) < self.config.max_batch_size:
+            await self._gather(items)
+        for item in items:
+            self._unqueue(item)
+
+    def _take_queued(self, items: list[_Pending]) -> None:
+        while len(items) < self.config.max_batch_size and not self._queue.empty():
+            items += self._live([self._queue.get_nowait()])
+
+    async def _gather(self, items: list[_Pending]) -> None:
+        """Let arrivals join the next batch for at most max_wait_ms: while a launched batch runs (stop
+        early when the device has none left), or always with `gather_when_idle`; stop when full."""
         deadline = time.perf_counter() + self.config.max_wait_ms / 1000
-        while len(items) < self.config.max_batch_size:
-            if not self._queue.empty():
-                items += self._live([self._queue.get_nowait()])
-                continue
+        while (self._finishing or self.gather_when_idle) and len(items) < self.config.max_batch_size:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break
             self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            except asyncio.TimeoutError:
-                break
-        for item in items:
-            self._unqueue(item)
+            arrival = asyncio.ensure_future(self._arrived.wait())
+            await asyncio.wait({arrival, *self._finishing}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            arrival.cancel()
+            self._take_queued(items)
 
     def _live(self, items: list[_Pending]) -> list[_Pending]:
         """Drop sequences whose request was cancelled (client gone) or that cannot finish before their
@@ -233,7 +255,7 @@ class Batcher:
         try:
             results = await loop.run_in_executor(self.executor, self.predict, [p.payload for p in batch])
         except Exception as exc:  # a failed forward pass fails its requests, not the batcher
-            self._fail(batch, exc)
+            self._fail(batch, self._failure(exc))
             return
         finally:
             self._computing = 0
@@ -250,7 +272,7 @@ class Batcher:
             pending = await loop.run_in_executor(self.executor, self.launch, [p.payload for p in batch])
         except Exception as exc:
             self._computing -= len(batch)
-            self._fail(batch, exc)
+            self._fail(batch, self._failure(exc))
             return
         task = asyncio.create_task(self._finish(batch, pending, started))
         self._finishing.add(task)
@@ -261,11 +283,25 @@ class Batcher:
         try:
             results = await loop.run_in_executor(self.finisher, pending.result)
         except Exception as exc:
-            self._fail(batch, exc)
+            self._fail(batch, self._failure(exc))
             return
         finally:
             self._computing -= len(batch)
         self._done(batch, results, started)
+
+    def _failure(self, exc: Exception) -> Exception:
+        """What a failed pass's requests are answered with. An ordinary error is that batch's alone; a
+        fatal device error (the CUDA context is dead, every later pass would fail too) kills the engine."""
+        if not is_fatal_device_error(exc):
+            return exc
+        if self.on_fatal is not None:
+            self.on_fatal(exc)
+        return EngineDead("the accelerator failed and the engine is stopping; retry on another replica")
+
+    def kill(self, error: Exception) -> int:
+        """Refuse new work and answer everything not yet computed with `error`; the engine is dying."""
+        self._closed = True
+        return self._fail_queued(error)
 
     @staticmethod
     def _fail(batch: list[_Pending], exc: Exception) -> None:
@@ -294,22 +330,27 @@ async def wait_all(futures: list[asyncio.Future], deadline: float) -> list:
     try:
         done, pending = await asyncio.wait(futures, timeout=max(0.0, deadline - time.monotonic()))
     except asyncio.CancelledError:
-        _abandon(futures)
+        abandon(futures)
         raise
     if pending:
-        _abandon(futures)
+        abandon(futures)
         raise DeadlineExceeded("no result before the request deadline (request_timeout_s)")
+    return outcome(futures)
+
+
+def outcome(futures: list[asyncio.Future]) -> list:
+    """The results of finished futures, in order, or the first failure raised (every other abandoned)."""
     if any(f.cancelled() for f in futures):  # the batcher was stopped under it
-        _abandon(futures)
+        abandon(futures)
         raise ShuttingDown("the service stopped before this request was computed; retry on another replica")
     failed = next((f for f in futures if f.exception() is not None), None)
     if failed is not None:
-        _abandon(futures)
+        abandon(futures)
         raise failed.exception()  # type: ignore[misc]
     return [f.result() for f in futures]
 
 
-def _abandon(futures: list[asyncio.Future]) -> None:
+def abandon(futures: list[asyncio.Future]) -> None:
     """Cancel what is pending and mark finished failures as seen: an exception nobody retrieves is
     logged by asyncio as an error, and these outcomes (deadline, client gone) are expected."""
     for f in futures:

@@ -45,6 +45,7 @@ def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from .app import create_app
+    from .engine_server import EXIT_DEVICE_FAILED
     from .server import DrainingServer
 
     settings = settings_from_args(args)
@@ -66,7 +67,10 @@ def serve(args: argparse.Namespace) -> None:
                             **uvicorn_options(settings),
                             # uvicorn's own cut-off comes after ours, so what we could not finish is answered 503
                             timeout_graceful_shutdown=settings.grace_s + 10)
-    DrainingServer(config, app).run()
+    server = DrainingServer(config, app)
+    server.run()
+    if server.engine_dead:
+        raise SystemExit(EXIT_DEVICE_FAILED)
 
 
 def check_exports(settings: Settings) -> None:

@@ -9,16 +9,30 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Mapping, TypeVar
 
 from contract.model import DTYPES
 
 from .batcher import BatchConfig, Batcher
 from .cot import CotRunner
+from .errors import EngineDead, NotReady, UnknownModel
 from .metrics import Metrics
 from .runner import ModelRunner
 from .settings import Settings
 
 log = logging.getLogger("dhrd.engine")
+M = TypeVar("M")
+
+
+def find_model(models: Mapping[str, M], name: str, ready: bool, load_error: str | None) -> M:
+    """The one readiness check and model lookup, shared by the in-process path (`AppState.model`) and
+    the engine process (`EngineServer`), so both refuse alike. Raises NotReady or UnknownModel."""
+    if not ready:
+        raise NotReady(load_error or "models are still loading; retry when GET /ready answers 200")
+    found = models.get(name)
+    if found is None:
+        raise UnknownModel(f"model {name[:64]!r} is not served; available: {sorted(models)}", field="model")
+    return found
 
 
 @dataclass
@@ -43,6 +57,10 @@ class EngineCore:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="dhrd-fwd")
         # With CUDA graphs the forward thread only launches; this thread waits for the device's results.
         self.finisher = ThreadPoolExecutor(1, thread_name_prefix="dhrd-finish")
+        # Set when a forward pass hit a fatal device error: the context is dead, so whoever runs this
+        # core (the engine process, or the one-process server) must exit non-zero and be restarted.
+        self.dead: str | None = None
+        self.died = asyncio.Event()
 
     async def load(self, runners: dict[str, ModelRunner] | None = None, verify_hashes: bool = True) -> None:
         """Load (unless given) and warm up every model, start its batchers. Raises what loading raised."""
@@ -72,14 +90,29 @@ class EngineCore:
                                                  DTYPES[s.dtype], s.device, s.cot_cache)
                 # Generation batches are bounded by count; their metrics carry the label "<model>:cot".
                 model.cot = cot
-                model.cot_batcher = self._batcher(f"{name}:cot", cot.generate, s.cot_max_batch_size, 10**9)
+                model.cot_batcher = self._batcher(f"{name}:cot", cot.generate, s.cot_max_batch_size, 10**9,
+                                                  gather_when_idle=True)
 
-    def _batcher(self, name: str, predict, max_batch_size: int, max_batch_tokens: int, launch=None) -> Batcher:
+    def _batcher(self, name: str, predict, max_batch_size: int, max_batch_tokens: int, launch=None,
+                 gather_when_idle: bool = False) -> Batcher:
         s = self.settings
         batcher = Batcher(name, predict, BatchConfig(max_batch_size, max_batch_tokens, s.max_wait_ms, s.max_queue),
-                          self.executor, self.metrics, launch=launch, finisher=self.finisher if launch else None)
+                          self.executor, self.metrics, launch=launch, finisher=self.finisher if launch else None,
+                          on_fatal=self._device_failed, gather_when_idle=gather_when_idle)
         batcher.start()
         return batcher
+
+    def _device_failed(self, exc: BaseException) -> None:
+        """A fatal device error (vLLM's EngineDeadError): stop taking work, answer what is queued, and
+        tell the owner to exit; serving on would answer 500 forever while /ready said 200."""
+        if self.dead is not None:
+            return
+        self.dead = f"fatal device error: {type(exc).__name__}: {exc}"
+        log.critical("%s; the engine stops (restart the process)", self.dead)
+        self.metrics.ready.set(0)
+        for batcher in self.batchers():
+            batcher.kill(EngineDead("the accelerator failed and the engine is stopping; retry on another replica"))
+        self.died.set()
 
     def batchers(self) -> list[Batcher]:
         return [b for m in self.models.values() for b in (m.batcher, m.cot_batcher) if b is not None]

@@ -35,6 +35,7 @@ class EngineClient:
         self._ids = itertools.count()
         self._pending: dict[int, asyncio.Future] = {}
         self._writer: asyncio.StreamWriter | None = None
+        self._outbox: ipc.Outbox | None = None
         self._reader_task: asyncio.Task | None = None
         self.alive = False
 
@@ -50,19 +51,14 @@ class EngineClient:
                     raise EngineUnavailable(f"no engine listening at {self.socket_path} after {timeout:.0f} s")
                 await asyncio.sleep(0.05)
         self.alive = True
+        self._outbox = ipc.Outbox(self._writer)  # concurrent handlers' requests share one frame
         self._reader_task = asyncio.create_task(self._read(reader), name="engine-reader")
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
             while True:
-                kind, rid, *rest = await ipc.read(reader)
-                future = self._pending.pop(rid, None)
-                if future is None or future.done():
-                    continue  # cancelled here already
-                if kind == "err":
-                    future.set_exception(ipc.error_from_wire(rest[0]))
-                else:
-                    future.set_result(rest[0] if kind == "ok" else tuple(rest))
+                for message in await ipc.read(reader):  # one frame: what one forward pass finished
+                    self._resolve(*message)
         except ipc.ChannelClosed:
             log.error("the engine process closed its socket; answering 503 until restarted")
         finally:
@@ -72,13 +68,22 @@ class EngineClient:
                     future.set_exception(EngineUnavailable("the engine process is gone; retry on another replica"))
             self._pending.clear()
 
+    def _resolve(self, kind: str, rid: int, *rest) -> None:
+        future = self._pending.pop(rid, None)
+        if future is None or future.done():
+            return  # cancelled here already
+        if kind == "err":
+            future.set_exception(ipc.error_from_wire(rest[0]))
+        else:
+            future.set_result(rest[0] if kind == "ok" else tuple(rest))
+
     def _send(self, message: tuple) -> asyncio.Future:
-        if not self.alive or self._writer is None:
+        if not self.alive or self._outbox is None:
             raise EngineUnavailable("the engine process is not reachable; retry on another replica")
         rid = next(self._ids)
         future = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
-        self._writer.write(ipc.pack((message[0], rid, *message[1:])))
+        self._outbox.put((message[0], rid, *message[1:]))
         future.rid = rid  # type: ignore[attr-defined]
         return future
 
@@ -104,8 +109,8 @@ class EngineClient:
     def cancel(self, future: asyncio.Future, error: ServiceError | None = None) -> None:
         """Stop waiting for a request, and tell the engine to skip its sequences."""
         rid = getattr(future, "rid", None)
-        if self._pending.pop(rid, None) is not None and self.alive and self._writer is not None:
-            self._writer.write(ipc.pack(("cancel", rid)))
+        if self._pending.pop(rid, None) is not None and self.alive and self._outbox is not None:
+            self._outbox.put(("cancel", rid))
         if not future.done():
             if error is None:
                 future.cancel()

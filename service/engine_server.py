@@ -11,14 +11,57 @@ import asyncio
 import logging
 import os
 import signal
+import time
+from typing import Callable
 
 from . import ipc
-from .engine import EngineCore
-from .errors import Disabled, NotReady, UnknownModel
+from .batcher import abandon, outcome
+from .engine import EngineCore, find_model
+from .errors import DeadlineExceeded, Disabled
 from .metrics import Metrics
 from .settings import Settings
 
 log = logging.getLogger("dhrd.engine")
+EXIT_DEVICE_FAILED = 3  # the engine's exit code after a fatal device error (the supervisor logs it)
+
+
+class Request:
+    """One front end's request in the engine: callbacks, not a task, wait for its sequences' futures
+    (a task and an `asyncio.wait` per request were engine CPU spent on bookkeeping). It answers once:
+    results or the first error when the last future is done, DeadlineExceeded at its deadline, nothing
+    when the front end cancelled it (the futures are then cancelled, so the batcher skips them)."""
+
+    def __init__(self, rid: int, futures: list[asyncio.Future], deadline: float, outbox: ipc.Outbox,
+                 forget: Callable[[], object]):
+        self.rid, self.futures, self.outbox, self.forget = rid, futures, outbox, forget
+        self.left = len(futures)
+        loop = asyncio.get_running_loop()
+        self.timer = loop.call_later(max(0.0, deadline - time.monotonic()), self._expire)
+        for future in futures:
+            future.add_done_callback(self._one_done)
+
+    def _one_done(self, _: asyncio.Future) -> None:
+        self.left -= 1
+        if self.left == 0 and not self.timer.cancelled():
+            try:
+                self._answer(("ok", self.rid, outcome(self.futures)))
+            except Exception as exc:  # every failure is answered; the front end maps it to HTTP
+                self._answer(("err", self.rid, ipc.error_to_wire(exc)))
+
+    def _expire(self) -> None:
+        abandon(self.futures)
+        self._answer(("err", self.rid, ipc.error_to_wire(
+            DeadlineExceeded("no result before the request deadline (request_timeout_s)"))))
+
+    def _answer(self, message: tuple) -> None:
+        self.timer.cancel()
+        self.forget()
+        self.outbox.put(message)
+
+    def abandon(self) -> None:
+        """The front end no longer waits (client gone, deadline there, connection closed): no answer."""
+        self.timer.cancel()
+        abandon(self.futures)
 
 
 class EngineServer:
@@ -43,62 +86,62 @@ class EngineServer:
         log.info("engine ready: %s", ", ".join(self.core.models))
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """One front-end connection: run requests concurrently, answer each when its results are in."""
-        running: dict[int, asyncio.Task] = {}
+        """One front-end connection: submit each frame's requests to the batchers at once, answer each
+        when its results are in, all answers of one forward pass in one frame (`ipc.Outbox`)."""
+        outbox = ipc.Outbox(writer)
+        running: dict[int, Request] = {}
         try:
             while True:
-                kind, rid, *args = await ipc.read(reader)
-                if kind == "run":
-                    task = asyncio.create_task(self._run(writer, rid, *args))
-                    running[rid] = task
-                    task.add_done_callback(lambda _, r=rid: running.pop(r, None))
-                elif kind == "cancel" and rid in running:
-                    running[rid].cancel()
-                elif kind == "status":
-                    writer.write(ipc.pack(("status", rid, self.ready, self.load_error)))
+                for kind, rid, *args in await ipc.read(reader):
+                    if kind == "run":
+                        self._start(outbox, running, rid, *args)
+                    elif kind == "cancel" and rid in running:
+                        running.pop(rid).abandon()
+                    elif kind == "status":
+                        outbox.put(("status", rid, self.ready, self.load_error))
         except (ipc.ChannelClosed, asyncio.CancelledError):
             pass  # the front end stopped, or this process is stopping; its requests need no answer
         finally:
-            for task in running.values():
-                task.cancel()
+            for request in running.values():
+                request.abandon()
             writer.close()
 
-    async def _run(self, writer: asyncio.StreamWriter, rid: int, model: str, kind: str, payloads: list,
-                   deadline: float) -> None:
+    def _start(self, outbox: ipc.Outbox, running: dict[int, "Request"], rid: int, model: str, kind: str,
+               payloads: list, deadline: float) -> None:
         try:
-            results = await self._queue(model, kind).run(payloads, deadline)
-            message = ("ok", rid, results)
-        except asyncio.CancelledError:
-            return  # the front end cancelled it (client gone, deadline); nobody waits for an answer
-        except Exception as exc:  # every failure is answered; the front end maps it to HTTP
-            message = ("err", rid, ipc.error_to_wire(exc))
-        if not writer.is_closing():
-            writer.write(ipc.pack(message))
+            futures = self._queue(model, kind).submit(payloads, deadline)
+        except Exception as exc:  # refused (overloaded, unknown model, ...): answered in this frame
+            outbox.put(("err", rid, ipc.error_to_wire(exc)))
+            return
+        if not futures:
+            outbox.put(("ok", rid, []))
+            return
+        running[rid] = Request(rid, futures, deadline, outbox, lambda: running.pop(rid, None))
 
     def _queue(self, model: str, kind: str):
-        if not self.ready:
-            raise NotReady(self.load_error or "the engine is still loading its models")
-        entry = self.core.models.get(model)
-        if entry is None:
-            raise UnknownModel(f"model {model[:64]!r} is not served; available: {sorted(self.core.models)}",
-                               field="model")
+        entry = find_model(self.core.models, model, self.ready, self.load_error)
         queue = entry.batcher if kind == "classify" else entry.cot_batcher
         if queue is None:
             raise Disabled("the CoT endpoint is disabled; start the service with --cot (DHRD_COT=true)")
         return queue
 
-    async def serve(self, verify_hashes: bool, stop: asyncio.Event) -> None:
-        """Listen, load, and serve until `stop` is set; then drain briefly and close."""
+    async def serve(self, verify_hashes: bool, stop: asyncio.Event) -> bool:
+        """Listen, load, and serve until `stop` is set (then drain briefly and close) or the device fails
+        fatally (then close at once: nothing more can be computed). Returns whether the device failed."""
         server = await asyncio.start_unix_server(self.handle, path=self.socket_path)
         os.chmod(self.socket_path, 0o600)
         loading = asyncio.create_task(self.load(verify_hashes))
-        await stop.wait()
-        # The supervisor stops the front ends first; whatever they still sent gets a short grace.
+        stopped, died = asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.core.died.wait())
+        await asyncio.wait({stopped, died}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel(), died.cancel()
         loading.cancel()
-        failed = await self.core.drain(min(self.settings.grace_s, 5.0))
+        self.ready = False
+        # The supervisor stops the front ends first; whatever they still sent gets a short grace.
+        failed = 0 if self.core.dead else await self.core.drain(min(self.settings.grace_s, 5.0))
         server.close()
         await self.core.close()
         log.info("engine stopped (%d queued sequence(s) answered 503)", failed)
+        return self.core.dead is not None
 
 
 def main(settings: Settings, socket_path: str, log_level: str, verify_hashes: bool) -> None:
@@ -109,9 +152,13 @@ def main(settings: Settings, socket_path: str, log_level: str, verify_hashes: bo
         from uvloop import run
     except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
         run = asyncio.run
-    async def serve() -> None:
+    async def serve() -> bool:
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        await EngineServer(settings, socket_path).serve(verify_hashes, stop)
+        return await EngineServer(settings, socket_path).serve(verify_hashes, stop)
 
-    run(serve())
+    if run(serve()):
+        # The device context is dead: exit non-zero now (the supervisor then stops the service). os._exit
+        # skips interpreter teardown, whose CUDA frees and thread joins could fail or hang on a dead device.
+        logging.shutdown()
+        os._exit(EXIT_DEVICE_FAILED)

@@ -1,70 +1,70 @@
-"""One exception hierarchy, mapped to HTTP status codes in one place (`install_handlers`)."""
+"""One exception hierarchy that knows no HTTP (TEI's error enum): the engine process raises and ships
+these without importing a web framework; `http_errors.py` maps each `kind` to a status at the edge."""
 from __future__ import annotations
-
-import re
-
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from .schemas import ErrorDetail, ErrorResponse
 
 
 class ServiceError(Exception):
-    status = 500
     kind = "internal"
 
-    def __init__(self, message: str, field: str | None = None, headers: dict[str, str] | None = None):
+    def __init__(self, message: str, field: str | None = None):
         super().__init__(message)
         self.message = message
         self.field = field
-        self.headers = headers or {}
 
 
 class InvalidInput(ServiceError):
-    status, kind = 422, "invalid_input"
+    kind = "invalid_input"
 
 
 class UnknownModel(ServiceError):
-    status, kind = 404, "unknown_model"
+    kind = "unknown_model"
 
 
 class TooLarge(ServiceError):
-    status, kind = 413, "too_large"
+    kind = "too_large"
 
 
 class Unauthorized(ServiceError):
-    status, kind = 401, "unauthorized"
+    kind = "unauthorized"
 
 
 class Overloaded(ServiceError):
-    status, kind = 429, "overloaded"
+    """Retryable: `retry_after` seconds is the queue's own estimate of when there will be room."""
 
-    def __init__(self, message: str, retry_after: float = 1.0):
-        super().__init__(message, headers={"Retry-After": str(max(1, round(retry_after)))})
+    kind = "overloaded"
+
+    def __init__(self, message: str, retry_after: float = 1.0, field: str | None = None):
+        super().__init__(message, field)
+        self.retry_after = retry_after
 
 
 class DeadlineExceeded(ServiceError):
-    status, kind = 504, "deadline_exceeded"
+    kind = "deadline_exceeded"
 
 
 class NotReady(ServiceError):
-    status, kind = 503, "not_ready"
+    kind = "not_ready"
 
 
 class ShuttingDown(ServiceError):
-    status, kind = 503, "shutting_down"
+    kind = "shutting_down"
+
+
+class EngineDead(ServiceError):
+    """The device failed in a way the process cannot recover from (vLLM's EngineDeadError): the engine
+    exits and the orchestrator restarts the service."""
+
+    kind = "engine_dead"
 
 
 class Disabled(ServiceError):
-    status, kind = 404, "disabled"
+    kind = "disabled"
 
 
 class ClientGone(ServiceError):
-    """The client closed the connection before its answer (nginx's 499); nobody reads the response."""
+    """The client closed the connection before its answer; nobody reads the response."""
 
-    status, kind = 499, "client_closed_request"
+    kind = "client_closed_request"
 
     def __init__(self, message: str = "client closed the connection"):
         super().__init__(message)
@@ -76,81 +76,13 @@ def error_class(kind: str) -> type[ServiceError]:
     return classes.get(kind, ServiceError)
 
 
-MAX_MESSAGE_CHARS = 500
+# A sticky device error leaves the CUDA context unusable: every later call fails the same way, so the
+# only recovery is a new process. Matched on the message because torch raises these as RuntimeError
+# (AcceleratorError, a subclass, from torch 2.8) with the driver's text.
+FATAL_DEVICE_MARKERS = ("CUDA error", "illegal memory access", "device-side assert", "unspecified launch failure",
+                        "CUBLAS_STATUS_EXECUTION_FAILED")
 
 
-def echo(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
-    """Caller-controlled text made safe to put in an answer: lone surrogates escaped (they cannot be
-    encoded as UTF-8 JSON) and the length capped (a 100 KB model name is not worth echoing)."""
-    safe = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return safe if len(safe) <= limit else safe[:limit] + f"... ({len(safe)} characters)"
-
-
-def error_response(status: int, kind: str, message: str, field: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    """The one error shape: `{"error": {"type", "message", "field"}}`."""
-    body = ErrorResponse(error=ErrorDetail(type=kind, message=echo(message), field=field and echo(field, 200)))
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
-
-
-_TYPE_TAG = re.compile(r"(str|int|float|bool|dict|list|union|literal|function-\w+|constrained-\w+)(\[.*\])?",
-                       re.IGNORECASE)
-
-
-def _field_path(loc: tuple) -> str:
-    """`body.input.3.premise` → `input.3.premise`; drops the union-member tags pydantic adds (`str`, `list[...]`)."""
-    return ".".join(str(p) for p in loc if p != "body" and not (isinstance(p, str) and _TYPE_TAG.fullmatch(p)))
-
-
-def count_rejection(scope, kind: str) -> None:
-    """The one place a refused or failed request is counted: `dhrd_rejected_requests_total{reason=kind}`.
-    Takes the ASGI scope, since middleware answers before a Request exists."""
-    state = getattr(getattr(scope.get("app"), "state", None), "dhrd", None)
-    if state is not None:
-        state.metrics.rejected.labels(kind).inc()
-
-
-def install_handlers(app: FastAPI) -> None:
-    """Validation errors → 422 naming the field; ServiceError → its status; each counted once by kind."""
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError):
-        errors = exc.errors()
-        # The deepest location is the most specific: for a union, the member the value came closest to.
-        first = max(errors, key=lambda e: len(e.get("loc", ())), default={"loc": (), "msg": "invalid request"})
-        if first.get("type") == "json_invalid":  # its loc is ("body", <character offset>), not a field
-            position = first.get("loc", ("body", "?"))[-1]
-            reason = (first.get("ctx") or {}).get("error", first.get("msg"))
-            count_rejection(request.scope, "invalid_input")
-            return error_response(422, "invalid_input", f"body is not valid JSON (at character {position}): {reason}",
-                                  "body")
-        field = _field_path(tuple(first.get("loc", ())))
-        message = f"{field or 'body'}: {first.get('msg')}"
-        if len(errors) > 1:
-            message += f" (and {len(errors) - 1} more)"
-        count_rejection(request.scope, "invalid_input")
-        return error_response(422, "invalid_input", message, field or None)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException):
-        if exc.status_code == 400:  # FastAPI's "error parsing the body" (e.g. not UTF-8): as malformed JSON
-            count_rejection(request.scope, "invalid_input")
-            return error_response(422, "invalid_input", f"body could not be parsed as JSON: {exc.detail}", "body")
-        kind = {404: "not_found", 405: "method_not_allowed", 408: "timeout", 413: "too_large"}.get(exc.status_code,
-                                                                                                  "http_error")
-        count_rejection(request.scope, kind)
-        return error_response(exc.status_code, kind, str(exc.detail), "body" if exc.status_code == 413 else None,
-                              getattr(exc, "headers", None))
-
-    @app.exception_handler(ServiceError)
-    async def _service(request: Request, exc: ServiceError):
-        count_rejection(request.scope, exc.kind)
-        return error_response(exc.status, exc.kind, exc.message, exc.field, exc.headers)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception):
-        # A bug or a failing model, not the caller's fault: a JSON 500 that does not leak internals.
-        # Starlette logs the traceback after this answer is sent; the process stays up.
-        count_rejection(request.scope, "internal")
-        return error_response(500, "internal", f"internal error ({type(exc).__name__}); the request was not "
-                                               "completed and may be retried")
+def is_fatal_device_error(exc: BaseException) -> bool:
+    """Whether `exc` means the accelerator's context is dead (the engine must exit), not a failed batch."""
+    return isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in FATAL_DEVICE_MARKERS)

@@ -8,7 +8,7 @@ import time
 
 from fastapi import HTTPException
 
-from .errors import count_rejection, error_response
+from .http_errors import count_rejection, error_response
 from .settings import Settings
 
 TRACKED_PATHS = {"/classify", "/v1/classify", "/classify/cot", "/v1/models", "/health", "/ready", "/metrics"}

@@ -45,7 +45,13 @@ class Settings(BaseSettings):
     # On CPU, throughput peaks near 1,024 padded tokens per pass and falls beyond ~2,000 (activations
     # leave the cache): `python -m loadtest.profile` measures it. On a GPU, raise it.
     max_batch_tokens: int = Field(1024, ge=16, description="padded tokens per forward pass (CPU optimum ~1024)")
-    max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="how long a batch waits to fill")
+    # Continuous batching: an idle device takes a classification request at once, and what arrives during
+    # a forward pass forms the next batch. This wait applies only while a pipelined (CUDA graph) batch is
+    # still on the device (how long arrivals gather before the next launch behind it), and to CoT
+    # generation, whose static batch cannot take requests mid-decode (how long a batch waits to fill).
+    max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="how long arrivals gather: behind a pipelined "
+                               "(CUDA graph) batch still on the device, and for a CoT batch; an idle device "
+                               "starts a classification at once")
     max_queue: int = Field(512, ge=1, description="queued sequences per model before 429")
     request_timeout_s: float = Field(30.0, gt=0, description="per-request deadline, queue wait included")
     shutdown_grace_s: float | None = Field(None, ge=0, description="on SIGTERM, how long queued work may still "

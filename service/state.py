@@ -8,9 +8,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .engine import EngineCore
+from .engine import EngineCore, find_model
 from .engine_client import EngineClient, RemoteQueue
-from .errors import NotReady, ShuttingDown, UnknownModel
+from .errors import ShuttingDown
 from .metrics import Metrics
 from .runner import InputEncoder, ModelRunner
 from .served import ServedModel
@@ -35,17 +35,17 @@ class AppState:
         ShuttingDown once draining."""
         if self.draining:
             raise ShuttingDown("the service is shutting down; retry on another replica")
-        if not self.ready:
-            raise NotReady(self.load_error or "models are still loading; retry when GET /ready answers 200")
-        served = self.models.get(name)
-        if served is None:
-            raise UnknownModel(f"model {name[:64]!r} is not served; available: {sorted(self.models)}", field="model")
-        return served
+        return find_model(self.models, name, self.ready, self.load_error)
 
     @property
     def serving(self) -> bool:
-        """Ready, and (with an engine process) still connected to it."""
-        return self.ready and (self.client is None or self.client.alive)
+        """Ready, its in-process engine alive, and (with an engine process) still connected to it."""
+        return self.ready and not self.engine_dead and (self.client is None or self.client.alive)
+
+    @property
+    def engine_dead(self) -> bool:
+        """The in-process engine hit a fatal device error: the server must stop, non-zero (server.py)."""
+        return self.engine is not None and self.engine.dead is not None
 
     async def load(self, runners: dict[str, ModelRunner] | None = None, verify_hashes: bool = True,
                    engine_socket: str | Path | None = None) -> None:

@@ -3,6 +3,7 @@ build, train, export, forward ceiling, serve with front-end processes, /classify
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -57,3 +58,41 @@ def test_targets_are_judged_from_what_was_measured():
     assert verdict == {"best_req_per_s": 6000.0, "req_per_s_met": True, "share": 0.6, "share_met": True,
                        "batch1_p50_ms": 3.1, "batch1_p50_met": True}
     assert judge("tiny", r) == {}
+
+
+def test_every_stage_is_saved_as_it_ends():
+    saved = []
+    report = {"stages": {}, "shapes": {"tiny": {}}}
+    stages = Stages(report, deadline=float("inf"), save=lambda r: saved.append(json.loads(json.dumps(r))))
+    stages.measure(report["shapes"]["tiny"], "forward", "tiny: forward ceiling", 10, lambda timeout: {"b1": 5})
+    assert saved[-1]["stages"]["tiny: forward ceiling"]["status"] == "ok"
+    assert saved[-1]["shapes"]["tiny"]["forward"] == {"b1": 5}
+
+
+@pytest.mark.slow
+def test_a_run_killed_midway_leaves_the_report_of_the_stages_it_finished(tmp_path):
+    """The rehearsal of a device run cut off by its time limit: the JSON under --out ($OUT) has every
+    finished stage, and says it is not complete."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "loadtest.gpu", "--device", "cpu", "--shapes", "tiny", "--quick",
+                             "--workers", "1", "--out", str(tmp_path)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        report: dict = {}
+        for _ in range(1200):  # until the first stage (the backbone build) has ended
+            found = list(tmp_path.glob("*.json"))
+            report = json.loads(found[0].read_text()) if found else {}
+            if report.get("stages"):
+                break
+            assert proc.poll() is None, "the run ended before the rehearsal could kill it"
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole run, stage children included, as a time limit would
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    report = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert report["complete"] is False and report["stages"]["tiny: build"]["status"] == "ok"
+    assert "tiny: /classify" not in report["stages"]

@@ -19,6 +19,7 @@ from loadtest.servers import free_port
 from service import ipc
 from service.engine_server import EngineServer
 from service.errors import Overloaded, ServiceError
+from service.http_errors import http_headers, http_status
 from service.runner import ModelRunner
 from service.settings import Settings
 
@@ -142,9 +143,9 @@ def test_a_request_whose_client_left_is_skipped_by_the_engine(tmp_path):
 def test_errors_cross_the_socket_with_their_kind_field_and_headers():
     wire = ipc.error_to_wire(Overloaded("queue full", retry_after=3))
     back = ipc.error_from_wire(wire)
-    assert isinstance(back, Overloaded) and back.status == 429 and back.headers == {"Retry-After": "3"}
+    assert isinstance(back, Overloaded) and http_status(back) == 429 and http_headers(back) == {"Retry-After": "3"}
     other = ipc.error_from_wire(ipc.error_to_wire(RuntimeError("boom")))
-    assert type(other) is ServiceError and other.status == 500 and "boom" in other.message
+    assert type(other) is ServiceError and http_status(other) == 500 and "boom" in other.message
 
 
 @pytest.mark.slow
@@ -199,3 +200,140 @@ def test_if_the_engine_dies_the_supervisor_stops_the_service_and_exits_nonzero(t
         if proc.poll() is None:
             proc.kill()
     assert "dhrd-engine exited with code -9" in log.read_text()
+
+
+FAULT = '''
+"""Injected into every process of the service under test: after warm-up, the forward pass fails as a
+dead CUDA context does."""
+import service.runner as runner
+
+_warmup, _predict = runner.ModelRunner.warmup, runner.ModelRunner.predict
+
+
+def warmup(self):
+    _warmup(self)
+    self.armed = True
+
+
+def predict(self, batch):
+    if getattr(self, "armed", False):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
+    return _predict(self, batch)
+
+
+runner.ModelRunner.warmup, runner.ModelRunner.predict = warmup, predict
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers,code", [("0", 3), ("1", 1)])
+def test_a_fatal_device_error_stops_the_service_nonzero(tmp_path, workers, code):
+    """One process: the server exits 3. `--workers 1`: the engine exits 3, the supervisor stops the rest, 1."""
+    (tmp_path / "sitecustomize.py").write_text(FAULT)  # every process, spawned children included
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.Popen([sys.executable, "-m", "dhrd", "serve", "--model", f"cb={FIXTURE}", "--port", str(port),
+                             "--workers", workers, "--dtype", "float32"], stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(900):
+            try:
+                if httpx.get(url + "/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.1)
+        answer = httpx.post(url + "/classify", json={"model": "cb", "input": PAIR}, timeout=30)
+        assert answer.status_code == 503, answer.text
+        assert proc.wait(timeout=60) == code
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "fatal device error" in log.read_text()
+
+
+@asynccontextmanager
+async def engine_and_client(tmp_path, delay: float, **settings):
+    """An engine server and a bare `EngineClient` (no HTTP) in this event loop, over a real socket."""
+    from service.engine_client import EngineClient
+
+    s = Settings(models={"cb": FIXTURE}, dtype="float32", **settings)
+    runner = SlowRunner.from_export(FIXTURE, dtype="float32")
+    socket_path = str(tmp_path / "engine.sock")
+    stop = asyncio.Event()
+    engine = EngineServer(s, socket_path, runners={"cb": runner})
+    task = asyncio.create_task(engine.serve(False, stop))
+    client = EngineClient(socket_path)
+    try:
+        await client.connect()
+        while not (await client.status())[0]:
+            await asyncio.sleep(0.05)
+        runner.delay = delay  # warm-up done
+        yield client, runner
+    finally:
+        await client.close()
+        stop.set()
+        await task
+
+
+def frames_of(monkeypatch) -> list[list[str]]:
+    """Every frame packed from now on, as the kinds of its messages."""
+    frames: list[list[str]] = []
+    pack = ipc.pack
+
+    def counting(messages):
+        frames.append([m[0] for m in messages])
+        return pack(messages)
+
+    monkeypatch.setattr(ipc, "pack", counting)
+    return frames
+
+
+IDS = [[1, 2, 3, 4, 5]]
+
+
+def test_one_frame_per_forward_pass_each_way(tmp_path, monkeypatch):
+    """Eight requests submitted together go as one frame; their answers, computed in one pass, come back
+    as one frame. Requests that arrive during that pass form the next pass, answered in a second frame."""
+    async def go():
+        async with engine_and_client(tmp_path, delay=0.3) as (client, runner):
+            frames = frames_of(monkeypatch)
+            first = [client.submit("cb", "classify", IDS, far()) for _ in range(8)]
+            await asyncio.sleep(0.1)  # their pass runs in the engine
+            second = [client.submit("cb", "classify", IDS, far()) for _ in range(3)]
+            results = await asyncio.gather(*(client.wait(f, far()) for f in first + second))
+            return frames, results
+
+    frames, results = run(go())
+    assert len(results) == 11 and all(len(r) == 1 for r in results)
+    assert [f for f in frames if f[0] == "run"] == [["run"] * 8, ["run"] * 3]
+    assert [f for f in frames if f[0] == "ok"] == [["ok"] * 8, ["ok"] * 3]
+
+
+def test_the_engine_answers_a_deadline_it_cannot_meet_and_skips_cancelled_requests(tmp_path):
+    from service.errors import DeadlineExceeded
+
+    async def go():
+        SlowRunner.computed = 0
+        async with engine_and_client(tmp_path, delay=0.4) as (client, runner):
+            SlowRunner.computed = 0
+            busy = client.submit("cb", "classify", IDS, far())
+            await asyncio.sleep(0.1)  # the engine's pass runs; these two wait in its queue
+            late = client.submit("cb", "classify", IDS, time.monotonic() + 0.2)
+            gone = client.submit("cb", "classify", IDS, far())
+            await asyncio.sleep(0.05)
+            client.cancel(gone)
+            await client.wait(busy, far())
+            with pytest.raises(DeadlineExceeded):
+                await client.wait(late, far())
+            await asyncio.sleep(0.5)
+            return SlowRunner.computed
+
+    assert run(go()) == 1  # only the first request cost a forward pass
+
+
+def far() -> float:
+    return time.monotonic() + 60

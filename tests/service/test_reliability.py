@@ -67,15 +67,16 @@ def test_a_huge_model_name_is_refused_without_being_echoed():
 
 # --- faults inside the server -------------------------------------------------------------------
 class Broken(FakeRunner):
-    def __init__(self, where: str):
+    def __init__(self, where: str, message: str = "mat1 and mat2 shapes cannot be multiplied (simulated)"):
         super().__init__()
         self.where = where
+        self.message = message
         self.calls = 0
 
     def predict(self, batch):
         self.calls += 1
         if self.where == "forward" and self.calls == 1:
-            raise RuntimeError("CUDA error: an illegal memory access (simulated)")
+            raise RuntimeError(self.message)
         return super().predict(batch)
 
 
@@ -83,8 +84,39 @@ def test_a_forward_pass_that_raises_is_a_json_500_and_the_service_stays_up():
     first, second = post_all([{"model": "fake", "input": "a"}, {"model": "fake", "input": "yes"}],
                              settings=Settings(models={}, max_wait_ms=0), runner=Broken("forward"))
     assert first.status_code == 500 and first.json()["error"]["type"] == "internal"
-    assert "illegal memory" not in first.text  # internals are logged, not sent
+    assert "mat1" not in first.text  # internals are logged, not sent
     assert second.status_code == 200 and second.json()["data"][0]["label"] == "yes"
+
+
+def test_a_fatal_device_error_kills_the_engine_instead_of_answering_500_forever():
+    """After an illegal memory access the CUDA context is dead: every later pass would fail. The engine
+    stops (vLLM's EngineDeadError): 503 to the callers, /ready 503, and the server is told to exit."""
+    runner = Broken("forward", "CUDA error: an illegal memory access was encountered (simulated)")
+
+    async def go():
+        async with serving(Settings(models={}), {"fake": runner}) as client:
+            first = await client.post("/classify", json={"model": "fake", "input": "a"})
+            second = await client.post("/classify", json={"model": "fake", "input": "yes"})
+            ready = await client.get("/ready")
+            return first, second, ready, client.app.state.dhrd.engine_dead
+
+    first, second, ready, dead = run(go())
+    assert first.status_code == 503 and first.json()["error"]["type"] == "engine_dead"
+    assert "illegal memory" not in first.text
+    assert second.status_code == 503 and ready.status_code == 503 and dead
+    assert runner.calls == 1  # nothing more was sent to the dead device
+
+
+def test_the_one_process_server_exits_when_its_engine_died():
+    from types import SimpleNamespace
+
+    import uvicorn
+
+    from service.server import DrainingServer
+
+    app = SimpleNamespace(state=SimpleNamespace(dhrd=SimpleNamespace(engine_dead=True)))
+    server = DrainingServer(uvicorn.Config(app=None), app)  # type: ignore[arg-type]
+    assert run(server.on_tick(0)) is True and server.engine_dead
 
 
 def test_a_tokenizer_that_raises_is_a_json_500_and_the_service_stays_up():

@@ -1,0 +1,108 @@
+"""Engine CPU per request: what the engine process spends (user + system CPU, as getrusage counts it,
+read from /proc since the engine is not this process's child) over a fixed number of requests to
+`dhrd serve --workers N` with a tiny model, so the forward pass is small and the engine's own
+overhead (IPC frames, pickling, batching) shows. Needs a quiet machine for numbers worth keeping.
+
+    python -m loadtest.engine_cpu --requests 2000 --connections 16
+prints one JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from . import REPO
+from .servers import free_port, stop, wait_until_ok
+
+FIXTURE = REPO / "tests" / "fixtures" / "export-v1-cb"
+BODY = {"model": "cb", "input": {"premise": "It rained all day.", "hypothesis": "The streets were wet."}}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of `pid` so far (fields 14 and 15 of /proc/PID/stat, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def engine_pid(log: Path, timeout: float = 120) -> int:
+    """The supervisor logs the engine's pid once it started it."""
+    end = time.time() + timeout
+    while time.time() < end:
+        found = re.search(r"one engine \(pid (\d+)\)", log.read_text())
+        if found:
+            return int(found.group(1))
+        time.sleep(0.1)
+    raise RuntimeError(f"no engine pid in {log}: {log.read_text()[-1500:]}")
+
+
+async def send(url: str, requests: int, connections: int) -> dict[int, int]:
+    """Exactly `requests` POSTs, over `connections` concurrent clients; returns status counts."""
+    left, statuses = iter(range(requests)), {}
+
+    async def client(http: httpx.AsyncClient) -> None:
+        for _ in left:
+            status = (await http.post(url, json=BODY)).status_code
+            statuses[status] = statuses.get(status, 0) + 1
+
+    limits = httpx.Limits(max_connections=connections)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+        await asyncio.gather(*(client(http) for _ in range(connections)))
+    return statuses
+
+
+def measure(export: Path, workers: int, requests: int, connections: int, warmup: int, flags: list[str]) -> dict:
+    port = free_port()
+    log = Path(tempfile.mkdtemp(prefix="engine-cpu-")) / "serve.log"
+    cmd = [sys.executable, "-m", "dhrd", "serve", "--model", f"cb={export}", "--port", str(port), "--workers",
+           str(workers), "--dtype", "float32", "--log-level", "info", *flags]
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        pid = engine_pid(log)
+        if not wait_until_ok(f"http://127.0.0.1:{port}/ready", 300, alive=lambda: proc.poll() is None):
+            raise RuntimeError(f"not ready; see {log}")
+        url = f"http://127.0.0.1:{port}/classify"
+        asyncio.run(send(url, warmup, connections))
+        cpu0, wall0 = cpu_seconds(pid), time.perf_counter()
+        statuses = asyncio.run(send(url, requests, connections))
+        cpu, wall = cpu_seconds(pid) - cpu0, time.perf_counter() - wall0
+    finally:
+        stop(proc)
+    return {"engine_cpu_us_per_request": round(cpu / requests * 1e6, 1), "engine_cpu_s": round(cpu, 3),
+            "requests": requests, "connections": connections, "workers": workers, "wall_s": round(wall, 2),
+            "flags": flags, "statuses": statuses, "commit": _commit()}
+
+
+def _commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--export", type=Path, default=FIXTURE, help="a tiny export (default: the test fixture)")
+    parser.add_argument("--workers", type=int, default=1, help="front-end processes (>= 1: an engine process)")
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--warmup", type=int, default=100, help="requests sent before measuring")
+    # One torch thread: a second OpenMP thread spins between passes and its CPU would swamp the engine's
+    # own per-request work, which is what this measures.
+    parser.add_argument("--flags", default="--threads 1", help="more `dhrd serve` flags (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be >= 1: with 0 there is no engine process to measure")
+    print(json.dumps(measure(args.export, args.workers, args.requests, args.connections, args.warmup,
+                             args.flags.split())))
+
+
+if __name__ == "__main__":
+    main()
