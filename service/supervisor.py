@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import time
 from multiprocessing.connection import wait
@@ -43,34 +44,39 @@ def frontend_main(settings: Settings, socket_path: str, sock, log_level: str) ->
 
 
 def run(settings: Settings, log_level: str) -> int:
-    """Start the engine and the front ends, wait for a signal or a death, stop them in order."""
-    import uvicorn
-
+    """Bind the port, start the engine and the front ends, wait for a signal or a death, stop them in order.
+    Returns the exit status: 0 after a signal, 1 if a child died, 3 if the port could not be bound."""
+    try:
+        sock = bind(settings.host, settings.port)
+    except OSError as exc:
+        # Before any child exists, so nothing is left behind; 3 is what uvicorn exits with in one process.
+        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+        return 3
     from . import engine_server
 
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _: stopping.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, _: stopping.append(signum))
     runtime = Path(tempfile.mkdtemp(prefix="dhrd-serve-"))  # mode 0700: only this user reaches the socket
     socket_path = str(runtime / "engine.sock")
     metrics_dir = runtime / "metrics"
     metrics_dir.mkdir()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)  # inherited by every child (spawned)
     ctx = multiprocessing.get_context("spawn")
-    stopping: list[int] = []
-    signal.signal(signal.SIGTERM, lambda signum, _: stopping.append(signum))
-    signal.signal(signal.SIGINT, lambda signum, _: stopping.append(signum))
-
     engine = ctx.Process(target=engine_server.main, name="dhrd-engine",
                          args=(settings, socket_path, log_level, False))  # hashes: checked before the start
-    engine.start()
-    sock = uvicorn.Config(app=None, host=settings.host, port=settings.port).bind_socket()
     fronts = [ctx.Process(target=frontend_main, name=f"dhrd-front-{i}", args=(settings, socket_path, sock, log_level))
               for i in range(settings.front_ends)]
-    for p in fronts:
-        p.start()
-    sock.close()  # the children hold it now
-    log.info("serving on http://%s:%d with %d front-end process(es) and one engine (pid %d)", settings.host,
-             settings.port, settings.front_ends, engine.pid)
     code = 0
+    # Whatever happens from here on (a child failing to start included), the finally stops every child:
+    # a non-daemon child left running would also keep multiprocessing's exit hook joining it forever.
     try:
+        for p in (engine, *fronts):
+            p.start()
+            log.info("%s started (pid %d)", p.name, p.pid)
+        sock.close()  # the children hold it now
+        log.info("serving on http://%s:%d with %d front-end process(es) and one engine (pid %d)", settings.host,
+                 settings.port, settings.front_ends, engine.pid)
         while not stopping:
             wait([p.sentinel for p in (engine, *fronts)], timeout=0.5)
             dead = [p for p in (engine, *fronts) if p.exitcode is not None]
@@ -79,10 +85,25 @@ def run(settings: Settings, log_level: str) -> int:
                 code = 1
                 break
     finally:
-        _stop(fronts, settings.grace_s + 15)
-        _stop([engine], 15)
+        sock.close()
+        _stop([p for p in fronts if p.pid is not None], settings.grace_s + 15)
+        _stop([engine] if engine.pid is not None else [], 15)
         shutil.rmtree(runtime, ignore_errors=True)
     return code
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket the front ends share, bound here before anything starts (as uvicorn binds it:
+    SO_REUSEADDR, so a restart is not refused by the old process's closing connections). Raises OSError."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
 
 def _stop(processes: list, timeout: float) -> None:
