@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from . import schemas
 from .cot import GenParams
 from .deps import BEARER, StateDep
-from .errors import ClientGone, InvalidInput, TooLarge, error_response, install_handlers
+from .errors import ClientGone, InvalidInput, ServiceError, TooLarge, error_response, install_handlers
 from .metrics import Metrics, exposition
 from .middleware import Admission, BodyGuard, Observe
 from .runner import ModelRunner
@@ -71,12 +71,10 @@ def create_app(settings: Settings, runners: dict[str, ModelRunner] | None = None
     @app.get("/ready", summary="Readiness: every model loaded and warm (503 before)",
              responses={503: {"model": schemas.ErrorResponse}})
     async def ready(state: StateDep):
-        if state.draining:
-            return error_response(503, "shutting_down", "the service is draining before it stops")
-        if not state.ready:
-            return error_response(503, "not_ready", state.load_error or "models are loading")
-        if not state.serving:
-            return error_response(503, "not_ready", "the engine process is gone")
+        try:
+            state.check()
+        except ServiceError as exc:  # answered here, not by the handler: a probe's 503 is not a rejected request
+            return error_response(exc.status, exc.kind, exc.message)
         return {"status": "ready", "models": sorted(state.models)}
 
     @app.get("/metrics", summary="Prometheus metrics (text exposition format)", response_class=Response,
@@ -86,6 +84,7 @@ def create_app(settings: Settings, runners: dict[str, ModelRunner] | None = None
 
     @app.get("/v1/models", response_model=schemas.ModelList, responses=ERROR_RESPONSES, dependencies=auth)
     async def models(state: StateDep) -> schemas.ModelList:
+        state.check()  # 503 whenever /ready is: no empty list while loading, no model the engine cannot run
         return schemas.ModelList(data=[schemas.ModelCard(id=name, **served.describe())
                                        for name, served in sorted(state.models.items())])
 

@@ -30,22 +30,23 @@ class AppState:
     engine: EngineCore | None = None  # in-process forward passes
     client: EngineClient | None = None  # or the engine process's socket
 
-    def model(self, name: str) -> ServedModel:
-        """The served model called `name`; raises NotReady before warm-up, UnknownModel for other names,
-        ShuttingDown once draining."""
+    def check(self) -> None:
+        """Readiness, the one truth behind /ready, /v1/models and work: raises ShuttingDown while draining
+        or once the engine process is gone, NotReady while loading (or after loading failed)."""
         if self.draining:
             raise ShuttingDown("the service is shutting down; retry on another replica")
         if not self.ready:
             raise NotReady(self.load_error or "models are still loading; retry when GET /ready answers 200")
+        if self.client is not None and not self.client.alive:
+            raise ShuttingDown("the engine process is gone; retry on another replica")
+
+    def model(self, name: str) -> ServedModel:
+        """The served model called `name`; raises as `check` does, and UnknownModel for other names."""
+        self.check()
         served = self.models.get(name)
         if served is None:
             raise UnknownModel(f"model {name[:64]!r} is not served; available: {sorted(self.models)}", field="model")
         return served
-
-    @property
-    def serving(self) -> bool:
-        """Ready, and (with an engine process) still connected to it."""
-        return self.ready and (self.client is None or self.client.alive)
 
     async def load(self, runners: dict[str, ModelRunner] | None = None, verify_hashes: bool = True,
                    engine_socket: str | Path | None = None) -> None:

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -74,6 +75,47 @@ def test_the_front_end_answers_what_one_process_answers(tmp_path):
     remote, local, models = run(go())
     assert [d["probs"] for d in remote["data"]] == [d["probs"] for d in local["data"]]
     assert remote["usage"] == local["usage"] and models["data"][0]["id"] == "cb"
+
+
+class GatedRunner(SlowRunner):
+    """Warm-up waits for `gate`: the engine stays loading until the test lets it finish."""
+
+    gate: threading.Event
+
+    def warmup(self, *args, **kwargs):
+        self.gate.wait(10)
+        return super().warmup(*args, **kwargs)
+
+
+def test_while_the_engine_loads_the_front_end_lists_no_model_it_cannot_serve(tmp_path):
+    """Issue 23 item 12: with an engine process, /v1/models said 200 with the model while /classify said
+    503; now /v1/models is 503 until /ready is 200."""
+    async def go():
+        s = Settings(models={"cb": FIXTURE}, dtype="float32")
+        runner = GatedRunner.from_export(FIXTURE, dtype="float32")
+        runner.gate = threading.Event()
+        socket_path = str(tmp_path / "engine.sock")
+        stop = asyncio.Event()
+        task = asyncio.create_task(EngineServer(s, socket_path, runners={"cb": runner}).serve(False, stop))
+        try:
+            async with serving(s, engine_socket=socket_path, wait_ready=False) as client:
+                await asyncio.sleep(0.3)  # the front end has its tokenizer and waits for the engine
+                loading = await client.get("/v1/models"), await client.post("/classify", json={"model": "cb",
+                                                                                               "input": PAIR})
+                runner.gate.set()
+                for _ in range(200):
+                    if (await client.get("/ready")).status_code == 200:
+                        break
+                    await asyncio.sleep(0.05)
+                return loading, await client.get("/v1/models")
+        finally:
+            runner.gate.set()
+            stop.set()
+            await task
+
+    (models, classify), ready = run(go())
+    assert classify.status_code == 503 and models.status_code == 503, models.text
+    assert ready.status_code == 200 and ready.json()["data"][0]["id"] == "cb"
 
 
 def test_engine_refusals_reach_the_caller_as_the_same_json_with_retry_after(tmp_path):
