@@ -93,9 +93,12 @@ class EngineServer:
         os.chmod(self.socket_path, 0o600)
         loading = asyncio.create_task(self.load(verify_hashes))
         await stop.wait()
-        # The supervisor stops the front ends first; whatever they still sent gets a short grace.
+        # Stopped by the supervisor, the front ends are gone already and the queue is empty, so this returns
+        # at once. But SIGTERM to the process group (systemd's default KillMode, `kill -TERM -PGID`) reaches
+        # this process as early as the front ends: work they queued here must get the same grace period
+        # they give it, or it would be answered 503 while they still wait for it.
         loading.cancel()
-        failed = await self.core.drain(min(self.settings.grace_s, 5.0))
+        failed = await self.core.drain(self.settings.grace_s)
         server.close()
         await self.core.close()
         log.info("engine stopped (%d queued sequence(s) answered 503)", failed)

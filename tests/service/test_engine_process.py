@@ -148,6 +148,32 @@ def test_a_drain_answers_work_still_in_the_engine_503(tmp_path):
     assert ready.status_code == 503
 
 
+def test_a_sigterm_to_the_engine_itself_drains_for_the_whole_grace_period(tmp_path):
+    """Issue 23 item 3: SIGTERM to the process group reaches the engine as early as the front ends; its
+    drain must give queued work `--shutdown-grace-s` too (it capped it at 5 s: 15 of 16 requests got 503
+    with a 60 s grace). Fast stand-in for 60 s of queued work: the grace the engine's drain is given."""
+    async def go():
+        s = Settings(models={"cb": FIXTURE}, dtype="float32", shutdown_grace_s=60)
+        engine = EngineServer(s, str(tmp_path / "engine.sock"),
+                              runners={"cb": SlowRunner.from_export(FIXTURE, dtype="float32")})
+        given: list[float] = []
+
+        async def drain(grace_s: float) -> int:
+            given.append(grace_s)
+            return 0
+
+        engine.core.drain = drain
+        stop = asyncio.Event()
+        task = asyncio.create_task(engine.serve(False, stop))
+        while not engine.ready:
+            await asyncio.sleep(0.05)
+        stop.set()
+        await task
+        return given
+
+    assert run(go()) == [60]
+
+
 def test_when_the_engine_goes_away_the_front_end_says_503_not_500(tmp_path):
     async def go():
         async with engine_and_front(tmp_path) as (client, engine):
