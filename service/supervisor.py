@@ -9,17 +9,23 @@ The shape of vLLM's API-server processes and engine core: HTTP work scales with 
 engine's forward pass never waits for a GIL held by JSON parsing. Shutdown (SIGTERM/SIGINT) goes
 front ends first (each drains: /ready fails, work in flight finishes within the grace period), then
 the engine. If any child dies, the supervisor stops the rest and exits non-zero: a half-alive
-service is worse than a restart by the orchestrator.
+service is worse than a restart by the orchestrator. If the supervisor itself dies (kill -9, the OOM
+killer, systemd's KillMode=process), its children get SIGTERM and drain as on a normal stop, and the
+next start removes the runtime directory it left behind.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import socket
+import sys
 import tempfile
+import threading
 import time
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -29,9 +35,44 @@ from .settings import Settings
 log = logging.getLogger("dhrd.service")
 
 
-def frontend_main(settings: Settings, socket_path: str, sock, log_level: str) -> None:
+RUNTIME_PREFIX = "dhrd-serve-"
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(parent: int) -> None:
+    """In a child: SIGTERM this process when the supervisor `parent` is gone, however it went, so that no
+    orphan keeps the port and answers 200 for a service nobody supervises (and a restart can bind). The
+    signal, not SIGKILL: the child drains as on a normal stop, bounded by the grace period. Linux's
+    PR_SET_PDEATHSIG acts at once; a thread watching the parent's pid is the portable part, and covers a
+    supervisor that died before prctl was called."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - no prctl in this libc: the thread still watches
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        log.warning("the supervisor (pid %d) is gone; stopping", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="dhrd-parent-watch", daemon=True).start()
+
+
+def engine_main(parent: int, *args) -> None:
+    """The engine process's entry point under the supervisor (engine_server.main, tied to its parent)."""
+    from . import engine_server
+
+    die_with_parent(parent)
+    engine_server.main(*args)
+
+
+def frontend_main(parent: int, settings: Settings, socket_path: str, sock, log_level: str) -> None:
     """A front-end process: uvicorn with the app, on the shared listening socket."""
     import uvicorn
+
+    die_with_parent(parent)
 
     from .app import create_app
     from .server import DrainingServer
@@ -52,21 +93,23 @@ def run(settings: Settings, log_level: str) -> int:
         # Before any child exists, so nothing is left behind; 3 is what uvicorn exits with in one process.
         log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
         return 3
-    from . import engine_server
-
     stopping: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, _: stopping.append(signum))
     signal.signal(signal.SIGINT, lambda signum, _: stopping.append(signum))
-    runtime = Path(tempfile.mkdtemp(prefix="dhrd-serve-"))  # mode 0700: only this user reaches the socket
+    for stale in sweep_stale_runtime_dirs():
+        log.info("removed %s, left by a supervisor that is gone", stale)
+    # mode 0700: only this user reaches the socket; the pid in the name tells a later start whose it is
+    runtime = Path(tempfile.mkdtemp(prefix=f"{RUNTIME_PREFIX}{os.getpid()}-"))
     socket_path = str(runtime / "engine.sock")
     metrics_dir = runtime / "metrics"
     metrics_dir.mkdir()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)  # inherited by every child (spawned)
     ctx = multiprocessing.get_context("spawn")
-    engine = ctx.Process(target=engine_server.main, name="dhrd-engine",
-                         args=(settings, socket_path, log_level, False))  # hashes: checked before the start
-    fronts = [ctx.Process(target=frontend_main, name=f"dhrd-front-{i}", args=(settings, socket_path, sock, log_level))
-              for i in range(settings.front_ends)]
+    me = os.getpid()
+    engine = ctx.Process(target=engine_main, name="dhrd-engine",
+                         args=(me, settings, socket_path, log_level, False))  # hashes: checked before the start
+    fronts = [ctx.Process(target=frontend_main, name=f"dhrd-front-{i}",
+                          args=(me, settings, socket_path, sock, log_level)) for i in range(settings.front_ends)]
     code = 0
     # Whatever happens from here on (a child failing to start included), the finally stops every child:
     # a non-daemon child left running would also keep multiprocessing's exit hook joining it forever.
@@ -104,6 +147,38 @@ def bind(host: str, port: int) -> socket.socket:
         raise
     sock.set_inheritable(True)
     return sock
+
+
+def sweep_stale_runtime_dirs(root: str | Path | None = None) -> list[Path]:
+    """Remove the runtime directories (`<tmp>/dhrd-serve-<pid>-*`) of supervisors that are gone: a killed
+    supervisor runs no clean-up. Only this user's, and only where process <pid> no longer exists, or is
+    this process (a container restarted with the same pid, before this start made its own). A directory
+    without a pid in its name (written before the pid was put there) is left alone: nothing says whose it
+    is. Returns the directories removed."""
+    removed = []
+    for path in Path(root or tempfile.gettempdir()).glob(RUNTIME_PREFIX + "*"):
+        match = re.fullmatch(re.escape(RUNTIME_PREFIX) + r"(\d+)-\w+", path.name)
+        try:
+            if not match or not path.is_dir() or path.stat().st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        pid = int(match.group(1))
+        if pid != os.getpid() and _process_exists(pid):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True
 
 
 def _stop(processes: list, timeout: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -87,3 +88,45 @@ def test_a_port_that_cannot_be_bound_fails_the_whole_tree_at_once_before_the_eng
     text = log.read_text()
     assert code == 3, f"exit {code}: {text[-3000:]}"
     assert "address already in use" in text.lower() and "engine" not in text.lower(), text[-3000:]
+
+
+def test_when_the_supervisor_is_killed_its_children_stop_and_free_the_port(tmp_path):
+    """Item 2: kill -9 of the supervisor (the OOM killer, systemd's KillMode=process) left the engine and
+    the front ends answering 200 as orphans; now they get SIGTERM, drain (grace 1 s here) and exit."""
+    port = free_port()
+    proc, log = serve(tmp_path, port, "--workers", "1", "--shutdown-grace-s", "1")
+    try:
+        wait_ready(proc, port, log)
+        children = pids_of_tree(log)
+        assert set(children) == {"dhrd-engine", "dhrd-front-0"}, log.read_text()[-3000:]
+        proc.kill()
+        proc.wait(5)
+        end = time.monotonic() + 20
+        while time.monotonic() < end and any(alive(pid) for pid in children.values()):
+            time.sleep(0.1)
+        left = {name: pid for name, pid in children.items() if alive(pid)}
+        assert not left, f"orphans still running: {left}"
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2)
+    finally:
+        kill_group(proc)
+        # what the next start would sweep (test_only_runtime_directories_whose_supervisor_is_gone_are_swept)
+        for left_behind in Path(tempfile.gettempdir()).glob(f"dhrd-serve-{proc.pid}-*"):
+            shutil.rmtree(left_behind, ignore_errors=True)
+
+
+def test_only_runtime_directories_whose_supervisor_is_gone_are_swept(tmp_path):
+    """Item 2: a killed supervisor leaves its /tmp/dhrd-serve-<pid>-* behind; the next start removes it,
+    and leaves alone a live supervisor's directory and any it cannot attribute to a process."""
+    from service.supervisor import sweep_stale_runtime_dirs
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # reaped: its pid names no process (until the kernel reuses it, which takes a while)
+    stale = tmp_path / f"dhrd-serve-{dead.pid}-abc123"
+    live = tmp_path / f"dhrd-serve-{os.getppid()}-def456"
+    unknown = tmp_path / "dhrd-serve-k2j3h4g5"  # the old naming, without a pid
+    other = tmp_path / "something-else"
+    for d in (stale, live, unknown, other):
+        (d / "metrics").mkdir(parents=True)
+    assert sweep_stale_runtime_dirs(tmp_path) == [stale]
+    assert not stale.exists() and live.exists() and unknown.exists() and other.exists()
