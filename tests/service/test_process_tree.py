@@ -130,3 +130,62 @@ def test_only_runtime_directories_whose_supervisor_is_gone_are_swept(tmp_path):
         (d / "metrics").mkdir(parents=True)
     assert sweep_stale_runtime_dirs(tmp_path) == [stale]
     assert not stale.exists() and live.exists() and unknown.exists() and other.exists()
+
+
+def test_during_a_drain_open_connections_get_a_503_from_ready_and_new_ones_are_refused():
+    """Item 4: the drain closed every keep-alive connection at once, so a probe saw a refused connection,
+    never the 503 README and DEPLOY.md promise. Now the listener closes (a new connection is refused: a
+    proxy retries it elsewhere), but open connections are answered until the drain ends: /ready 503
+    `shutting_down` with `Connection: close`, while the work in flight completes. DrainingServer is what
+    the single process and every front end of `--workers` run; here it runs in this event loop."""
+    import asyncio
+
+    import uvicorn
+
+    from service.app import create_app
+    from service.server import DrainingServer
+    from service.settings import Settings
+
+    from .conftest import FakeRunner
+
+    async def go():
+        port = free_port()
+        settings = Settings(models={}, shutdown_grace_s=10)
+        app = create_app(settings, {"fake": FakeRunner(delay=1.5)})
+        server = DrainingServer(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                               timeout_graceful_shutdown=settings.grace_s + 10), app)
+        serving = asyncio.create_task(server.serve())
+        url = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=url, timeout=10) as probe, \
+                httpx.AsyncClient(base_url=url, timeout=10) as worker:
+            for _ in range(200):
+                try:
+                    if (await probe.get("/ready")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.05)
+            in_flight = asyncio.create_task(worker.post("/classify", json={"model": "fake", "input": "yes"}))
+            await asyncio.sleep(0.3)  # the forward pass (1.5 s) is running
+            server.should_exit = True  # what uvicorn's SIGTERM handler does
+            await asyncio.sleep(0.3)
+            try:
+                during = await probe.get("/ready")  # on the probe's open keep-alive connection
+            except httpx.TransportError as exc:
+                during = exc
+            try:
+                await httpx.AsyncClient(base_url=url, timeout=2).get("/ready")
+                fresh = None
+            except httpx.ConnectError as exc:
+                fresh = exc
+            done = await in_flight
+        await asyncio.wait_for(serving, 30)
+        return during, fresh, done
+
+    during, fresh, done = asyncio.run(go())
+    assert isinstance(during, httpx.Response), f"the open connection was dropped: {during!r}"
+    assert during.status_code == 503 and during.json()["error"]["type"] == "shutting_down", during.text
+    assert during.headers.get("connection") == "close"
+    assert fresh is not None, "a new connection was accepted during the drain"
+    assert done.status_code == 200 and done.json()["data"][0]["label"] == "yes"
+
