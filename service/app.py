@@ -27,11 +27,13 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def create_app(settings: Settings, runners: dict[str, ModelRunner] | None = None,
-               hashes_checked: bool = False, engine_socket: str | None = None) -> FastAPI:
+               hashes_checked: bool = False, engine_socket: str | None = None,
+               ready_before_serving: bool = False) -> FastAPI:
     """Build the app. `runners` (tests) are served in addition to / instead of loading `settings.models`;
     `hashes_checked`: the caller verified every export's sha256 already (`dhrd serve`), so loading skips it;
     `engine_socket`: a front-end process of `--workers N`, whose forward passes run in the engine process
-    listening there."""
+    listening there; `ready_before_serving`: the lifespan's start-up waits for loading (a front end that
+    replaces a dead one joins the others only when ready: uvicorn accepts once the start-up is done)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -40,6 +42,8 @@ def create_app(settings: Settings, runners: dict[str, ModelRunner] | None = None
         # Load in the background so /health and /ready answer (503) while models load and warm up.
         loading = asyncio.create_task(state.load(runners, verify_hashes=settings.verify_hashes and not hashes_checked,
                                                  engine_socket=engine_socket))
+        if ready_before_serving:
+            await loading
         yield
         loading.cancel()
         await state.close()

@@ -8,8 +8,10 @@
 The shape of vLLM's API-server processes and engine core: HTTP work scales with processes, and the
 engine's forward pass never waits for a GIL held by JSON parsing. Shutdown (SIGTERM/SIGINT) goes
 front ends first (each drains: /ready fails, work in flight finishes within the grace period), then
-the engine. If any child dies, the supervisor stops the rest and exits non-zero: a half-alive
-service is worse than a restart by the orchestrator. If the supervisor itself dies (kill -9, the OOM
+the engine. If the engine dies, the supervisor stops the front ends and exits non-zero: without
+its models the replica is useless, and the orchestrator's restart reloads them. A front end that dies
+is replaced on the same listening socket (it holds no state; the healthy ones keep serving), unless
+front ends keep dying (`RestartBudget`), which stops the replica too. If the supervisor itself dies (kill -9, the OOM
 killer, systemd's KillMode=process), its children get SIGTERM and drain as on a normal stop, and the
 next start removes the runtime directory it left behind.
 """
@@ -36,6 +38,8 @@ log = logging.getLogger("dhrd.service")
 
 
 RUNTIME_PREFIX = "dhrd-serve-"
+FRONT_END_RESTARTS = 5  # front-end deaths forgiven per window; one more stops the replica (a crash loop)
+FRONT_END_RESTART_WINDOW_S = 60.0
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -68,8 +72,11 @@ def engine_main(parent: int, *args) -> None:
     engine_server.main(*args)
 
 
-def frontend_main(parent: int, settings: Settings, socket_path: str, sock, log_level: str) -> None:
-    """A front-end process: uvicorn with the app, on the shared listening socket."""
+def frontend_main(parent: int, settings: Settings, socket_path: str, sock, log_level: str,
+                  replacement: bool = False) -> None:
+    """A front-end process: uvicorn with the app, on the shared listening socket. A `replacement` for a
+    front end that died accepts connections only once it is ready: the others serve meanwhile, and a
+    probe reaching it must not see the replica as unready."""
     import uvicorn
 
     die_with_parent(parent)
@@ -78,7 +85,7 @@ def frontend_main(parent: int, settings: Settings, socket_path: str, sock, log_l
     from .server import DrainingServer
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s[front]: %(message)s")
-    app = create_app(settings, hashes_checked=True, engine_socket=socket_path)
+    app = create_app(settings, hashes_checked=True, engine_socket=socket_path, ready_before_serving=replacement)
     config = uvicorn.Config(app, log_level=log_level, limit_concurrency=settings.max_connections,
                             timeout_graceful_shutdown=settings.grace_s + 10)
     DrainingServer(config, app).run(sockets=[sock])
@@ -110,6 +117,7 @@ def run(settings: Settings, log_level: str) -> int:
                          args=(me, settings, socket_path, log_level, False))  # hashes: checked before the start
     fronts = [ctx.Process(target=frontend_main, name=f"dhrd-front-{i}",
                           args=(me, settings, socket_path, sock, log_level)) for i in range(settings.front_ends)]
+    budget = RestartBudget(FRONT_END_RESTARTS, FRONT_END_RESTART_WINDOW_S)
     code = 0
     # Whatever happens from here on (a child failing to start included), the finally stops every child:
     # a non-daemon child left running would also keep multiprocessing's exit hook joining it forever.
@@ -117,22 +125,52 @@ def run(settings: Settings, log_level: str) -> int:
         for p in (engine, *fronts):
             p.start()
             log.info("%s started (pid %d)", p.name, p.pid)
-        sock.close()  # the children hold it now
+        # `sock` stays open here too, for replacements: while no front end is up, connections wait in the
+        # listening socket's backlog rather than being refused.
         log.info("serving on http://%s:%d with %d front-end process(es) and one engine (pid %d)", settings.host,
                  settings.port, settings.front_ends, engine.pid)
-        while not stopping:
+        while not stopping and not code:
             wait([p.sentinel for p in (engine, *fronts)], timeout=0.5)
-            dead = [p for p in (engine, *fronts) if p.exitcode is not None]
-            if dead and not stopping:
-                log.error("%s exited with code %s; stopping the service", dead[0].name, dead[0].exitcode)
+            if stopping:
+                break  # a child that exited on the same signal is not a failure
+            if engine.exitcode is not None:
+                log.error("%s exited with code %s; stopping the service", engine.name, engine.exitcode)
                 code = 1
-                break
+            for i, p in enumerate(fronts):
+                if p.exitcode is None or code:
+                    continue
+                if not budget.allow(time.monotonic()):
+                    log.error("%s exited with code %s: more than %d front-end deaths within %.0f s; stopping "
+                              "the service", p.name, p.exitcode, FRONT_END_RESTARTS, FRONT_END_RESTART_WINDOW_S)
+                    code = 1
+                    break
+                log.warning("%s exited with code %s; starting a new one", p.name, p.exitcode)
+                fronts[i] = ctx.Process(target=frontend_main, name=p.name,
+                                        args=(me, settings, socket_path, sock, log_level, True))
+                fronts[i].start()
+                log.info("%s started (pid %d)", fronts[i].name, fronts[i].pid)
     finally:
-        sock.close()
+        sock.close()  # front ends close theirs as their drain starts: the port is free once they all have
         _stop([p for p in fronts if p.pid is not None], settings.grace_s + 15)
         _stop([engine] if engine.pid is not None else [], 15)
         shutil.rmtree(runtime, ignore_errors=True)
     return code
+
+
+class RestartBudget:
+    """At most `restarts` within any `window_s` seconds: a front end that dies now and then is replaced,
+    one that cannot stay up stops the replica (its log says why, and the orchestrator sees it)."""
+
+    def __init__(self, restarts: int, window_s: float):
+        self.restarts, self.window_s = restarts, window_s
+        self.times: list[float] = []
+
+    def allow(self, now: float) -> bool:
+        self.times = [t for t in self.times if now - t < self.window_s]
+        if len(self.times) >= self.restarts:
+            return False
+        self.times.append(now)
+        return True
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -189,3 +189,39 @@ def test_during_a_drain_open_connections_get_a_503_from_ready_and_new_ones_are_r
     assert fresh is not None, "a new connection was accepted during the drain"
     assert done.status_code == 200 and done.json()["data"][0]["label"] == "yes"
 
+
+def test_a_dead_front_end_is_replaced_and_the_replica_keeps_serving(tmp_path):
+    """Item 5: killing one front end stopped the whole replica (and, after the grace period, cost the
+    healthy front end's clients their work). Front ends hold no state, so the supervisor starts a new one
+    on the same listening socket; only the engine's death (the models) stops the replica."""
+    port = free_port()
+    proc, log = serve(tmp_path, port, "--workers", "2", "--shutdown-grace-s", "1")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, port, log)
+        first = pids_of_tree(log)
+        os.kill(first["dhrd-front-0"], signal.SIGKILL)
+        end = time.monotonic() + 30
+        while time.monotonic() < end and log.read_text().count("dhrd-front-0 started") < 2 and proc.poll() is None:
+            time.sleep(0.1)
+        assert proc.poll() is None, f"the supervisor exited {proc.returncode}: {log.read_text()[-3000:]}"
+        replacement = pids_of_tree(log)["dhrd-front-0"]  # the last pid logged under that name
+        assert replacement != first["dhrd-front-0"] and alive(replacement), log.read_text()[-3000:]
+        assert alive(first["dhrd-front-1"]) and alive(first["dhrd-engine"])
+        # new connections, spread by the kernel over both front ends once the new one accepts
+        answers = [httpx.post(url + "/classify", json={"model": "cb", "input": PAIR}, timeout=30).status_code
+                   for _ in range(8)]
+        assert answers == [200] * 8, answers
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()[-3000:]
+    finally:
+        kill_group(proc)
+
+
+def test_front_ends_that_keep_dying_stop_the_replica():
+    """Item 5: a front end that cannot stay up (a crash loop) is not restarted forever."""
+    from service.supervisor import RestartBudget
+
+    budget = RestartBudget(restarts=3, window_s=60)
+    assert [budget.allow(now) for now in (0, 1, 2, 3)] == [True, True, True, False]
+    assert budget.allow(61.5)  # the first restarts have left the window
