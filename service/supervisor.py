@@ -32,6 +32,8 @@ import time
 from multiprocessing.connection import wait
 from pathlib import Path
 
+from prometheus_client import multiprocess
+
 from .settings import Settings
 
 log = logging.getLogger("dhrd.service")
@@ -101,8 +103,16 @@ def run(settings: Settings, log_level: str) -> int:
         log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
         return 3
     stopping: list[int] = []
-    signal.signal(signal.SIGTERM, lambda signum, _: stopping.append(signum))
-    signal.signal(signal.SIGINT, lambda signum, _: stopping.append(signum))
+
+    def on_signal(signum: int, _) -> None:
+        stopping.append(signum)
+        # At once, not when the loop below notices: when the signal went to the whole process group, the
+        # front ends have closed their copies already, and a connection left in the backlog of ours would
+        # be reset when it closes instead of being refused now.
+        sock.close()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     for stale in sweep_stale_runtime_dirs():
         log.info("removed %s, left by a supervisor that is gone", stale)
     # mode 0700: only this user reaches the socket; the pid in the name tells a later start whose it is
@@ -145,6 +155,10 @@ def run(settings: Settings, log_level: str) -> int:
                     code = 1
                     break
                 log.warning("%s exited with code %s; starting a new one", p.name, p.exitcode)
+                # its live gauges (queue depth, readiness) would otherwise stay in every /metrics sum
+                multiprocess.mark_process_dead(p.pid, str(metrics_dir))
+                if stopping:  # the signal came meanwhile: `sock` is closed
+                    break
                 fronts[i] = ctx.Process(target=frontend_main, name=p.name,
                                         args=(me, settings, socket_path, sock, log_level, True))
                 fronts[i].start()

@@ -208,6 +208,9 @@ def test_a_dead_front_end_is_replaced_and_the_replica_keeps_serving(tmp_path):
         replacement = pids_of_tree(log)["dhrd-front-0"]  # the last pid logged under that name
         assert replacement != first["dhrd-front-0"] and alive(replacement), log.read_text()[-3000:]
         assert alive(first["dhrd-front-1"]) and alive(first["dhrd-engine"])
+        # the dead front end's live gauges left the /metrics sums (prometheus_client's files per pid)
+        metrics_dir = next(Path(tempfile.gettempdir()).glob(f"dhrd-serve-{proc.pid}-*")) / "metrics"
+        assert not list(metrics_dir.glob(f"gauge_live*_{first['dhrd-front-0']}.db"))
         # new connections, spread by the kernel over both front ends once the new one accepts
         answers = [httpx.post(url + "/classify", json={"model": "cb", "input": PAIR}, timeout=30).status_code
                    for _ in range(8)]
