@@ -165,8 +165,8 @@ def run(settings: Settings, log_level: str) -> int:
                 log.info("%s started (pid %d)", fronts[i].name, fronts[i].pid)
     finally:
         sock.close()  # front ends close theirs as their drain starts: the port is free once they all have
-        _stop([p for p in fronts if p.pid is not None], settings.grace_s + 15)
-        _stop([engine] if engine.pid is not None else [], 15)
+        _stop(fronts, settings.grace_s + 15)
+        _stop([engine], 15)
         shutil.rmtree(runtime, ignore_errors=True)
     return code
 
@@ -234,7 +234,8 @@ def _process_exists(pid: int) -> bool:
 
 
 def _stop(processes: list, timeout: float) -> None:
-    """SIGTERM, wait up to `timeout`, then SIGKILL what is left."""
+    """SIGTERM, wait up to `timeout`, then SIGKILL what is left (skipping any never started)."""
+    processes = [p for p in processes if p.pid is not None]
     for p in processes:
         if p.exitcode is None:
             p.terminate()
