@@ -72,6 +72,7 @@ def kill_group(proc: subprocess.Popen) -> None:
     proc.wait(10)
 
 
+@pytest.mark.slow
 def test_a_port_that_cannot_be_bound_fails_the_whole_tree_at_once_before_the_engine_starts(tmp_path):
     """Item 1: the port is bound first; a bind error exits non-zero at once, starting no engine."""
     with socket.socket() as held:
@@ -90,6 +91,7 @@ def test_a_port_that_cannot_be_bound_fails_the_whole_tree_at_once_before_the_eng
     assert "address already in use" in text.lower() and "engine" not in text.lower(), text[-3000:]
 
 
+@pytest.mark.slow
 def test_when_the_supervisor_is_killed_its_children_stop_and_free_the_port(tmp_path):
     """Item 2: kill -9 of the supervisor (the OOM killer, systemd's KillMode=process) left the engine and
     the front ends answering 200 as orphans; now they get SIGTERM, drain (grace 1 s here) and exit."""
@@ -190,6 +192,7 @@ def test_during_a_drain_open_connections_get_a_503_from_ready_and_new_ones_are_r
     assert done.status_code == 200 and done.json()["data"][0]["label"] == "yes"
 
 
+@pytest.mark.slow
 def test_a_dead_front_end_is_replaced_and_the_replica_keeps_serving(tmp_path):
     """Item 5: killing one front end stopped the whole replica (and, after the grace period, cost the
     healthy front end's clients their work). Front ends hold no state, so the supervisor starts a new one
@@ -228,3 +231,34 @@ def test_front_ends_that_keep_dying_stop_the_replica():
     budget = RestartBudget(restarts=3, window_s=60)
     assert [budget.allow(now) for now in (0, 1, 2, 3)] == [True, True, True, False]
     assert budget.allow(61.5)  # the first restarts have left the window
+
+
+@pytest.mark.slow
+def test_a_sigterm_to_the_process_group_lets_work_in_flight_finish_and_stops_every_process(tmp_path):
+    """Item 3, end to end: systemd's default KillMode=control-group signals every process at once; work in
+    flight completes, the supervisor exits 0 and no child is left."""
+    import asyncio
+
+    port = free_port()
+    proc, log = serve(tmp_path, port, "--workers", "1", "--shutdown-grace-s", "30", "--max-batch-size", "1",
+                      "--max-wait-ms", "0")
+    body = {"model": "cb", "input": [PAIR] * 16}
+    try:
+        wait_ready(proc, port, log)
+        children = pids_of_tree(log)
+
+        async def go():
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+                work = [asyncio.create_task(client.post("/classify", json=body)) for _ in range(4)]
+                await asyncio.sleep(0.3)
+                os.killpg(proc.pid, signal.SIGTERM)
+                return [r.status_code for r in await asyncio.gather(*work)]
+
+        assert asyncio.run(go()) == [200] * 4, log.read_text()[-3000:]
+        assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+        end = time.monotonic() + 10
+        while time.monotonic() < end and any(alive(pid) for pid in children.values()):
+            time.sleep(0.1)
+        assert not [pid for pid in children.values() if alive(pid)]
+    finally:
+        kill_group(proc)
