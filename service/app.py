@@ -13,8 +13,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from . import schemas
 from .cot import GenParams
 from .deps import BEARER, StateDep
-from .errors import ClientGone, InvalidInput, TooLarge
-from .http_errors import error_response, install_handlers
+from .errors import ClientGone, InvalidInput, ServiceError, TooLarge
+from .http_errors import error_response, http_status, install_handlers
 from .metrics import Metrics, exposition
 from .middleware import Admission, BodyGuard, Observe
 from .runner import ModelRunner
@@ -28,11 +28,13 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def create_app(settings: Settings, runners: dict[str, ModelRunner] | None = None,
-               hashes_checked: bool = False, engine_socket: str | None = None) -> FastAPI:
+               hashes_checked: bool = False, engine_socket: str | None = None,
+               ready_before_serving: bool = False) -> FastAPI:
     """Build the app. `runners` (tests) are served in addition to / instead of loading `settings.models`;
     `hashes_checked`: the caller verified every export's sha256 already (`dhrd serve`), so loading skips it;
     `engine_socket`: a front-end process of `--workers N`, whose forward passes run in the engine process
-    listening there."""
+    listening there; `ready_before_serving`: the lifespan's start-up waits for loading (a front end that
+    replaces a dead one joins the others only when ready: uvicorn accepts once the start-up is done)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -41,6 +43,8 @@ def create_app(settings: Settings, runners: dict[str, ModelRunner] | None = None
         # Load in the background so /health and /ready answer (503) while models load and warm up.
         loading = asyncio.create_task(state.load(runners, verify_hashes=settings.verify_hashes and not hashes_checked,
                                                  engine_socket=engine_socket))
+        if ready_before_serving:
+            await loading
         yield
         loading.cancel()
         await state.close()
@@ -72,13 +76,10 @@ def create_app(settings: Settings, runners: dict[str, ModelRunner] | None = None
     @app.get("/ready", summary="Readiness: every model loaded and warm (503 before)",
              responses={503: {"model": schemas.ErrorResponse}})
     async def ready(state: StateDep):
-        if state.draining:
-            return error_response(503, "shutting_down", "the service is draining before it stops")
-        if not state.ready:
-            return error_response(503, "not_ready", state.load_error or "models are loading")
-        if not state.serving:
-            return error_response(503, "not_ready", "the engine is gone (its process exited or its device "
-                                                    "failed); the service is stopping")
+        try:
+            state.check()
+        except ServiceError as exc:  # answered here, not by the handler: a probe's 503 is not a rejected request
+            return error_response(http_status(exc), exc.kind, exc.message)
         return {"status": "ready", "models": sorted(state.models)}
 
     @app.get("/metrics", summary="Prometheus metrics (text exposition format)", response_class=Response,
@@ -88,6 +89,7 @@ def create_app(settings: Settings, runners: dict[str, ModelRunner] | None = None
 
     @app.get("/v1/models", response_model=schemas.ModelList, responses=ERROR_RESPONSES, dependencies=auth)
     async def models(state: StateDep) -> schemas.ModelList:
+        state.check()  # 503 whenever /ready is: no empty list while loading, no model the engine cannot run
         return schemas.ModelList(data=[schemas.ModelCard(id=name, **served.describe())
                                        for name, served in sorted(state.models.items())])
 

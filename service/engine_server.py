@@ -136,8 +136,11 @@ class EngineServer:
         stopped.cancel(), died.cancel()
         loading.cancel()
         self.ready = False
-        # The supervisor stops the front ends first; whatever they still sent gets a short grace.
-        failed = 0 if self.core.dead else await self.core.drain(min(self.settings.grace_s, 5.0))
+        # Stopped by the supervisor, the front ends are gone already and the queue is empty, so this returns
+        # at once. But SIGTERM to the process group (systemd's default KillMode, `kill -TERM -PGID`) reaches
+        # this process as early as the front ends: work they queued here must get the same grace period
+        # they give it, or it would be answered 503 while they still wait for it. A dead device drains nothing.
+        failed = 0 if self.core.dead else await self.core.drain(self.settings.grace_s)
         server.close()
         await self.core.close()
         log.info("engine stopped (%d queued sequence(s) answered 503)", failed)

@@ -34,6 +34,8 @@ class Observe:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if _draining(scope):  # server.py keeps open connections during a drain: ask the client to leave
+                    message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
             await send(message)
 
         try:
@@ -51,6 +53,11 @@ class Observe:
         model = (scope.get("state") or {}).get("model", "-")
         state.metrics.requests.labels(path, model, str(status)).inc()
         state.metrics.request_duration.labels(path, model).observe(seconds)
+
+
+def _draining(scope) -> bool:
+    state = getattr(getattr(scope.get("app"), "state", None), "dhrd", None)
+    return state is not None and state.draining
 
 
 class Admission:

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import uvicorn
 from fastapi import FastAPI
 
 
 class DrainingServer(uvicorn.Server):
-    """On shutdown, start the app's drain (`AppState.drain`) while uvicorn stops accepting and waits for
-    open requests; its own cut-off (`timeout_graceful_shutdown`) is set past the drain's grace period.
+    """On shutdown, stop accepting and start the app's drain (`AppState.drain`); answer the connections
+    already open until the drain ends, then let uvicorn close them and wait for open requests. Its own
+    cut-off (`timeout_graceful_shutdown`, set past the drain's grace period) still counts from the signal.
     If the in-process engine dies (a fatal device error) it stops by itself, and `engine_dead` says so:
     the caller exits non-zero, for the orchestrator to restart it."""
 
@@ -28,7 +30,24 @@ class DrainingServer(uvicorn.Server):
 
     async def shutdown(self, sockets=None) -> None:
         state = getattr(self.app.state, "dhrd", None)  # absent if the lifespan never started
-        drain = asyncio.ensure_future(state.drain()) if state is not None else None
+        if state is None:
+            return await super().shutdown(sockets)
+        started = time.monotonic()
+        drain = asyncio.ensure_future(state.drain())
+        # A new connection is refused from now on (a proxy retries a refused connection elsewhere; it
+        # would not retry a 503). uvicorn alone would also close idle keep-alive connections at once, so a
+        # probe or client on one saw the connection drop, never the 503 we promise: they stay open while
+        # the drain runs, where /ready and new work answer 503 `shutting_down` with `Connection: close`
+        # (middleware.Observe) and the work in flight completes.
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        while not drain.done() and not self.force_exit:  # force_exit: a second Ctrl-C
+            await asyncio.wait([drain], timeout=0.1)
+        cut_off = self.config.timeout_graceful_shutdown
+        if cut_off is not None:
+            self.config.timeout_graceful_shutdown = max(0.0, cut_off - (time.monotonic() - started))
         await super().shutdown(sockets)
-        if drain is not None and not drain.done():
+        if not drain.done():
             drain.cancel()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .engine import EngineCore, find_model
 from .engine_client import EngineClient, RemoteQueue
-from .errors import ShuttingDown
+from .errors import NotReady, ShuttingDown
 from .metrics import Metrics
 from .runner import InputEncoder, ModelRunner
 from .served import ServedModel
@@ -30,11 +30,22 @@ class AppState:
     engine: EngineCore | None = None  # in-process forward passes
     client: EngineClient | None = None  # or the engine process's socket
 
-    def model(self, name: str) -> ServedModel:
-        """The served model called `name`; raises NotReady before warm-up, UnknownModel for other names,
-        ShuttingDown once draining."""
+    def check(self) -> None:
+        """Readiness, the one truth behind /ready, /v1/models and work: raises ShuttingDown while draining
+        or once the engine process is gone, NotReady while loading (or after loading failed)."""
         if self.draining:
             raise ShuttingDown("the service is shutting down; retry on another replica")
+        if self.engine_dead:
+            raise ShuttingDown("the engine is gone (its device failed); the service is stopping")
+        if self.client is not None and not self.client.alive:
+            raise ShuttingDown("the engine process is gone; retry on another replica")
+        if not self.ready:
+            raise NotReady(self.load_error or "models are still loading; retry when GET /ready answers 200")
+
+    def model(self, name: str) -> ServedModel:
+        """The served model called `name`; raises as `check` does, and UnknownModel for other names (the
+        lookup the engine process shares: `engine.find_model`)."""
+        self.check()
         return find_model(self.models, name, self.ready, self.load_error)
 
     @property

@@ -8,87 +8,235 @@
 The shape of vLLM's API-server processes and engine core: HTTP work scales with processes, and the
 engine's forward pass never waits for a GIL held by JSON parsing. Shutdown (SIGTERM/SIGINT) goes
 front ends first (each drains: /ready fails, work in flight finishes within the grace period), then
-the engine. If any child dies, the supervisor stops the rest and exits non-zero: a half-alive
-service is worse than a restart by the orchestrator.
+the engine. If the engine dies, the supervisor stops the front ends and exits non-zero: without
+its models the replica is useless, and the orchestrator's restart reloads them. A front end that dies
+is replaced on the same listening socket (it holds no state; the healthy ones keep serving), unless
+front ends keep dying (`RestartBudget`), which stops the replica too. If the supervisor itself dies (kill -9, the OOM
+killer, systemd's KillMode=process), its children get SIGTERM and drain as on a normal stop, and the
+next start removes the runtime directory it left behind.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
+import re
 import shutil
 import signal
+import socket
+import sys
 import tempfile
+import threading
 import time
 from multiprocessing.connection import wait
 from pathlib import Path
+
+from prometheus_client import multiprocess
 
 from .settings import Settings
 
 log = logging.getLogger("dhrd.service")
 
 
-def frontend_main(settings: Settings, socket_path: str, sock, log_level: str) -> None:
-    """A front-end process: uvicorn with the app, on the shared listening socket."""
+RUNTIME_PREFIX = "dhrd-serve-"
+FRONT_END_RESTARTS = 5  # front-end deaths forgiven per window; one more stops the replica (a crash loop)
+FRONT_END_RESTART_WINDOW_S = 60.0
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(parent: int) -> None:
+    """In a child: SIGTERM this process when the supervisor `parent` is gone, however it went, so that no
+    orphan keeps the port and answers 200 for a service nobody supervises (and a restart can bind). The
+    signal, not SIGKILL: the child drains as on a normal stop, bounded by the grace period. Linux's
+    PR_SET_PDEATHSIG acts at once; a thread watching the parent's pid is the portable part, and covers a
+    supervisor that died before prctl was called."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - no prctl in this libc: the thread still watches
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        log.warning("the supervisor (pid %d) is gone; stopping", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="dhrd-parent-watch", daemon=True).start()
+
+
+def engine_main(parent: int, *args) -> None:
+    """The engine process's entry point under the supervisor (engine_server.main, tied to its parent)."""
+    from . import engine_server
+
+    die_with_parent(parent)
+    engine_server.main(*args)
+
+
+def frontend_main(parent: int, settings: Settings, socket_path: str, sock, log_level: str,
+                  replacement: bool = False) -> None:
+    """A front-end process: uvicorn with the app, on the shared listening socket. A `replacement` for a
+    front end that died accepts connections only once it is ready: the others serve meanwhile, and a
+    probe reaching it must not see the replica as unready."""
     import uvicorn
 
+    die_with_parent(parent)
+
     from .app import create_app
+    from .connections import uvicorn_options
     from .server import DrainingServer
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s[front]: %(message)s")
-    app = create_app(settings, hashes_checked=True, engine_socket=socket_path)
-    from .connections import uvicorn_options
-
+    app = create_app(settings, hashes_checked=True, engine_socket=socket_path, ready_before_serving=replacement)
     config = uvicorn.Config(app, log_level=log_level, **uvicorn_options(settings),
                             timeout_graceful_shutdown=settings.grace_s + 10)
     DrainingServer(config, app).run(sockets=[sock])
 
 
 def run(settings: Settings, log_level: str) -> int:
-    """Start the engine and the front ends, wait for a signal or a death, stop them in order."""
-    import uvicorn
+    """Bind the port, start the engine and the front ends, wait for a signal or a death, stop them in order.
+    Returns the exit status: 0 after a signal, 1 if a child died, 3 if the port could not be bound."""
+    try:
+        sock = bind(settings.host, settings.port)
+    except OSError as exc:
+        # Before any child exists, so nothing is left behind; 3 is what uvicorn exits with in one process.
+        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+        return 3
+    stopping: list[int] = []
 
-    from . import engine_server
+    def on_signal(signum: int, _) -> None:
+        stopping.append(signum)
+        # At once, not when the loop below notices: when the signal went to the whole process group, the
+        # front ends have closed their copies already, and a connection left in the backlog of ours would
+        # be reset when it closes instead of being refused now.
+        sock.close()
 
-    runtime = Path(tempfile.mkdtemp(prefix="dhrd-serve-"))  # mode 0700: only this user reaches the socket
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for stale in sweep_stale_runtime_dirs():
+        log.info("removed %s, left by a supervisor that is gone", stale)
+    # mode 0700: only this user reaches the socket; the pid in the name tells a later start whose it is
+    runtime = Path(tempfile.mkdtemp(prefix=f"{RUNTIME_PREFIX}{os.getpid()}-"))
     socket_path = str(runtime / "engine.sock")
     metrics_dir = runtime / "metrics"
     metrics_dir.mkdir()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)  # inherited by every child (spawned)
     ctx = multiprocessing.get_context("spawn")
-    stopping: list[int] = []
-    signal.signal(signal.SIGTERM, lambda signum, _: stopping.append(signum))
-    signal.signal(signal.SIGINT, lambda signum, _: stopping.append(signum))
-
-    engine = ctx.Process(target=engine_server.main, name="dhrd-engine",
-                         args=(settings, socket_path, log_level, False))  # hashes: checked before the start
-    engine.start()
-    sock = uvicorn.Config(app=None, host=settings.host, port=settings.port).bind_socket()
-    fronts = [ctx.Process(target=frontend_main, name=f"dhrd-front-{i}", args=(settings, socket_path, sock, log_level))
-              for i in range(settings.front_ends)]
-    for p in fronts:
-        p.start()
-    sock.close()  # the children hold it now
-    log.info("serving on http://%s:%d with %d front-end process(es) and one engine (pid %d)", settings.host,
-             settings.port, settings.front_ends, engine.pid)
+    me = os.getpid()
+    engine = ctx.Process(target=engine_main, name="dhrd-engine",
+                         args=(me, settings, socket_path, log_level, False))  # hashes: checked before the start
+    fronts = [ctx.Process(target=frontend_main, name=f"dhrd-front-{i}",
+                          args=(me, settings, socket_path, sock, log_level)) for i in range(settings.front_ends)]
+    budget = RestartBudget(FRONT_END_RESTARTS, FRONT_END_RESTART_WINDOW_S)
     code = 0
+    # Whatever happens from here on (a child failing to start included), the finally stops every child:
+    # a non-daemon child left running would also keep multiprocessing's exit hook joining it forever.
     try:
-        while not stopping:
+        for p in (engine, *fronts):
+            p.start()
+            log.info("%s started (pid %d)", p.name, p.pid)
+        # `sock` stays open here too, for replacements: while no front end is up, connections wait in the
+        # listening socket's backlog rather than being refused.
+        log.info("serving on http://%s:%d with %d front-end process(es) and one engine (pid %d)", settings.host,
+                 settings.port, settings.front_ends, engine.pid)
+        while not stopping and not code:
             wait([p.sentinel for p in (engine, *fronts)], timeout=0.5)
-            dead = [p for p in (engine, *fronts) if p.exitcode is not None]
-            if dead and not stopping:
-                log.error("%s exited with code %s; stopping the service", dead[0].name, dead[0].exitcode)
+            if stopping:
+                break  # a child that exited on the same signal is not a failure
+            if engine.exitcode is not None:
+                log.error("%s exited with code %s; stopping the service", engine.name, engine.exitcode)
                 code = 1
-                break
+            for i, p in enumerate(fronts):
+                if p.exitcode is None or code:
+                    continue
+                if not budget.allow(time.monotonic()):
+                    log.error("%s exited with code %s: more than %d front-end deaths within %.0f s; stopping "
+                              "the service", p.name, p.exitcode, FRONT_END_RESTARTS, FRONT_END_RESTART_WINDOW_S)
+                    code = 1
+                    break
+                log.warning("%s exited with code %s; starting a new one", p.name, p.exitcode)
+                # its live gauges (queue depth, readiness) would otherwise stay in every /metrics sum
+                multiprocess.mark_process_dead(p.pid, str(metrics_dir))
+                if stopping:  # the signal came meanwhile: `sock` is closed
+                    break
+                fronts[i] = ctx.Process(target=frontend_main, name=p.name,
+                                        args=(me, settings, socket_path, sock, log_level, True))
+                fronts[i].start()
+                log.info("%s started (pid %d)", fronts[i].name, fronts[i].pid)
     finally:
+        sock.close()  # front ends close theirs as their drain starts: the port is free once they all have
         _stop(fronts, settings.grace_s + 15)
         _stop([engine], 15)
         shutil.rmtree(runtime, ignore_errors=True)
     return code
 
 
+class RestartBudget:
+    """At most `restarts` within any `window_s` seconds: a front end that dies now and then is replaced,
+    one that cannot stay up stops the replica (its log says why, and the orchestrator sees it)."""
+
+    def __init__(self, restarts: int, window_s: float):
+        self.restarts, self.window_s = restarts, window_s
+        self.times: list[float] = []
+
+    def allow(self, now: float) -> bool:
+        self.times = [t for t in self.times if now - t < self.window_s]
+        if len(self.times) >= self.restarts:
+            return False
+        self.times.append(now)
+        return True
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket the front ends share, bound here before anything starts (as uvicorn binds it:
+    SO_REUSEADDR, so a restart is not refused by the old process's closing connections). Raises OSError."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def sweep_stale_runtime_dirs(root: str | Path | None = None) -> list[Path]:
+    """Remove the runtime directories (`<tmp>/dhrd-serve-<pid>-*`) of supervisors that are gone: a killed
+    supervisor runs no clean-up. Only this user's, and only where process <pid> no longer exists, or is
+    this process (a container restarted with the same pid, before this start made its own). A directory
+    without a pid in its name (written before the pid was put there) is left alone: nothing says whose it
+    is. Returns the directories removed."""
+    removed = []
+    for path in Path(root or tempfile.gettempdir()).glob(RUNTIME_PREFIX + "*"):
+        match = re.fullmatch(re.escape(RUNTIME_PREFIX) + r"(\d+)-\w+", path.name)
+        try:
+            if not match or not path.is_dir() or path.stat().st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        pid = int(match.group(1))
+        if pid != os.getpid() and _process_exists(pid):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True
+
+
 def _stop(processes: list, timeout: float) -> None:
-    """SIGTERM, wait up to `timeout`, then SIGKILL what is left."""
+    """SIGTERM, wait up to `timeout`, then SIGKILL what is left (skipping any never started)."""
+    processes = [p for p in processes if p.pid is not None]
     for p in processes:
         if p.exitcode is None:
             p.terminate()

@@ -146,6 +146,29 @@ def test_not_ready_is_503_until_warm():
     assert after.status_code == 200
 
 
+def test_v1_models_answers_what_ready_answers_loading_ready_and_draining():
+    """Issue 23 item 12: one truth for readiness; /v1/models is 503 whenever /ready is (no empty 200 list)."""
+    gate = threading.Event()
+
+    async def go():
+        async with serving(fake_settings(), {"fake": FakeRunner(gate=gate)}, wait_ready=False) as client:
+            loading = await client.get("/v1/models")
+            gate.set()
+            for _ in range(100):
+                if (await client.get("/ready")).status_code == 200:
+                    break
+                await asyncio.sleep(0.02)
+            ready = await client.get("/v1/models")
+            await client.app.state.dhrd.drain()
+            return loading, ready, await client.get("/v1/models"), await client.get("/ready")
+
+    loading, ready, draining, ready_draining = run(go())
+    assert loading.status_code == 503 and loading.json()["error"]["type"] == "not_ready", loading.text
+    assert ready.status_code == 200 and [m["id"] for m in ready.json()["data"]] == ["fake"]
+    assert draining.status_code == ready_draining.status_code == 503
+    assert draining.json()["error"]["type"] == ready_draining.json()["error"]["type"] == "shutting_down"
+
+
 def test_bearer_auth_when_configured():
     async def go():
         async with serving(fake_settings(api_key="s3cret"), {"fake": FakeRunner()}) as client:

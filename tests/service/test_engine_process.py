@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -77,6 +78,47 @@ def test_the_front_end_answers_what_one_process_answers(tmp_path):
     assert remote["usage"] == local["usage"] and models["data"][0]["id"] == "cb"
 
 
+class GatedRunner(SlowRunner):
+    """Warm-up waits for `gate`: the engine stays loading until the test lets it finish."""
+
+    gate: threading.Event
+
+    def warmup(self, *args, **kwargs):
+        self.gate.wait(10)
+        return super().warmup(*args, **kwargs)
+
+
+def test_while_the_engine_loads_the_front_end_lists_no_model_it_cannot_serve(tmp_path):
+    """Issue 23 item 12: with an engine process, /v1/models said 200 with the model while /classify said
+    503; now /v1/models is 503 until /ready is 200."""
+    async def go():
+        s = Settings(models={"cb": FIXTURE}, dtype="float32")
+        runner = GatedRunner.from_export(FIXTURE, dtype="float32")
+        runner.gate = threading.Event()
+        socket_path = str(tmp_path / "engine.sock")
+        stop = asyncio.Event()
+        task = asyncio.create_task(EngineServer(s, socket_path, runners={"cb": runner}).serve(False, stop))
+        try:
+            async with serving(s, engine_socket=socket_path, wait_ready=False) as client:
+                await asyncio.sleep(0.3)  # the front end has its tokenizer and waits for the engine
+                loading = await client.get("/v1/models"), await client.post("/classify", json={"model": "cb",
+                                                                                               "input": PAIR})
+                runner.gate.set()
+                for _ in range(200):
+                    if (await client.get("/ready")).status_code == 200:
+                        break
+                    await asyncio.sleep(0.05)
+                return loading, await client.get("/v1/models")
+        finally:
+            runner.gate.set()
+            stop.set()
+            await task
+
+    (models, classify), ready = run(go())
+    assert classify.status_code == 503 and models.status_code == 503, models.text
+    assert ready.status_code == 200 and ready.json()["data"][0]["id"] == "cb"
+
+
 def test_engine_refusals_reach_the_caller_as_the_same_json_with_retry_after(tmp_path):
     async def go():
         async with engine_and_front(tmp_path, delay=0.4, max_queue=4, max_inputs_per_request=4,
@@ -105,6 +147,32 @@ def test_a_drain_answers_work_still_in_the_engine_503(tmp_path):
     answer, ready = run(go())
     assert answer.status_code == 503 and answer.json()["error"]["type"] == "shutting_down"
     assert ready.status_code == 503
+
+
+def test_a_sigterm_to_the_engine_itself_drains_for_the_whole_grace_period(tmp_path):
+    """Issue 23 item 3: SIGTERM to the process group reaches the engine as early as the front ends; its
+    drain must give queued work `--shutdown-grace-s` too (it capped it at 5 s: 15 of 16 requests got 503
+    with a 60 s grace). Fast stand-in for 60 s of queued work: the grace the engine's drain is given."""
+    async def go():
+        s = Settings(models={"cb": FIXTURE}, dtype="float32", shutdown_grace_s=60)
+        engine = EngineServer(s, str(tmp_path / "engine.sock"),
+                              runners={"cb": SlowRunner.from_export(FIXTURE, dtype="float32")})
+        given: list[float] = []
+
+        async def drain(grace_s: float) -> int:
+            given.append(grace_s)
+            return 0
+
+        engine.core.drain = drain
+        stop = asyncio.Event()
+        task = asyncio.create_task(engine.serve(False, stop))
+        while not engine.ready:
+            await asyncio.sleep(0.05)
+        stop.set()
+        await task
+        return given
+
+    assert run(go()) == [60]
 
 
 def test_when_the_engine_goes_away_the_front_end_says_503_not_500(tmp_path):
