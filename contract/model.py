@@ -316,17 +316,3 @@ class PooledClassifier(nn.Module):
                                    max_length_k=max_seqlen).last_hidden_state[0]  # (N, H)
         feature = pool_packed(hidden, cu_seqlens, last_index, self.pooling)
         return self.head(feature.to(self.head.dtype)).float()
-
-    def forward_right_padded(self, input_ids: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:
-        """The same logits for right-padded rows, without an attention mask (last-token pooling only).
-
-        Under causal attention a real token never attends to the pad tokens after it, and right padding
-        leaves positions 0..n-1 as they are, so the hidden state of the last real token is the masked
-        forward's. Without a mask the computation has one shape per (batch, length) and no host-side
-        checks: what a CUDA graph can capture. (B, T) ids and (B,) index of each row's last real token.
-        """
-        if self.pooling != "last":
-            raise ValueError(f"the mask-free forward needs last-token pooling, not {self.pooling!r}")
-        hidden = self.backbone(input_ids=input_ids, use_cache=False).last_hidden_state
-        feature = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]
-        return self.head(feature.to(self.head.dtype)).float()

@@ -61,10 +61,13 @@ class EngineCore:
             if s.cuda_graphs and s.device.startswith("cuda") and hasattr(runner, "use_cuda_graphs"):
                 await loop.run_in_executor(self.executor, runner.use_cuda_graphs, s.max_batch_size, s.max_batch_tokens)
             await loop.run_in_executor(self.executor, runner.warmup)
+            if hasattr(runner, "observe_with"):  # after warm-up: its passes are not traffic
+                runner.observe_with(self.metrics, name)
             pipelined = getattr(runner, "graphs", None) is not None
             self.models[name] = EngineModel(runner, self._batcher(name, runner.predict, s.max_batch_size,
                                                                    s.max_batch_tokens,
-                                                                   runner.launch if pipelined else None))
+                                                                   runner.launch if pipelined else None,
+                                                                   packed=getattr(runner, "packing_off", None) is None))
         if s.cot:
             for name, model in self.models.items():
                 cot = await loop.run_in_executor(self.executor, CotRunner, name, model.runner.manifest,
@@ -73,9 +76,11 @@ class EngineCore:
                 model.cot = cot
                 model.cot_batcher = self._batcher(f"{name}:cot", cot.generate, s.cot_max_batch_size, 10**9)
 
-    def _batcher(self, name: str, predict, max_batch_size: int, max_batch_tokens: int, launch=None) -> Batcher:
+    def _batcher(self, name: str, predict, max_batch_size: int, max_batch_tokens: int, launch=None,
+                 packed: bool = True) -> Batcher:
         s = self.settings
-        batcher = Batcher(name, predict, BatchConfig(max_batch_size, max_batch_tokens, s.max_wait_ms, s.max_queue),
+        batcher = Batcher(name, predict, BatchConfig(max_batch_size, max_batch_tokens, s.max_wait_ms, s.max_queue,
+                                                     packed),
                           self.executor, self.metrics, launch=launch, finisher=self.finisher if launch else None)
         batcher.start()
         return batcher
