@@ -127,3 +127,28 @@ def test_the_cuda_kernel_is_called_with_flash_varlen_arguments(monkeypatch):
         torch.testing.assert_close(packed_logits(model, batch, tokens=sum(map(len, batch)) + 3, max_sequences=16,
                                                  max_seqlen=80), padded_logits(model, batch), rtol=1e-5, atol=1e-5)
     assert calls and set(calls) == {80}
+
+
+def test_served_passes_are_packed_and_the_metrics_show_no_padding_computed():
+    """Through the app on CPU: unequal lengths run packed (computed == real tokens); the counters are exposed."""
+    import asyncio
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from service.settings import Settings
+
+    from .conftest import serving
+
+    async def go():
+        settings = Settings(models={"cb": "tests/fixtures/export-v1-cb"}, dtype="float32", max_wait_ms=50)
+        async with serving(settings) as client:
+            response = await client.post("/classify", json={"model": "cb", "input": [
+                "Passage: It rained all day and the streets were wet. Question: Was it dry?", "Yes?"]})
+            return response, (await client.get("/metrics")).text
+
+    response, text = asyncio.run(go())
+    assert response.status_code == 200
+    samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.labels.get("model") == "cb"}
+    assert samples["dhrd_real_tokens_total"] == samples["dhrd_computed_tokens_total"] > 10
+    assert "dhrd_padded_passes_total" not in samples and "dhrd_eager_passes_total" not in samples
