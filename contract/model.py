@@ -133,15 +133,16 @@ def pack_batch(sequences: Sequence[Sequence[int]], pad_id: int, tokens: int | No
     return Packed(ids, positions, cu, last, longest if max_seqlen is None else max_seqlen, n)
 
 
-def varlen_attention_cpu(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seqlens: torch.Tensor,
-                         max_seqlen: int, scale: float | None = None) -> torch.Tensor:
-    """Causal attention within each packed sequence, for CPU: the rows are scattered into a right-padded
+def varlen_attention_repad(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seqlens: torch.Tensor,
+                           max_seqlen: int, scale: float | None = None) -> torch.Tensor:
+    """Causal attention within each packed sequence, the CPU kernel: the rows are scattered into a right-padded
     (S, max_seqlen) block, SDPA runs with `is_causal` (no mask: a real query never sees the zero rows after
     it), and the rows are gathered back. The projections and the MLP around it stay packed; only attention
     pays for padding, as the padded forward does. No host sync and static shapes (given max_seqlen).
 
-    Our choice by measurement (loadtest/attention.py): a dense (N, N) block-diagonal mask costs N² and a
-    per-sequence loop costs a call per sequence and layer; see BENCHMARKS.md.
+    Chosen over a dense (N, N) block-diagonal mask (what transformers builds from packed position_ids: N²
+    work and memory) and a per-sequence loop (one call per sequence and layer, host-read boundaries);
+    `python -m loadtest.attention` measures the three (BENCHMARKS.md, "Packed forward passes").
 
     Args:
         query: (N, Hq, D); key, value: (N, Hkv, D) with Hq a multiple of Hkv.
@@ -169,15 +170,18 @@ def varlen_attention_cpu(query: torch.Tensor, key: torch.Tensor, value: torch.Te
 def varlen_attention_cuda(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seqlens: torch.Tensor,
                           max_seqlen: int, scale: float | None = None) -> torch.Tensor:
     """Causal attention within each packed sequence on a GPU: flash attention's varlen kernel (torch ≥ 2.10,
-    half precision), no mask and no host sync. Same arguments as `varlen_attention_cpu`."""
+    half precision), no mask and no host sync. Same arguments as `varlen_attention_repad`, whose scatter and
+    gather (any device) serves float32, which flash attention does not take."""
+    if query.dtype not in (torch.float16, torch.bfloat16):
+        return varlen_attention_repad(query, key, value, cu_seqlens, max_seqlen, scale)
     from torch.nn.attention.varlen import varlen_attn
 
-    return varlen_attn(query, key, value, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scale,
-                       window_size=(-1, 0), enable_gqa=query.shape[1] != key.shape[1])
+    return varlen_attn(query.contiguous(), key.contiguous(), value.contiguous(), cu_seqlens, cu_seqlens, max_seqlen,
+                       max_seqlen, scale=scale, window_size=(-1, 0), enable_gqa=query.shape[1] != key.shape[1])
 
 
 # Device type -> varlen attention kernel. Tests substitute entries (a CPU stand-in for the CUDA kernel).
-VARLEN_KERNELS = {"cpu": varlen_attention_cpu, "cuda": varlen_attention_cuda}
+VARLEN_KERNELS = {"cpu": varlen_attention_repad, "cuda": varlen_attention_cuda}
 
 
 def packed_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

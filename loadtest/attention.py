@@ -4,7 +4,7 @@
     .venv/bin/python -m loadtest.attention --layers 4 --seconds 0.5 --json /tmp/attention.json
 
 For each batch shape it times the padded forward (what `dhrd serve` ran before packing) and the packed
-forward with three CPU attention kernels: `repad` (contract.model.varlen_attention_cpu: scatter into a
+forward with three CPU attention kernels: `repad` (contract.model.varlen_attention_repad: scatter into a
 right-padded block, causal SDPA, gather), `dense` (one (N, N) block-diagonal causal mask, as transformers
 builds from packed position_ids) and `loop` (causal SDPA per sequence). The weights are random: the time
 of a forward pass does not depend on them. Measure on a quiet machine; numbers from a shared one are noise.
@@ -81,10 +81,10 @@ def timed(fn, seconds: float, min_runs: int = 2) -> float:
 
 @torch.inference_mode()
 def measure(layers: int, dtype: str, seconds: float) -> list[dict]:
-    from contract.model import DTYPES, VARLEN_KERNELS, pack_batch, pad_batch, varlen_attention_cpu
+    from contract.model import DTYPES, VARLEN_KERNELS, pack_batch, pad_batch, varlen_attention_repad
 
     model = smollm2_shaped(layers, DTYPES[dtype])
-    kernels = {"repad": varlen_attention_cpu, "dense": dense_kernel, "loop": loop_kernel}
+    kernels = {"repad": varlen_attention_repad, "dense": dense_kernel, "loop": loop_kernel}
     rng, rows = random.Random(0), []
     for name, count, lengths in SHAPES:
         batch = batch_of(rng, count, lengths)
@@ -96,7 +96,7 @@ def measure(layers: int, dtype: str, seconds: float) -> list[dict]:
             VARLEN_KERNELS["cpu"] = fn
             row[f"packed_{kernel}_ms"] = round(timed(lambda: model.forward_packed(
                 p.input_ids, p.position_ids, p.cu_seqlens, p.last_index, p.max_seqlen), seconds) * 1000, 1)
-        VARLEN_KERNELS["cpu"] = varlen_attention_cpu
+        VARLEN_KERNELS["cpu"] = varlen_attention_repad
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from contract.model import (VARLEN_KERNELS, ClassifierHead, PooledClassifier, pack_batch, pad_batch,
-                            varlen_attention_cpu)
+                            varlen_attention_repad)
 from contract.manifest import HeadConfig
 
 FAMILIES = ["llama", "qwen2", "qwen3", "mistral", "gemma"]
@@ -100,14 +100,15 @@ def test_cpu_varlen_kernel_equals_attention_per_sequence():
     torch.manual_seed(0)
     cu = torch.tensor([0, 5, 6, 6, 19, 30], dtype=torch.int32)
     q, k, v = torch.randn(30, 4, 16), torch.randn(30, 2, 16), torch.randn(30, 2, 16)
-    torch.testing.assert_close(varlen_attention_cpu(q, k, v, cu, 13), reference_varlen(q, k, v, cu, 13))
-    torch.testing.assert_close(varlen_attention_cpu(q, k, v, cu, 13, 0.3), reference_varlen(q, k, v, cu, 13, 0.3))
+    torch.testing.assert_close(varlen_attention_repad(q, k, v, cu, 13), reference_varlen(q, k, v, cu, 13))
+    torch.testing.assert_close(varlen_attention_repad(q, k, v, cu, 13, 0.3), reference_varlen(q, k, v, cu, 13, 0.3))
 
 
 @torch.inference_mode()
 def test_the_cuda_kernel_is_called_with_flash_varlen_arguments(monkeypatch):
-    """On CPU, torch's varlen_attn (flash, CUDA only) is replaced by a stand-in that checks its documented
-    contract ((T, H, D) layout, int32 boundaries for q and k, causal window, GQA flag) and computes it."""
+    """On CPU, torch's varlen_attn (flash, CUDA only, half precision) is replaced by a stand-in that checks its
+    documented contract ((T, H, D) layout, int32 boundaries for q and k, causal window, GQA flag) and computes
+    attention sequence by sequence; the model's logits must be those of the CPU kernel (both in bfloat16)."""
     import torch.nn.attention.varlen as varlen
 
     calls = []
@@ -115,19 +116,28 @@ def test_the_cuda_kernel_is_called_with_flash_varlen_arguments(monkeypatch):
     def fake_varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, window_size=(-1, -1),
                          enable_gqa=False, **kwargs):
         assert query.dim() == 3 and key.shape[0] == query.shape[0] and cu_seq_q is cu_seq_k
+        assert query.dtype == torch.bfloat16 and all(x.is_contiguous() for x in (query, key, value))
         assert cu_seq_q.dtype == torch.int32 and int(cu_seq_q[-1]) == query.shape[0]
         assert window_size == (-1, 0) and enable_gqa == (query.shape[1] != key.shape[1]) and max_q == max_k
         calls.append(max_q)
         return reference_varlen(query, key, value, cu_seq_q, max_q, scale)
 
     monkeypatch.setattr(varlen, "varlen_attn", fake_varlen_attn)
-    monkeypatch.setitem(VARLEN_KERNELS, "cpu", VARLEN_KERNELS["cuda"])
-    model = tiny_classifier()
+    model = tiny_classifier().to(torch.bfloat16)
+    sizes = dict(max_sequences=16, max_seqlen=80)
     for batch in random_batches(2, count=3):
-        torch.testing.assert_close(packed_logits(model, batch, tokens=sum(map(len, batch)) + 3, max_sequences=16,
-                                                 max_seqlen=80), padded_logits(model, batch), rtol=1e-5, atol=1e-5)
+        expected = packed_logits(model, batch, tokens=sum(map(len, batch)) + 3, **sizes)
+        monkeypatch.setitem(VARLEN_KERNELS, "cpu", VARLEN_KERNELS["cuda"])
+        got = packed_logits(model, batch, tokens=sum(map(len, batch)) + 3, **sizes)
+        monkeypatch.setitem(VARLEN_KERNELS, "cpu", varlen_attention_repad)
+        torch.testing.assert_close(got, expected, rtol=2e-2, atol=2e-2)
     assert calls and set(calls) == {80}
-
+    # float32 (which flash attention does not take) goes to the scatter-and-gather kernel, on any device
+    q = torch.randn(7, 4, 16)
+    cu = torch.tensor([0, 3, 7], dtype=torch.int32)
+    torch.testing.assert_close(VARLEN_KERNELS["cuda"](q, q[:, :2], q[:, :2], cu, 4),
+                               reference_varlen(q, q[:, :2], q[:, :2], cu, 4))
+    assert len(calls) == 6
 
 def test_served_passes_are_packed_and_the_metrics_show_no_padding_computed():
     """Through the app on CPU: unequal lengths run packed (computed == real tokens); the counters are exposed."""
