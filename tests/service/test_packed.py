@@ -66,6 +66,26 @@ def test_packed_forward_of_the_fixture_export_gives_the_runner_probabilities():
                                    padded_logits(runner.model, batch, runner.pad_id), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.integration
+@pytest.mark.slow
+@torch.inference_mode()
+def test_packed_forward_equals_the_padded_forward_on_the_real_backbone():
+    """SmolLM2-135M (30 layers, GQA 9:3), fp32, a random head: packed logits are the padded ones."""
+    from transformers import AutoModel
+
+    from training import base_model
+
+    torch.manual_seed(0)
+    backbone = AutoModel.from_pretrained(base_model.materialise(), dtype=torch.float32)
+    head = ClassifierHead(HeadConfig(hidden_size=backbone.config.hidden_size, num_labels=3, dropout=0.1,
+                                     type="mlp2-gelu"))
+    model = PooledClassifier(backbone, head, "last").float().eval()
+    for batch in random_batches(3, count=3, longest=160):
+        expected = padded_logits(model, batch, backbone.config.pad_token_id or 0)
+        torch.testing.assert_close(packed_logits(model, batch, backbone.config.pad_token_id or 0), expected,
+                                   rtol=1e-4, atol=1e-4)
+
+
 def test_pack_batch_layout():
     p = pack_batch([[5, 6, 7], [8], [9, 10]], pad_id=0)
     assert p.input_ids.tolist() == [5, 6, 7, 8, 9, 10]
