@@ -118,8 +118,9 @@ def pack_batch(sequences: Sequence[Sequence[int]], pad_id: int, tokens: int | No
         raise ValueError(f"a batch of {n} sequences and {real} tokens does not fit {max_sequences} sequences "
                          f"and {tokens} tokens")
     longest = max(lengths)
-    if max_seqlen is not None and longest > max_seqlen:
-        raise ValueError(f"a sequence of {longest} tokens is over max_seqlen {max_seqlen}")
+    if max_seqlen is not None and max(longest, tokens - real) > max_seqlen:
+        raise ValueError(f"a sequence of {max(longest, tokens - real)} tokens (the pad tail counts) is over "
+                         f"max_seqlen {max_seqlen}")
     ids = torch.full((tokens,), pad_id, dtype=torch.long)
     ids[:real] = torch.as_tensor([t for s in sequences for t in s], dtype=torch.long)
     positions = torch.zeros(tokens, dtype=torch.long)

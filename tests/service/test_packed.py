@@ -100,6 +100,8 @@ def test_pack_batch_layout():
         pack_batch([[1] * 5] * 2, 0, tokens=8)
     with pytest.raises(ValueError, match="does not fit"):
         pack_batch([[1]] * 5, 0, max_sequences=4)
+    with pytest.raises(ValueError, match="over max_seqlen 4"):
+        pack_batch([[1] * 3], 0, tokens=8, max_seqlen=4)  # a tail of 5 pad tokens
     with pytest.raises(ValueError, match="at least one token"):
         pack_batch([[1], []], 0)
 
