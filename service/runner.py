@@ -88,7 +88,8 @@ class ModelRunner(InputEncoder):
         self.graphs = None  # a CudaGraphClassifier once captured (use_cuda_graphs)
         self.eager_passes = 0  # forward passes no captured bucket held (CUDA graphs on)
         # Why every batch runs padded, or None: packing is on. A compiled model was compiled for the padded
-        # forward (dynamic shapes); the packed one would run uncompiled, which measured slower.
+        # forward (dynamic shapes); its packed forward would run uncompiled. Which is faster is not measured
+        # yet: keeping --compile's measured path is our choice.
         self.packing_off: str | None = "compiled" if compile else None
         self.metrics, self.name = None, loaded.manifest.task  # set by observe_with (the engine)
         self._logged: set[str] = set()
