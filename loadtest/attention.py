@@ -92,11 +92,13 @@ def measure(layers: int, dtype: str, seconds: float) -> list[dict]:
         row = {"shape": name, "sequences": count, "real_tokens": int(mask.sum()), "padded_tokens": mask.numel(),
                "padded_ms": round(timed(lambda: model(ids, mask), seconds) * 1000, 1)}
         p = pack_batch(batch, 2)
-        for kernel, fn in kernels.items():
-            VARLEN_KERNELS["cpu"] = fn
-            row[f"packed_{kernel}_ms"] = round(timed(lambda: model.forward_packed(
-                p.input_ids, p.position_ids, p.cu_seqlens, p.last_index, p.max_seqlen), seconds) * 1000, 1)
-        VARLEN_KERNELS["cpu"] = varlen_attention_repad
+        try:
+            for kernel, fn in kernels.items():
+                VARLEN_KERNELS["cpu"] = fn
+                row[f"packed_{kernel}_ms"] = round(timed(lambda: model.forward_packed(
+                    p.input_ids, p.position_ids, p.cu_seqlens, p.last_index, p.max_seqlen), seconds) * 1000, 1)
+        finally:
+            VARLEN_KERNELS["cpu"] = varlen_attention_repad
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows

@@ -3,7 +3,6 @@ batch the batcher cuts fits a bucket, and capture is hygienic (no host sync, no 
 The bucketing, static buffers and capture loop run on CPU here; real capture and replay need a CUDA device."""
 from __future__ import annotations
 
-import asyncio
 import gc
 import random
 from contextlib import contextmanager
