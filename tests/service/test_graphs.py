@@ -86,7 +86,10 @@ def test_every_batch_the_batcher_cuts_fits_a_captured_bucket(max_batch_size, max
                    min(max_length, int(rng.paretovariate(1.2) * 8)) for _ in range(rng.randint(1, max_batch_size))]
         for batch in batcher._cut([_pending(n) for n in lengths]):
             payloads = [p.payload for p in batch]
-            assert static.bucket(payloads) is not None, (len(payloads), sum(map(len, payloads)))
+            tokens = static.bucket(payloads)
+            assert tokens is not None, (len(payloads), sum(map(len, payloads)))
+            # and its packing is valid there: the pad tail and every sequence within the kernel's bound
+            assert max(tokens - sum(map(len, payloads)), *map(len, payloads)) <= static.max_seqlen(tokens)
             cut += 1
     assert cut > 400
 
