@@ -1,7 +1,9 @@
-"""The inference computation both sides share: padding, pooling (§3: last real input token), the head,
-and `PooledClassifier` (backbone without LM head → pooled feature → head → logits)."""
+"""The inference computation both sides share: padding and packing, pooling (§3: last real input token), the
+head, and `PooledClassifier` (backbone without LM head → pooled feature → head → logits)."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -61,6 +63,180 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pool_index: torch.T
         positions = torch.arange(hidden.shape[1], device=hidden.device)
         mask = (attention_mask.bool() & (positions[None, :] <= pool_index[:, None])).unsqueeze(-1)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+    raise ValueError(f"pooling must be one of {POOLING_MODES}, got {mode!r}")
+
+
+# --- packing: a batch as one flat token stream -----------------------------------------------------------
+# TEI's varlen attention and vLLM V1's flat token batches: the sequences are concatenated, positions restart
+# at 0 in each, attention stays within each sequence, and the head reads each sequence's last token. No
+# linear layer sees a padding token. The name under which the attention is registered with transformers.
+PACKED_ATTENTION = "dhrd_varlen"
+
+
+@dataclass
+class Packed:
+    """A batch of `n` sequences packed into one stream of `input_ids.shape[0]` tokens.
+
+    Attributes:
+        input_ids: (N,) the sequences back to back, then any tail of pad tokens up to a fixed N.
+        position_ids: (N,) 0..len-1 within each sequence (0 in the tail).
+        cu_seqlens: (S+1,) int32 boundaries: sequence i is tokens cu_seqlens[i]:cu_seqlens[i+1]. A padded tail
+            is one more sequence of its own; slots past it have length 0. S ≥ n.
+        last_index: (B,) the last token of each of the n sequences; B ≥ n (rows past n read token 0).
+        max_seqlen: longest sequence (or an upper bound on it): the attention kernels size their work by it.
+        n: how many real sequences.
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    cu_seqlens: torch.Tensor
+    last_index: torch.Tensor
+    max_seqlen: int
+    n: int
+
+
+def pack_batch(sequences: Sequence[Sequence[int]], pad_id: int, tokens: int | None = None,
+               max_sequences: int | None = None, max_seqlen: int | None = None) -> Packed:
+    """Pack token id lists into one stream (host tensors), optionally padded to fixed sizes.
+
+    Args:
+        sequences: the batch; none may be empty.
+        pad_id: the id of tail tokens (they form a sequence of their own, so they touch nothing real).
+        tokens: pad the stream to this many tokens (a CUDA graph bucket); default: exactly the real tokens.
+        max_sequences: size `last_index` to this many rows and `cu_seqlens` to max_sequences + 2 entries (room
+            for the tail), so every batch of a bucket has the same shapes; default: exactly the batch.
+        max_seqlen: the bound to record (a captured graph's); default: the longest sequence.
+    Raises:
+        ValueError naming the batch's size when it does not fit `tokens` or `max_sequences`.
+    """
+    lengths = [len(s) for s in sequences]
+    if not lengths or min(lengths) < 1:
+        raise ValueError(f"every sequence needs at least one token, got lengths {lengths[:8]}")
+    real, n = sum(lengths), len(lengths)
+    tokens = real if tokens is None else tokens
+    if real > tokens or (max_sequences is not None and n > max_sequences):
+        raise ValueError(f"a batch of {n} sequences and {real} tokens does not fit {max_sequences} sequences "
+                         f"and {tokens} tokens")
+    longest = max(lengths)
+    if max_seqlen is not None and max(longest, tokens - real) > max_seqlen:
+        raise ValueError(f"a sequence of {max(longest, tokens - real)} tokens (the pad tail counts) is over "
+                         f"max_seqlen {max_seqlen}")
+    ids = torch.full((tokens,), pad_id, dtype=torch.long)
+    ids[:real] = torch.as_tensor([t for s in sequences for t in s], dtype=torch.long)
+    positions = torch.zeros(tokens, dtype=torch.long)
+    positions[:real] = torch.cat([torch.arange(k) for k in lengths])
+    ends = torch.tensor(lengths).cumsum(0)
+    bounds = [0] + ends.tolist() + ([tokens] if tokens > real else [])
+    slots = len(bounds) if max_sequences is None else max_sequences + 2
+    cu = torch.tensor(bounds + [bounds[-1]] * (slots - len(bounds)), dtype=torch.int32)  # (S+1,)
+    last = torch.zeros(n if max_sequences is None else max_sequences, dtype=torch.long)
+    last[:n] = ends - 1
+    return Packed(ids, positions, cu, last, longest if max_seqlen is None else max_seqlen, n)
+
+
+def varlen_attention_repad(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seqlens: torch.Tensor,
+                           max_seqlen: int, scale: float | None = None) -> torch.Tensor:
+    """Causal attention within each packed sequence, the CPU kernel: the rows are scattered into a right-padded
+    (S, max_seqlen) block, SDPA runs with `is_causal` (no mask: a real query never sees the zero rows after
+    it), and the rows are gathered back. The projections and the MLP around it stay packed; only attention
+    pays for padding, as the padded forward does. No host sync and static shapes (given max_seqlen).
+
+    Chosen over a dense (N, N) block-diagonal mask (what transformers builds from packed position_ids: N²
+    work and memory) and a per-sequence loop (one call per sequence and layer, host-read boundaries);
+    `python -m loadtest.attention` measures the three (BENCHMARKS.md, "Packed forward passes").
+
+    Args:
+        query: (N, Hq, D); key, value: (N, Hkv, D) with Hq a multiple of Hkv.
+        cu_seqlens: (S+1,) boundaries; cu_seqlens[-1] == N.
+    Returns:
+        (N, Hq, D).
+    """
+    n, device = query.shape[0], query.device
+    slots = cu_seqlens.shape[0] - 1
+    cu = cu_seqlens.long()
+    token = torch.arange(n, device=device)
+    seq = torch.searchsorted(cu[1:], token, right=True)  # (N,) the sequence each token belongs to
+    offset = token - cu[seq]  # (N,) its position within it
+
+    def padded(x: torch.Tensor) -> torch.Tensor:  # (N, H, D) -> (S, H, T, D)
+        block = x.new_zeros(slots, max_seqlen, x.shape[1], x.shape[2])
+        block[seq, offset] = x
+        return block.transpose(1, 2)
+
+    out = nn.functional.scaled_dot_product_attention(padded(query), padded(key), padded(value), is_causal=True,
+                                                     scale=scale, enable_gqa=query.shape[1] != key.shape[1])
+    return out.transpose(1, 2)[seq, offset]  # (N, Hq, D)
+
+
+def varlen_attention_cuda(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seqlens: torch.Tensor,
+                          max_seqlen: int, scale: float | None = None) -> torch.Tensor:
+    """Causal attention within each packed sequence on a GPU: flash attention's varlen kernel (torch ≥ 2.10,
+    half precision), no mask and no host sync. Same arguments as `varlen_attention_repad`, whose scatter and
+    gather (any device) serves float32, which flash attention does not take."""
+    if query.dtype not in (torch.float16, torch.bfloat16):
+        return varlen_attention_repad(query, key, value, cu_seqlens, max_seqlen, scale)
+    from torch.nn.attention.varlen import varlen_attn
+
+    return varlen_attn(query.contiguous(), key.contiguous(), value.contiguous(), cu_seqlens, cu_seqlens, max_seqlen,
+                       max_seqlen, scale=scale, window_size=(-1, 0), enable_gqa=query.shape[1] != key.shape[1])
+
+
+# Device type -> varlen attention kernel. Tests substitute entries (a CPU stand-in for the CUDA kernel).
+VARLEN_KERNELS = {"cpu": varlen_attention_repad, "cuda": varlen_attention_cuda}
+
+
+def packed_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                             attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                             cu_seq_lens_q: torch.Tensor | None = None, max_length_q: int | None = None,
+                             sliding_window: int | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+    """transformers' attention-function interface over a packed stream: (1, H, N, D) in, (1, N, H, D) out.
+
+    Registered under PACKED_ATTENTION and not as a mask function, so transformers builds no mask and does not
+    inspect position_ids for packing (which would read a device value on the host) before calling it.
+    """
+    if cu_seq_lens_q is None or max_length_q is None:
+        raise ValueError(f"{PACKED_ATTENTION} attention needs cu_seq_lens_q and max_length_q (a packed batch)")
+    if attention_mask is not None:
+        raise ValueError(f"{PACKED_ATTENTION} attention takes no attention mask, got shape {tuple(attention_mask.shape)}")
+    if sliding_window is not None and sliding_window < max_length_q:
+        raise ValueError(f"sliding window {sliding_window} < max_seqlen {max_length_q}: not supported packed")
+    q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # (N, H, D)
+    out = VARLEN_KERNELS[q.device.type](q, k, v, cu_seq_lens_q, max_length_q, scaling)
+    return out[None], None  # (1, N, Hq, D)
+
+
+@contextmanager
+def packed_attention(backbone: nn.Module):
+    """Run `backbone` with the packed attention function for the duration (its config is shared by every
+    layer); restored afterwards. Not thread-safe: one thread runs a model's forward passes (service/engine.py)."""
+    from transformers import AttentionInterface
+
+    if PACKED_ATTENTION not in AttentionInterface._global_mapping:
+        AttentionInterface.register(PACKED_ATTENTION, packed_attention_forward)
+    config = backbone.config
+    before = config._attn_implementation
+    config._attn_implementation = PACKED_ATTENTION
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
+
+
+def pool_packed(hidden: torch.Tensor, cu_seqlens: torch.Tensor, last_index: torch.Tensor, mode: str = "last") -> torch.Tensor:
+    """`pool` for a packed stream: (N, H) hidden states → (B, H), B = last_index rows.
+
+    "last" reads each sequence's last token; "mean" averages each sequence's tokens (at inference the whole
+    sequence is input, so this is `pool`'s mean up to pool_index).
+    """
+    if mode == "last":
+        return hidden[last_index]
+    if mode == "mean":
+        cu = cu_seqlens.long()
+        token = torch.arange(hidden.shape[0], device=hidden.device)
+        seq = torch.searchsorted(cu[1:], token, right=True)
+        sums = hidden.new_zeros(cu.shape[0] - 1, hidden.shape[1]).index_add_(0, seq, hidden)
+        counts = (cu[1:] - cu[:-1]).clamp(min=1).to(hidden.dtype)
+        return (sums / counts[:, None])[:last_index.shape[0]]
     raise ValueError(f"pooling must be one of {POOLING_MODES}, got {mode!r}")
 
 
@@ -129,16 +305,19 @@ class PooledClassifier(nn.Module):
         """The same, under the name `DualHeadModel` uses, so evaluation code takes either model."""
         return self.forward(input_ids, attention_mask)
 
-    def forward_right_padded(self, input_ids: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:
-        """The same logits for right-padded rows, without an attention mask (last-token pooling only).
+    def forward_packed(self, input_ids: torch.Tensor, position_ids: torch.Tensor, cu_seqlens: torch.Tensor,
+                       last_index: torch.Tensor, max_seqlen: int) -> torch.Tensor:
+        """The same logits from a packed batch (`pack_batch`): no padding token reaches a linear layer, and no
+        mask or host sync is involved (what a CUDA graph can capture, given fixed-size inputs).
 
-        Under causal attention a real token never attends to the pad tokens after it, and right padding
-        leaves positions 0..n-1 as they are, so the hidden state of the last real token is the masked
-        forward's. Without a mask the computation has one shape per (batch, length) and no host-side
-        checks: what a CUDA graph can capture. (B, T) ids and (B,) index of each row's last real token.
+        Args:
+            input_ids, position_ids: (N,); cu_seqlens: (S+1,) int32; last_index: (B,); max_seqlen: see `Packed`.
+        Returns:
+            (B, K) float32 logits; rows past the batch's real sequences are meaningless.
         """
-        if self.pooling != "last":
-            raise ValueError(f"the mask-free forward needs last-token pooling, not {self.pooling!r}")
-        hidden = self.backbone(input_ids=input_ids, use_cache=False).last_hidden_state
-        feature = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]
+        with packed_attention(self.backbone):
+            hidden = self.backbone(input_ids=input_ids[None], position_ids=position_ids[None], use_cache=False,
+                                   cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens, max_length_q=max_seqlen,
+                                   max_length_k=max_seqlen).last_hidden_state[0]  # (N, H)
+        feature = pool_packed(hidden, cu_seqlens, last_index, self.pooling)
         return self.head(feature.to(self.head.dtype)).float()

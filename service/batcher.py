@@ -36,6 +36,9 @@ class BatchConfig:
     max_batch_tokens: int
     max_wait_ms: float
     max_queue: int
+    # What max_batch_tokens counts: the real tokens of packed passes (runner.py: what they compute), or
+    # count x longest for a model that runs padded (compiled, or a backbone packing cannot run).
+    packed: bool = True
 
 
 @dataclass
@@ -229,15 +232,20 @@ class Batcher:
         return live
 
     def _cut(self, items: list[_Pending]) -> list[list[_Pending]]:
-        """Sort by length (less padding) and split so each batch stays under max_batch_tokens padded."""
+        """Sort by length (less padding) and split so each batch stays under max_batch_tokens: real tokens
+        when passes are packed, padded tokens (count x longest) otherwise."""
         batches: list[list[_Pending]] = []
         current: list[_Pending] = []
+        real = 0
         for item in sorted(items, key=lambda p: len(p.payload)):
-            padded = len(item.payload) * (len(current) + 1)  # sorted: this one is the longest so far
-            if current and padded > self.config.max_batch_tokens:
+            n = len(item.payload)
+            # sorted: this one is the longest so far
+            tokens = real + n if self.config.packed else n * (len(current) + 1)
+            if current and tokens > self.config.max_batch_tokens:
                 batches.append(current)
-                current = []
+                current, real = [], 0
             current.append(item)
+            real += n
         if current:
             batches.append(current)
         return batches

@@ -80,10 +80,13 @@ class EngineCore:
             if s.cuda_graphs and s.device.startswith("cuda") and hasattr(runner, "use_cuda_graphs"):
                 await loop.run_in_executor(self.executor, runner.use_cuda_graphs, s.max_batch_size, s.max_batch_tokens)
             await loop.run_in_executor(self.executor, runner.warmup)
+            if hasattr(runner, "observe_with"):  # after warm-up: its passes are not traffic
+                runner.observe_with(self.metrics, name)
             pipelined = getattr(runner, "graphs", None) is not None
             self.models[name] = EngineModel(runner, self._batcher(name, runner.predict, s.max_batch_size,
                                                                    s.max_batch_tokens,
-                                                                   runner.launch if pipelined else None))
+                                                                   runner.launch if pipelined else None,
+                                                                   packed=getattr(runner, "packing_off", None) is None))
         if s.cot:
             for name, model in self.models.items():
                 cot = await loop.run_in_executor(self.executor, CotRunner, name, model.runner.manifest,
@@ -94,9 +97,10 @@ class EngineCore:
                                                   gather_when_idle=True)
 
     def _batcher(self, name: str, predict, max_batch_size: int, max_batch_tokens: int, launch=None,
-                 gather_when_idle: bool = False) -> Batcher:
+                 gather_when_idle: bool = False, packed: bool = True) -> Batcher:
         s = self.settings
-        batcher = Batcher(name, predict, BatchConfig(max_batch_size, max_batch_tokens, s.max_wait_ms, s.max_queue),
+        batcher = Batcher(name, predict, BatchConfig(max_batch_size, max_batch_tokens, s.max_wait_ms, s.max_queue,
+                                                     packed),
                           self.executor, self.metrics, launch=launch, finisher=self.finisher if launch else None,
                           on_fatal=self._device_failed, gather_when_idle=gather_when_idle)
         batcher.start()

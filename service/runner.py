@@ -11,7 +11,7 @@ import torch
 
 from contract.encoding import encode_bounded, load_tokenizer
 from contract.export_reader import LoadedModel, check_export, load_export
-from contract.model import DTYPES, pad_batch
+from contract.model import DTYPES, pack_batch, pad_batch
 from contract.tasks import TaskError
 from contract.tasks.base import text_problem
 
@@ -73,7 +73,14 @@ class InputEncoder:
 
 
 class ModelRunner(InputEncoder):
-    """One served classifier: backbone + pooled head from an export (never an LM head)."""
+    """One served classifier: backbone + pooled head from an export (never an LM head).
+
+    A forward pass runs one of three ways. With CUDA graphs captured, a batch is packed into a token
+    bucket and replayed (graphs.py). Otherwise it runs eager, packed (`PooledClassifier.forward_packed`: no
+    linear layer sees a padding token), or padded to the batch's longest (`PooledClassifier.forward`) when
+    packing gains nothing or cannot run: `padded_reason` says which, and every such pass is counted under
+    that reason (`dhrd_padded_passes_total`) and logged once per reason.
+    """
 
     def __init__(self, loaded: LoadedModel, device: str = "cpu", compile: bool = False):
         super().__init__(loaded.manifest, loaded.task, loaded.tokenizer)
@@ -81,6 +88,12 @@ class ModelRunner(InputEncoder):
         self.device = torch.device(device)
         self.graphs = None  # a CudaGraphClassifier once captured (use_cuda_graphs)
         self.eager_passes = 0  # forward passes no captured bucket held (CUDA graphs on)
+        # Why every batch runs padded, or None: packing is on. A compiled model was compiled for the padded
+        # forward (dynamic shapes); its packed forward would run uncompiled. Which is faster is not measured
+        # yet: keeping --compile's measured path is our choice.
+        self.packing_off: str | None = "compiled" if compile else None
+        self.metrics, self.name = None, loaded.manifest.task  # set by observe_with (the engine)
+        self._logged: set[str] = set()
 
     @classmethod
     def from_export(cls, path: Path, dtype: str = "bfloat16", device: str = "cpu", verify_hashes: bool = True,
@@ -88,12 +101,19 @@ class ModelRunner(InputEncoder):
         return cls(load_export(path, dtype=DTYPES[dtype], device=device, verify_hashes=verify_hashes,
                                allow_missing_digest=allow_missing_digest), device, compile)
 
+    def observe_with(self, metrics, name: str) -> None:
+        """Count this runner's passes and tokens on `metrics` (service/metrics.py) under model `name`."""
+        self.metrics, self.name = metrics, name
+
     def use_cuda_graphs(self, max_batch_size: int, max_batch_tokens: int) -> bool:
-        """Capture the classifier as CUDA graphs (graphs.py); on any failure keep eager and say why."""
+        """Capture the packed classifier as CUDA graphs (graphs.py); on any failure keep eager and say why."""
         from .graphs import CudaGraphClassifier
 
-        if self.device.type != "cuda" or self.manifest.pooling != "last":
-            log.info("CUDA graphs not used (device %s, pooling %s)", self.device, self.manifest.pooling)
+        if self.device.type != "cuda" or self.packing_off is not None:
+            log.info("CUDA graphs not used (device %s, packing off: %s)", self.device, self.packing_off)
+            return False
+        if self.model.head.dtype not in (torch.float16, torch.bfloat16):
+            log.info("CUDA graphs not used: flash varlen attention needs half precision, not %s", self.model.head.dtype)
             return False
         try:
             graphs = CudaGraphClassifier(self.model, self.pad_id, self.device, max_batch_size,
@@ -111,26 +131,87 @@ class ModelRunner(InputEncoder):
         from .graphs import Ready
 
         launched = self.graphs.launch(batch) if self.graphs is not None else None
-        return launched if launched is not None else Ready(self.predict(batch))
+        if launched is None:
+            return Ready(self.predict(batch))
+        self._count_tokens(batch, self.graphs.bucket(batch))
+        return launched
 
     @torch.inference_mode()
     def predict(self, batch: Sequence[Sequence[int]]) -> list[list[float]]:
-        """Class probabilities for a batch of token id lists (padded here, to the batch's longest)."""
+        """Class probabilities for a batch of token id lists: a graph replay, else packed, else padded."""
         if self.graphs is not None:
             probs = self.graphs.predict(batch)
             if probs is not None:
+                self._count_tokens(batch, self.graphs.bucket(batch))
                 return probs
-            self.eager_passes += 1
-        ids, mask = pad_batch(batch, self.pad_id)
-        logits = self.model(ids.to(self.device), mask.to(self.device))
+            self._eager_pass(self.graphs.miss_reason(batch))
+        reason = self.padded_reason(batch)
+        if reason is None:
+            p = pack_batch(batch, self.pad_id)
+            logits = self.model.forward_packed(p.input_ids.to(self.device), p.position_ids.to(self.device),
+                                               p.cu_seqlens.to(self.device), p.last_index.to(self.device),
+                                               p.max_seqlen)
+            self._count_tokens(batch, p.input_ids.shape[0])
+        else:
+            self._padded_pass(reason)
+            ids, mask = pad_batch(batch, self.pad_id)
+            logits = self.model(ids.to(self.device), mask.to(self.device))
+            self._count_tokens(batch, ids.numel())
         return logits.float().softmax(-1).cpu().tolist()
+
+    def padded_reason(self, batch: Sequence[Sequence[int]]) -> str | None:
+        """Why `batch` runs padded, or None (packed). "compiled" / "unsupported": packing is off for this
+        model. "unpadded": every sequence has the same length, so padding removes nothing and the padded
+        forward does the same work without packing's scatter and gather of attention rows (our rule;
+        loadtest/attention.py measures both)."""
+        if self.packing_off is not None:
+            return self.packing_off
+        if all(len(s) == len(batch[0]) for s in batch):
+            return "unpadded"
+        return None
+
+    def _count_tokens(self, batch: Sequence[Sequence[int]], computed: int) -> None:
+        if self.metrics is not None:
+            self.metrics.real_tokens.labels(self.name).inc(sum(len(s) for s in batch))
+            self.metrics.computed_tokens.labels(self.name).inc(computed)
+
+    def _eager_pass(self, reason: str) -> None:
+        self.eager_passes += 1
+        if self.metrics is not None:
+            self.metrics.eager_passes.labels(self.name, reason).inc()
+        self._log_once(f"eager:{reason}", "a batch no CUDA graph bucket holds ran eager (too many %s); "
+                       "dhrd_eager_passes_total counts them", reason)
+
+    def _padded_pass(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.padded_passes.labels(self.name, reason).inc()
+        self._log_once(f"padded:{reason}", "a forward pass ran padded, not packed (reason %s); "
+                       "dhrd_padded_passes_total counts them", reason)
+
+    def _log_once(self, key: str, message: str, *args) -> None:
+        if key not in self._logged:
+            self._logged.add(key)
+            log.info(message, *args)
 
     def warmup(self) -> None:
         """One tiny and one long-ish forward pass so first requests do not pay allocation (or, compiled,
-        compilation: batch 1 and batch > 1 are separate graphs) costs."""
+        compilation: batch 1 and batch > 1 are separate graphs) costs; then one packed pass of unequal
+        lengths, bounded by the export's max_length: a backbone the packed forward cannot run (an attention
+        that is not transformers' function interface, a sliding window shorter than max_length) is served
+        padded, with reason "unsupported"."""
         probe = self.tokenizer("warm up")["input_ids"]
         self.predict([probe])
         self.predict([probe * 16] * 4)
+        if self.packing_off is None:
+            try:
+                p = pack_batch([probe, probe * 3], self.pad_id, max_seqlen=self.manifest.max_length)
+                with torch.inference_mode():
+                    self.model.forward_packed(p.input_ids.to(self.device), p.position_ids.to(self.device),
+                                              p.cu_seqlens.to(self.device), p.last_index.to(self.device),
+                                              p.max_seqlen)
+            except Exception:
+                log.warning("the packed forward pass failed on this model; serving it padded", exc_info=True)
+                self.packing_off = "unsupported"
 
 
 def compiled(model: torch.nn.Module) -> torch.nn.Module:

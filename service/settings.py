@@ -37,14 +37,15 @@ class Settings(BaseSettings):
                                                 "(written before it existed); their manifest is NOT checked")
     compile: bool = Field(False, description="torch.compile the classifier (inductor, frozen weights); slower "
                                              "start-up, see BENCHMARKS.md for what it buys")
-    cuda_graphs: bool = Field(True, description="on a CUDA device, capture the classifier as CUDA graphs for "
-                                                "(batch, length) buckets at start-up; eager otherwise")
+    cuda_graphs: bool = Field(True, description="on a CUDA device, capture the packed classifier as CUDA graphs "
+                                                "for total-token buckets at start-up; eager otherwise")
 
     # --- dynamic batching -------------------------------------------------------------------
     max_batch_size: int = Field(32, ge=1, le=1024, description="sequences per forward pass")
-    # On CPU, throughput peaks near 1,024 padded tokens per pass and falls beyond ~2,000 (activations
-    # leave the cache): `python -m loadtest.profile` measures it. On a GPU, raise it.
-    max_batch_tokens: int = Field(1024, ge=16, description="padded tokens per forward pass (CPU optimum ~1024)")
+    # On CPU, throughput peaks near 1,024 tokens per pass and falls beyond ~2,000 (activations leave the
+    # cache): `python -m loadtest.profile` measures it. On a GPU, raise it. Passes are packed (no padding
+    # computed), so this counts real tokens; for a model served padded (--compile) it counts padded ones.
+    max_batch_tokens: int = Field(1024, ge=16, description="tokens per forward pass (CPU optimum ~1024)")
     # Continuous batching: an idle device takes a classification request at once, and what arrives during
     # a forward pass forms the next batch. This wait applies only while a pipelined (CUDA graph) batch is
     # still on the device (how long arrivals gather before the next launch behind it), and to CoT

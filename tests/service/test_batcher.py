@@ -29,7 +29,8 @@ class Recorder:
 def make(predict, **kw) -> Batcher:
     """A batcher with the service's default knobs, overridden by `kw`."""
     defaults = Settings()
-    knobs = {name: kw.get(name, getattr(defaults, name)) for name in BatchConfig.__dataclass_fields__}
+    knobs = {name: kw[name] if name in kw else getattr(defaults, name) for name in BatchConfig.__dataclass_fields__
+             if name in kw or hasattr(defaults, name)}
     return Batcher("m", predict, BatchConfig(**knobs), ThreadPoolExecutor(1), Metrics())
 
 
@@ -93,10 +94,12 @@ def test_requests_gather_while_a_pass_runs():
     assert asyncio.run(go()).batches == [[1], [2, 2, 2]]
 
 
-def test_token_budget_splits_and_sorting_groups_similar_lengths():
+@pytest.mark.parametrize("packed, expected", [(True, [[2, 3, 20], [20]]),  # real tokens: 25 and 20
+                                               (False, [[2, 3], [20, 20]])])  # padded: 6 and 40
+def test_token_budget_splits_and_sorting_groups_similar_lengths(packed, expected):
     async def go():
         rec = Recorder()
-        b = make(rec, max_batch_size=8, max_batch_tokens=40, max_wait_ms=50)
+        b = make(rec, max_batch_size=8, max_batch_tokens=40, max_wait_ms=50, packed=packed)
         b.start()
         seqs = [[1] * 20, [1] * 2, [1] * 20, [1] * 3]
         results = await asyncio.gather(*b.submit(seqs, far()))
@@ -104,7 +107,7 @@ def test_token_budget_splits_and_sorting_groups_similar_lengths():
         return rec, results
 
     rec, results = asyncio.run(go())
-    assert rec.batches == [[2, 3], [20, 20]]  # padded tokens per batch: 6 and 40, both within 40
+    assert rec.batches == expected  # within 40 tokens each, counted as the passes compute them
     assert results == [20, 2, 20, 3]  # each future gets its own result, in request order
 
 
@@ -281,7 +284,8 @@ class Device:
 
 def pipelined(device, **kw) -> Batcher:
     defaults = Settings()
-    knobs = {name: kw.get(name, getattr(defaults, name)) for name in BatchConfig.__dataclass_fields__}
+    knobs = {name: kw[name] if name in kw else getattr(defaults, name) for name in BatchConfig.__dataclass_fields__
+             if name in kw or hasattr(defaults, name)}
     return Batcher("m", lambda batch: pytest.fail("predict must not be called when pipelined"), BatchConfig(**knobs),
                    ThreadPoolExecutor(1), Metrics(), launch=device.launch, finisher=ThreadPoolExecutor(1))
 
