@@ -362,6 +362,36 @@ def test_a_cot_decode_whose_callers_all_left_stops_and_frees_the_torch_thread(ti
     assert code == 200 and took < 0.5, took
 
 
+def test_a_decode_that_lets_classification_run_between_its_steps_decodes_the_same_tokens(tiny_export):
+    """Yielding changes nothing a caller sees: the same seed samples the same tokens with a classifier
+    pass after every step (what the torch thread now does) as with nothing between the steps."""
+    from service.cot import CotItem, CotRunner, GenParams
+    from service.runner import ModelRunner
+
+    classifier = ModelRunner.from_export(tiny_export, dtype="float32")
+    cot = CotRunner("cb", classifier.manifest, torch_dtype("float32"))
+    ids = [classifier.encode(text, 0, True).ids for text in ("a b", "the premise says")]
+    sampled, greedy = GenParams(0.7, 0.9, 24, seed=3, min_new_tokens=24), GenParams(0.0, 1.0, 12, seed=None)
+    items = [CotItem(cot.prompt_ids(i), p) for i in ids for p in (sampled, greedy)]
+    passes = []
+
+    def step():
+        passes.append(classifier.predict([ids[0]]))
+        return [False] * len(items)
+
+    alone, interleaved = cot.generate(items), cot.generate(items, step)
+    assert len(passes) >= 24 + 12  # a pass after every step of both groups
+    assert [(r.text, r.generated_tokens, r.label) for r in interleaved] == \
+        [(r.text, r.generated_tokens, r.label) for r in alone]
+    assert [r.generated_tokens for r in alone][::2] == [24, 24]
+
+
+def torch_dtype(name: str):
+    from contract.model import DTYPES
+
+    return DTYPES[name]
+
+
 # --- issue 23, item 6: a huge input costs work bounded by max_length, and never stalls the event loop -----
 SMOLLM2_TOKENIZER = __import__("pathlib").Path(__file__).resolve().parents[2] / "loadtest" / "assets" / "smollm2"
 
