@@ -444,8 +444,9 @@ def test_a_generation_batcher_stops_asking_once_every_caller_left():
         return [1] * len(batch)
 
     async def go():
-        b = Batcher("m:cot", decode, make(Recorder(), max_batch_size=2, max_wait_ms=0).config, TorchThread("t"),
-                    Metrics(), decode=True)
+        thread = TorchThread("t")
+        b = Batcher("m:cot", decode, make(Recorder(), max_batch_size=2, max_wait_ms=0).config, thread, Metrics(),
+                    decode=True)
         b.start()
         futures = b.submit([[1], [2]], far())
         while not seen:
@@ -455,6 +456,7 @@ def test_a_generation_batcher_stops_asking_once_every_caller_left():
         futures[1].cancel()
         await asyncio.sleep(0.05)
         await b.stop()
+        thread.shutdown()
 
     asyncio.run(go())
     assert seen[0] == [False, False] and [False, False] in seen and [True, False] in seen

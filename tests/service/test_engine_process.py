@@ -243,7 +243,9 @@ def test_in_the_engine_process_a_classify_runs_during_a_decode_and_a_left_decode
 
     status, took, after = run(go())
     assert status == 200 and took < 0.5, took
-    assert len(after) <= 3, len(after)  # the step under way, and what crossed the socket meanwhile
+    # The step under way, and those run while the cancel crossed the socket (a loaded machine's slack);
+    # before the fix, the ~145 steps left all ran.
+    assert len(after) <= 5, len(after)
 
 
 def test_errors_cross_the_socket_with_their_kind_field_and_headers():
