@@ -386,6 +386,31 @@ def test_a_decode_that_lets_classification_run_between_its_steps_decodes_the_sam
     assert [r.generated_tokens for r in alone][::2] == [24, 24]
 
 
+def test_a_group_whose_callers_left_stops_without_touching_the_group_beside_it(tiny_export):
+    """Item 8's rule for item 9's stop: one caller leaving stops only a group nobody else waits for."""
+    from service.cot import CotItem, CotResult, CotRunner, GenParams
+    from service.errors import DeadlineExceeded
+    from service.runner import ModelRunner
+
+    classifier = ModelRunner.from_export(tiny_export, dtype="float32")
+    cot = CotRunner("cb", classifier.manifest, torch_dtype("float32"))
+    prompt = cot.prompt_ids(classifier.encode("a b", 0, True).ids)
+    items = [CotItem(prompt, GenParams(0.7, 0.9, 16, seed=5, min_new_tokens=16)),  # its caller left
+             CotItem(prompt, GenParams(0.0, 1.0, 16, seed=None, min_new_tokens=16)),
+             CotItem(prompt, GenParams(0.0, 1.0, 16, seed=None, min_new_tokens=16))]  # one of two left
+    calls = []
+
+    def step():
+        calls.append(1)
+        return [True, False, len(calls) > 3]
+
+    left, kept, half = cot.generate(items, step)
+    alone = cot.generate(items[1:2])[0]
+    assert isinstance(left, DeadlineExceeded)
+    assert isinstance(kept, CotResult) and (kept.text, kept.generated_tokens) == (alone.text, alone.generated_tokens)
+    assert isinstance(half, CotResult) and half.generated_tokens == 16
+
+
 def torch_dtype(name: str):
     from contract.model import DTYPES
 
