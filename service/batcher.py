@@ -25,6 +25,10 @@ PredictFn = Callable[[Sequence[Sized]], list[Any]]
 # A launch function starts a forward pass on an asynchronous device and returns at once; the object it
 # returns has `.result()`, which waits for the device and returns one result per payload.
 LaunchFn = Callable[[Sequence[Sized]], Any]
+# A decode function (generation, `decode=True`) also takes `step`: it calls step() on the torch thread
+# between its decode steps, which runs the short work waiting for that thread (`TorchThread.between_steps`)
+# and returns, per payload, whether its caller has left (cancelled, or past its deadline).
+DecodeFn = Callable[[Sequence[Sized], Callable[[], list[bool]]], list[Any]]
 PIPELINE_DEPTH = 2  # batches launched and not yet finished: N runs on the device while N+1 is prepared
 
 
@@ -53,8 +57,12 @@ class _Pending:
 class Batcher:
     def __init__(self, name: str, predict: PredictFn, config: BatchConfig, executor: Executor, metrics: Metrics,
                  launch: LaunchFn | None = None, finisher: Executor | None = None,
-                 on_fatal: Callable[[BaseException], None] | None = None, gather_when_idle: bool = False):
+                 on_fatal: Callable[[BaseException], None] | None = None, gather_when_idle: bool = False,
+                 decode: bool = False):
         self.name = name
+        # Generation: `predict` is a DecodeFn, run as a long job that yields the torch thread between steps
+        # and stops once every caller in its batch has left (issue 23, item 9).
+        self.decode = decode
         # Generation (CoT) decodes a static batch for seconds: a request that started alone would hold
         # every later one for a whole decode, so such a batcher still gathers for max_wait_ms when idle.
         self.gather_when_idle = gather_when_idle
@@ -261,13 +269,31 @@ class Batcher:
         loop = asyncio.get_running_loop()
         self._computing = len(batch)
         try:
-            results = await loop.run_in_executor(self.executor, self.predict, [p.payload for p in batch])
+            if self.decode:
+                results = await self._decode(batch)
+            else:
+                results = await loop.run_in_executor(self.executor, self.predict, [p.payload for p in batch])
         except Exception as exc:  # a failed forward pass fails its requests, not the batcher
             self._fail(batch, self._failure(exc))
             return
         finally:
             self._computing = 0
         self._done(batch, results, started)
+
+    async def _decode(self, batch: list[_Pending]) -> list[Any]:
+        """Run a generation batch as a long job: between decode steps the torch thread runs queued
+        classification passes, and `gone` tells the decoder which callers have left."""
+        def gone() -> list[bool]:
+            # On the torch thread: `between_steps` first (it takes time, during which callers may leave).
+            # A future is done here only when its caller no longer waits for it (cancelled, failed by a
+            # drain or stop); reading its state from this thread is a plain attribute read under the GIL.
+            between_steps()
+            now = time.monotonic()
+            return [p.future.done() or p.deadline <= now for p in batch]
+
+        between_steps = getattr(self.executor, "between_steps", lambda: 0)
+        submit = getattr(self.executor, "submit_long", self.executor.submit)
+        return await asyncio.wrap_future(submit(self.predict, [p.payload for p in batch], gone))
 
     async def _launch(self, batch: list[_Pending], started: float) -> None:
         """Pipelined: launch this batch, hand its completion to the finisher thread, and return to
@@ -318,6 +344,8 @@ class Batcher:
                 item.future.set_exception(exc)
 
     def _done(self, batch: list[_Pending], results: list[Any], started: float) -> None:
+        if self.decode and all(item.future.done() for item in batch):
+            return  # every caller left, so the decode stopped early: its time would skew the estimates
         elapsed = time.perf_counter() - started
         keep = 0.8 if self._passes else 0.0  # the first pass replaces the start-up guesses
         self._batch_seconds = keep * self._batch_seconds + (1 - keep) * elapsed

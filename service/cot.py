@@ -9,13 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
+from transformers import StoppingCriteria
 
 from contract.encoding import load_tokenizer
 from contract.manifest import Manifest
 from contract.text import cot_instruction, parse_answer
+
+from .errors import DeadlineExceeded
 
 # Stands in for the input while the prompt template is rendered once; never a real input.
 _SLOT = "\x00DHRD-INPUT\x00"
@@ -115,23 +118,38 @@ class CotRunner:
         return self.prompt.prompt_ids(input_ids)
 
     @torch.inference_mode()
-    def generate(self, items: Sequence[CotItem]) -> list[CotResult | Exception]:
+    def generate(self, items: Sequence[CotItem], step: Callable[[], list[bool]] | None = None
+                 ) -> list[CotResult | Exception]:
         """Decode items; those with equal parameters share one `generate()` call. A group whose call
         raises gets the exception as each of its results (the batcher fails only those requests): one
-        caller's parameters must not fail the other requests that happen to share the batch."""
+        caller's parameters must not fail the other requests that happen to share the batch.
+
+        Args:
+            step: called between decode steps (and before each group); it may run other work on this
+                thread (the batcher's classification passes) and returns, per item, whether its caller
+                has left. A group whose callers have all left stops decoding at once; its results are
+                `DeadlineExceeded` (read only by a caller whose deadline passed a moment ago).
+        """
         results: list[CotResult | Exception | None] = [None] * len(items)
         order = sorted(range(len(items)), key=lambda i: hash(items[i].params))
         for params, group in groupby(order, key=lambda i: items[i].params):
             idx = list(group)
+            stop = _StopWhenAllLeft(step, idx) if step is not None else None
             try:
-                out: list[CotResult | Exception] = list(self._generate_group([items[i].ids for i in idx], params))
+                if stop is not None and stop.all_left():
+                    out: list[CotResult | Exception] = [stop.error()] * len(idx)
+                else:
+                    out = list(self._generate_group([items[i].ids for i in idx], params, stop))
+                    if stop is not None and stop.stopped:
+                        out = [stop.error()] * len(idx)  # cut short: not an answer anyone may read
             except Exception as exc:  # noqa: BLE001 -- handed to those requests' futures, logged there
                 out = [exc] * len(idx)
             for i, r in zip(idx, out):
                 results[i] = r
         return results  # type: ignore[return-value]
 
-    def _generate_group(self, prompts: list[list[int]], p: GenParams) -> list[CotResult]:
+    def _generate_group(self, prompts: list[list[int]], p: GenParams,
+                        stop: "_StopWhenAllLeft | None" = None) -> list[CotResult]:
         multiple = STATIC_PROMPT_MULTIPLE if self.cache == "static" else None
         batch = self.tokenizer.pad({"input_ids": prompts}, return_tensors="pt", padding=True,
                                    pad_to_multiple_of=multiple)
@@ -139,6 +157,8 @@ class CotRunner:
                   "pad_token_id": self.tokenizer.pad_token_id}
         if self.cache == "static":
             kwargs["cache_implementation"] = "static"
+        if stop is not None:  # a criterion that only ever says "go on" leaves the decoded tokens as they were
+            kwargs["stopping_criteria"] = [stop]
         if p.min_new_tokens:
             kwargs["min_new_tokens"] = p.min_new_tokens
         if p.temperature > 0:
@@ -155,3 +175,26 @@ class CotRunner:
             text = self.tokenizer.decode(row[:n], skip_special_tokens=True).strip()
             results.append(CotResult(parse_answer(text, self.manifest.label_words), text, n + (n < len(row))))
         return results
+
+
+class _StopWhenAllLeft(StoppingCriteria):
+    """`generate()` calls this after every decode step, on the torch thread: the moment to let queued
+    classification passes run (`step` does) and to stop a group nobody waits for any more (issue 23,
+    item 9: a classify waited 6.8 s for a decode whose client had hung up). Rows stop together, only
+    when every caller of the group has left: stopping some rows would save nothing in a static batch."""
+
+    def __init__(self, step: Callable[[], list[bool]], rows: list[int]):
+        self.step, self.rows = step, rows
+        self.stopped = False
+
+    def all_left(self) -> bool:
+        gone = self.step()
+        return all(gone[i] for i in self.rows)
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        self.stopped = self.stopped or self.all_left()
+        return torch.full((input_ids.shape[0],), self.stopped, dtype=torch.bool, device=input_ids.device)
+
+    @staticmethod
+    def error() -> Exception:
+        return DeadlineExceeded("decoding stopped: every caller of this generation batch left or passed its deadline")

@@ -1,6 +1,6 @@
 """`EngineCore`: what runs the models. It loads each export, warms it up, and gives every model a
 `Batcher` whose forward passes run on one torch thread; with `--cot`, each model's base causal LM gets
-its own batcher. It knows nothing of HTTP: the app drives it in-process (`--workers 0`), and the
+its own batcher, whose decodes let classification passes run between their steps (torch_thread.py). It knows nothing of HTTP: the app drives it in-process (`--workers 0`), and the
 engine process (`engine_server.py`) drives it for front-end processes over a local socket.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from .errors import EngineDead, NotReady, UnknownModel
 from .metrics import Metrics
 from .runner import ModelRunner
 from .settings import Settings
+from .torch_thread import TorchThread
 
 log = logging.getLogger("dhrd.engine")
 M = TypeVar("M")
@@ -53,8 +54,9 @@ class EngineCore:
         # One worker thread runs all torch work (loading, warm-up, every forward pass): two forward passes
         # at once would only fight over the cores, and on CPU each thread that runs torch ops gets an
         # OpenMP team of its own; with a second team alive the forward ran ~20 % slower here
-        # (python -m loadtest.profile vs the service, BENCHMARKS.md).
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="dhrd-fwd")
+        # (python -m loadtest.profile vs the service, BENCHMARKS.md). A CoT decode is a long job on it that
+        # runs the queued classification passes between its steps, so it cannot hold them for seconds.
+        self.executor = TorchThread("dhrd-fwd")
         # With CUDA graphs the forward thread only launches; this thread waits for the device's results.
         self.finisher = ThreadPoolExecutor(1, thread_name_prefix="dhrd-finish")
         # Set when a forward pass hit a fatal device error: the context is dead, so whoever runs this
@@ -94,15 +96,15 @@ class EngineCore:
                 # Generation batches are bounded by count; their metrics carry the label "<model>:cot".
                 model.cot = cot
                 model.cot_batcher = self._batcher(f"{name}:cot", cot.generate, s.cot_max_batch_size, 10**9,
-                                                  gather_when_idle=True)
+                                                  gather_when_idle=True, decode=True)
 
     def _batcher(self, name: str, predict, max_batch_size: int, max_batch_tokens: int, launch=None,
-                 gather_when_idle: bool = False, packed: bool = True) -> Batcher:
+                 gather_when_idle: bool = False, packed: bool = True, decode: bool = False) -> Batcher:
         s = self.settings
         batcher = Batcher(name, predict, BatchConfig(max_batch_size, max_batch_tokens, s.max_wait_ms, s.max_queue,
                                                      packed),
                           self.executor, self.metrics, launch=launch, finisher=self.finisher if launch else None,
-                          on_fatal=self._device_failed, gather_when_idle=gather_when_idle)
+                          on_fatal=self._device_failed, gather_when_idle=gather_when_idle, decode=decode)
         batcher.start()
         return batcher
 

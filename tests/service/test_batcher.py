@@ -400,3 +400,64 @@ def test_generation_still_gathers_for_max_wait_ms_on_an_idle_device():
         return rec
 
     assert asyncio.run(go()).batches == [[1, 1]]
+
+
+# --- the torch thread: a long job (a decode) runs the short ones (classification) between its steps ---------
+def test_the_torch_thread_runs_short_jobs_between_a_long_jobs_steps_never_a_long_one():
+    from service.torch_thread import TorchThread
+
+    thread, log = TorchThread("test-fwd"), []
+    step_reached, release = __import__("threading").Event(), __import__("threading").Event()
+
+    def decode(name):
+        log.append(f"{name} starts")
+        step_reached.set()
+        release.wait(5)
+        for _ in range(2):
+            ran = thread.between_steps()
+            log.append(f"{name} step, ran {ran}")
+        return name
+
+    first = thread.submit_long(decode, "decode 1")
+    step_reached.wait(5)
+    second = thread.submit_long(decode, "decode 2")  # queued before the short jobs: still runs after decode 1
+    shorts = [thread.submit(log.append, f"classify {i}") for i in range(2)]
+    release.set()
+    assert [f.result(5) for f in (first, second, *shorts)] == ["decode 1", "decode 2", None, None]
+    thread.shutdown()
+    assert log[:4] == ["decode 1 starts", "classify 0", "classify 1", "decode 1 step, ran 2"]
+    assert log[4:] == ["decode 1 step, ran 0", "decode 2 starts", "decode 2 step, ran 0", "decode 2 step, ran 0"]
+
+
+def test_a_generation_batcher_stops_asking_once_every_caller_left():
+    """The batcher's `gone` says which callers left; a decode that sees all gone stops (cot.py)."""
+    from service.torch_thread import TorchThread
+
+    seen: list[list[bool]] = []
+
+    def decode(batch, gone):
+        for _ in range(200):
+            seen.append(gone())
+            if all(seen[-1]):
+                return [RuntimeError("cut short")] * len(batch)
+            time.sleep(0.005)
+        return [1] * len(batch)
+
+    async def go():
+        thread = TorchThread("t")
+        b = Batcher("m:cot", decode, make(Recorder(), max_batch_size=2, max_wait_ms=0).config, thread, Metrics(),
+                    decode=True)
+        b.start()
+        futures = b.submit([[1], [2]], far())
+        while not seen:
+            await asyncio.sleep(0.005)
+        futures[0].cancel()
+        await asyncio.sleep(0.05)
+        futures[1].cancel()
+        await asyncio.sleep(0.05)
+        await b.stop()
+        thread.shutdown()
+
+    asyncio.run(go())
+    assert seen[0] == [False, False] and [False, False] in seen and [True, False] in seen
+    assert seen[-1] == [True, True] and len(seen) < 60

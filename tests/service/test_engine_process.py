@@ -208,6 +208,46 @@ def test_a_request_whose_client_left_is_skipped_by_the_engine(tmp_path):
     assert status == 200 and computed == 1 and dropped == 2
 
 
+def test_in_the_engine_process_a_classify_runs_during_a_decode_and_a_left_decode_stops(tmp_path, tiny_export,
+                                                                                     monkeypatch):
+    """Issue 23, item 9 through the socket: the front end's cancel reaches the decode, and classification
+    runs between its steps meanwhile (before: ~3 s behind it, and the 150 steps ran to the end)."""
+    from .test_reliability import PAIR as COT_PAIR, slow_cot
+
+    passes = slow_cot(monkeypatch, 0.02)  # the engine runs in this process here, so the patch reaches it
+    s = Settings(models={"cb": tiny_export}, dtype="float32", cot=True, cot_max_new_tokens=150, max_wait_ms=5)
+
+    async def go():
+        socket_path, stop = str(tmp_path / "engine.sock"), asyncio.Event()
+        task = asyncio.create_task(EngineServer(s, socket_path).serve(False, stop))
+        try:
+            async with serving(s, engine_socket=socket_path) as client:
+                cot = asyncio.create_task(client.post("/classify/cot", json={
+                    "model": "cb", "input": [COT_PAIR] * 4, "max_new_tokens": 150, "min_new_tokens": 150}))
+                while len(passes) < 5:
+                    await asyncio.sleep(0.01)
+                started = time.monotonic()
+                classify = await client.post("/classify", json={"model": "cb", "input": COT_PAIR})
+                took = time.monotonic() - started
+                cot.cancel()  # the client hangs up: the front end cancels its request in the engine
+                try:
+                    await cot
+                except asyncio.CancelledError:
+                    pass
+                left = time.monotonic()
+                await asyncio.sleep(0.3)
+                return classify.status_code, took, [t for t in passes if t > left]
+        finally:
+            stop.set()
+            await task
+
+    status, took, after = run(go())
+    assert status == 200 and took < 0.5, took
+    # The step under way, and those run while the cancel crossed the socket (a loaded machine's slack);
+    # before the fix, the ~145 steps left all ran.
+    assert len(after) <= 5, len(after)
+
+
 def test_errors_cross_the_socket_with_their_kind_field_and_headers():
     wire = ipc.error_to_wire(Overloaded("queue full", retry_after=3))
     back = ipc.error_from_wire(wire)

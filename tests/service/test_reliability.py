@@ -253,15 +253,168 @@ def test_a_generation_group_that_fails_fails_only_its_own_request(tiny_export, m
 
     original = CotRunner._generate_group
 
-    def fragile(self, prompts, params):
+    def fragile(self, prompts, params, stop=None):
         if params.temperature == 0.5:
             raise ValueError("this group's parameters break generate()")
-        return original(self, prompts, params)
+        return original(self, prompts, params, stop)
 
     monkeypatch.setattr(CotRunner, "_generate_group", fragile)
     good, bad = _two_cot_calls(tiny_export, {"temperature": 0.5})
     assert good.status_code == 200, good.text
     assert bad.status_code == 500 and bad.json()["error"]["type"] == "internal"
+
+
+# --- issue 23, item 9: classification never waits behind a decode; a decode nobody waits for stops -----
+def slow_cot(monkeypatch, seconds: float) -> list[float]:
+    """Make every forward pass of the CoT model (the prefill, then one per decode step) sleep `seconds`, so
+    a decode of N tokens lasts N x that, whatever the machine; returns when each pass ran (monotonic)."""
+    import time
+
+    from service.cot import CotRunner
+
+    passes: list[float] = []
+    original = CotRunner.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        forward = self.model.forward
+
+        def slow(*a, **kw):
+            time.sleep(seconds)
+            passes.append(time.monotonic())
+            return forward(*a, **kw)
+
+        self.model.forward = slow  # nn.Module.__call__ looks `forward` up on the instance
+
+    monkeypatch.setattr(CotRunner, "__init__", init)
+    return passes
+
+
+COT_SETTINGS = dict(dtype="float32", cot=True, cot_max_new_tokens=200, max_wait_ms=5)
+PAIR = {"premise": "It rained all day.", "hypothesis": "The streets were wet."}
+
+
+def _long_cot(n: int, tokens: int) -> dict:
+    """A CoT request that decodes exactly `tokens` tokens for each of its `n` inputs."""
+    return {"model": "cb", "input": [PAIR] * n, "max_new_tokens": tokens, "min_new_tokens": tokens}
+
+
+async def _timed_classify(client) -> tuple[int, float]:
+    import time
+
+    started = time.monotonic()
+    response = await client.post("/classify", json={"model": "cb", "input": PAIR})
+    return response.status_code, time.monotonic() - started
+
+
+def test_a_classify_during_a_long_cot_decode_runs_between_its_steps(tiny_export, monkeypatch):
+    """Before: the decode held the torch thread to its end (here ~3 s; 8.6 s in the issue)."""
+    passes = slow_cot(monkeypatch, 0.02)  # 150 tokens: >= 3 s of decoding
+
+    async def go():
+        async with serving(Settings(models={"cb": tiny_export}, **COT_SETTINGS)) as client:
+            cot = asyncio.create_task(client.post("/classify/cot", json=_long_cot(4, 150)))
+            while len(passes) < 5:  # decoding for sure
+                await asyncio.sleep(0.01)
+            timed = [await _timed_classify(client) for _ in range(3)]
+            still_decoding = not cot.done()
+            return timed, still_decoding, await cot
+
+    timed, still_decoding, cot = run(go())
+    assert max(took for _, took in timed) < 0.5, timed  # a decode step is 20 ms; the whole decode >= 3 s
+    assert still_decoding and all(code == 200 for code, _ in timed)
+    assert cot.status_code == 200 and [d["generated_tokens"] for d in cot.json()["data"]] == [150] * 4
+
+
+@pytest.mark.parametrize("how", ["client_gone", "deadline"])
+def test_a_cot_decode_whose_callers_all_left_stops_and_frees_the_torch_thread(tiny_export, monkeypatch, how):
+    """Before: the decode ran its 200 steps after the caller left (a classify waited 6.8 s in the issue)."""
+    import time
+
+    passes = slow_cot(monkeypatch, 0.02)
+    settings = Settings(models={"cb": tiny_export}, **COT_SETTINGS,
+                        **({"cot_request_timeout_s": 0.5} if how == "deadline" else {}))
+
+    async def go():
+        async with serving(settings) as client:
+            cot = asyncio.create_task(client.post("/classify/cot", json=_long_cot(4, 200)))
+            while len(passes) < 5:
+                await asyncio.sleep(0.01)
+            if how == "client_gone":
+                cot.cancel()  # in-process, the handler's task is the client's: it is cancelled as on a hang-up
+                answer = None
+                try:
+                    await cot
+                except asyncio.CancelledError:
+                    pass
+            else:
+                answer = await cot
+            left = time.monotonic()
+            timed = await _timed_classify(client)
+            await asyncio.sleep(0.3)  # room for steps that should not happen
+            return answer, timed, [t for t in passes if t > left], list(passes)
+
+    answer, (code, took), after, every = run(go())
+    if how == "deadline":
+        assert answer.status_code == 504, answer.text
+    assert len(every) < 100, len(every)  # far fewer than the 200 passes of the whole decode
+    assert len(after) <= 3, len(after)  # the step under way when the caller left (and slack for a loaded machine)
+    assert code == 200 and took < 0.5, took
+
+
+def test_a_decode_that_lets_classification_run_between_its_steps_decodes_the_same_tokens(tiny_export):
+    """Yielding changes nothing a caller sees: the same seed samples the same tokens with a classifier
+    pass after every step (what the torch thread now does) as with nothing between the steps."""
+    from service.cot import CotItem, CotRunner, GenParams
+    from service.runner import ModelRunner
+
+    classifier = ModelRunner.from_export(tiny_export, dtype="float32")
+    cot = CotRunner("cb", classifier.manifest, torch_dtype("float32"))
+    ids = [classifier.encode(text, 0, True).ids for text in ("a b", "the premise says")]
+    sampled, greedy = GenParams(0.7, 0.9, 24, seed=3, min_new_tokens=24), GenParams(0.0, 1.0, 12, seed=None)
+    items = [CotItem(cot.prompt_ids(i), p) for i in ids for p in (sampled, greedy)]
+    passes = []
+
+    def step():
+        passes.append(classifier.predict([ids[0]]))
+        return [False] * len(items)
+
+    alone, interleaved = cot.generate(items), cot.generate(items, step)
+    assert len(passes) >= 24 + 12  # a pass after every step of both groups
+    assert [(r.text, r.generated_tokens, r.label) for r in interleaved] == \
+        [(r.text, r.generated_tokens, r.label) for r in alone]
+    assert [r.generated_tokens for r in alone][::2] == [24, 24]
+
+
+def test_a_group_whose_callers_left_stops_without_touching_the_group_beside_it(tiny_export):
+    """Item 8's rule for item 9's stop: one caller leaving stops only a group nobody else waits for."""
+    from service.cot import CotItem, CotResult, CotRunner, GenParams
+    from service.errors import DeadlineExceeded
+    from service.runner import ModelRunner
+
+    classifier = ModelRunner.from_export(tiny_export, dtype="float32")
+    cot = CotRunner("cb", classifier.manifest, torch_dtype("float32"))
+    prompt = cot.prompt_ids(classifier.encode("a b", 0, True).ids)
+    items = [CotItem(prompt, GenParams(0.7, 0.9, 16, seed=5, min_new_tokens=16)),  # its caller left
+             CotItem(prompt, GenParams(0.0, 1.0, 16, seed=None, min_new_tokens=16)),
+             CotItem(prompt, GenParams(0.0, 1.0, 16, seed=None, min_new_tokens=16))]  # one of two left
+    calls = []
+
+    def step():
+        calls.append(1)
+        return [True, False, len(calls) > 3]
+
+    left, kept, half = cot.generate(items, step)
+    alone = cot.generate(items[1:2])[0]
+    assert isinstance(left, DeadlineExceeded)
+    assert isinstance(kept, CotResult) and (kept.text, kept.generated_tokens) == (alone.text, alone.generated_tokens)
+    assert isinstance(half, CotResult) and half.generated_tokens == 16
+
+
+def torch_dtype(name: str):
+    from contract.model import DTYPES
+
+    return DTYPES[name]
 
 
 # --- issue 23, item 6: a huge input costs work bounded by max_length, and never stalls the event loop -----
