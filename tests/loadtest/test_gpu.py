@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from loadtest import gpu
+from loadtest import REPO, gpu
 from loadtest.gpu import Stages, judge
 
 REHEARSAL = [sys.executable, "-m", "loadtest.gpu", "--device", "cpu", "--shape", "tiny", "--quick",
@@ -107,6 +107,12 @@ def test_the_plan_is_two_calls_within_the_run_tools_limits():
     assert set(gpu.CALLS["1"]["budgets"]) == {"write", "ceiling", "null", "classify", "cot"}
     assert set(gpu.CALLS["2"]["budgets"]) == {"write", "ceiling", "classify"}
     assert sum(gpu.QUICK_BUDGETS[s] for s in gpu.CALLS["1"]["budgets"]) <= 240  # the rehearsal's budget
+
+
+def test_benchmarks_md_gives_the_calls_the_kit_plans():
+    text = (REPO / "BENCHMARKS.md").read_text()
+    assert all(line in text for line in gpu.plan_lines())
+    assert "7 min" not in text
 
 
 def test_the_cot_round_is_cut_at_its_seconds_and_says_how_many_did_not_finish():
