@@ -193,8 +193,11 @@ def load_export(path: Path, dtype: torch.dtype = torch.bfloat16, device: str = "
     if any("lm_head" in k for k in state):
         raise ExportError(f"{path}: export contains LM-head tensors; classification exports must not")
     config = AutoConfig.from_pretrained(path)
-    backbone = AutoModel.from_config(config, dtype=dtype)
-    model = PooledClassifier(backbone, ClassifierHead(manifest.head), manifest.pooling)
+    # Built where it will run: the random init `from_config` does is overwritten at once by the export's
+    # weights, and on a CUDA device it does not hold the CPU for every parameter (a 3B shape has 3.2 B).
+    with torch.device(device):
+        backbone = AutoModel.from_config(config, dtype=dtype)
+        model = PooledClassifier(backbone, ClassifierHead(manifest.head), manifest.pooling)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # a tensor of the wrong shape, e.g. a head with other num_labels

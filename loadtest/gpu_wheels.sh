@@ -2,7 +2,7 @@
 # The serving dependencies the GPU machine lacks (it has CUDA torch, transformers 5.x, Python 3.12; no
 # web stack), as wheels in .gpu-wheels/ (git-ignored), to carry with the checkout:
 #   bash loadtest/gpu_wheels.sh          # here, once (PyPI)
-#   run(command="bash loadtest/gpu_run.sh", carry=[".gpu-wheels"])       # on the GPU machine
+#   python -m loadtest.gpu --plan        # the two run(...) calls for the GPU machine (they carry .gpu-wheels)
 # What is carried is derived from pyproject.toml's `serve` and `client` extras (loadtest/gpu_deps.py).
 # Any failure stops the script non-zero: a kit without its wheels fails every `dhrd serve` stage later,
 # on borrowed device time.
