@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Mapping, TypeVar
 
-from contract.model import DTYPES
+from contract.model import DTYPES, resolve_dtype
 
 from .batcher import BatchConfig, Batcher
 from .cot import CotRunner
@@ -73,10 +73,14 @@ class EngineCore:
 
             await loop.run_in_executor(self.executor, torch.set_num_threads, s.threads)
         runners = dict(runners or {})
+        dtype = resolve_dtype(s.dtype, s.device)
+        if dtype != s.dtype:
+            log.info("dtype auto: %s on %s (bfloat16 %s natively here)", dtype, s.device,
+                     "runs" if dtype == "bfloat16" else "does not run")
         for name, path in s.models.items():
             if name not in runners:
                 runners[name] = await loop.run_in_executor(
-                    self.executor, ModelRunner.from_export, path, s.dtype, s.device, verify_hashes, s.compile,
+                    self.executor, ModelRunner.from_export, path, dtype, s.device, verify_hashes, s.compile,
                     s.allow_missing_manifest_digest)
         for name, runner in runners.items():
             if s.cuda_graphs and s.device.startswith("cuda") and hasattr(runner, "use_cuda_graphs"):
@@ -92,7 +96,7 @@ class EngineCore:
         if s.cot:
             for name, model in self.models.items():
                 cot = await loop.run_in_executor(self.executor, CotRunner, name, model.runner.manifest,
-                                                 DTYPES[s.dtype], s.device, s.cot_cache)
+                                                 DTYPES[dtype], s.device, s.cot_cache)
                 # Generation batches are bounded by count; their metrics carry the label "<model>:cot".
                 model.cot = cot
                 model.cot_batcher = self._batcher(f"{name}:cot", cot.generate, s.cot_max_batch_size, 10**9,

@@ -27,7 +27,10 @@ class Settings(BaseSettings):
                                 "0: serve in one process; default: 0 on CPU, 4 on a GPU")
 
     # --- model runner ---------------------------------------------------------------------
-    dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="weight and compute dtype")
+    # "auto": bfloat16 where the device runs it natively (a GPU, a CPU with AVX-512 BF16 or AMX), float32
+    # elsewhere: on an AVX2-only CPU PyTorch emulates bf16 matmuls about 100x slower than fp32.
+    dtype: Literal["auto", "bfloat16", "float32"] = Field("auto", description="weight and compute dtype; auto: "
+                                                          "bfloat16 where the device runs it natively, else float32")
     device: str = Field("cpu", description="'cpu' or 'cuda[:N]'")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice)")
     verify_hashes: bool = Field(True, description="check every export file against its manifest sha256")

@@ -109,3 +109,19 @@ def test_configuration_traps_are_refused_from_the_environment_too(monkeypatch, e
     monkeypatch.setenv(env, value)
     with pytest.raises(ValidationError, match="--api-key|--model"):
         Settings()
+
+
+def test_dtype_auto_is_bfloat16_only_where_the_device_runs_it_natively(monkeypatch):
+    """An AVX2-only CPU emulates bf16 matmuls ~100x slower than fp32: "auto" (the default) serves fp32 there."""
+    import torch
+
+    from contract import model
+
+    assert Settings().dtype == "auto"
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert model.resolve_dtype("auto", "cpu") == "float32"
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert model.resolve_dtype("auto", "cpu") == "bfloat16"
+    assert model.resolve_dtype("float32", "cpu") == "float32" and model.resolve_dtype("bfloat16", "cpu") == "bfloat16"
+    with pytest.raises(ValueError, match="dtype must be"):
+        model.resolve_dtype("fp8", "cpu")
