@@ -239,6 +239,12 @@ class Batcher:
                 live.append(item)
         return live
 
+    def _budget_tokens(self, batch: list[_Pending]) -> int:
+        """A batch's tokens as max_batch_tokens counts them: the real tokens a packed pass computes, or
+        count x longest for a padded one (a graph replay's bucket tail is in dhrd_computed_tokens_total)."""
+        lengths = [len(p.payload) for p in batch]
+        return sum(lengths) if self.config.packed else len(lengths) * max(lengths)
+
     def _cut(self, items: list[_Pending]) -> list[list[_Pending]]:
         """Sort by length (less padding) and split so each batch stays under max_batch_tokens: real tokens
         when passes are packed, padded tokens (count x longest) otherwise."""
@@ -263,7 +269,7 @@ class Batcher:
         for item in batch:
             self.metrics.queue_wait.labels(self.name).observe(started - item.enqueued)
         self.metrics.batch_size.labels(self.name).observe(len(batch))
-        self.metrics.batch_tokens.labels(self.name).observe(len(batch) * max(len(p.payload) for p in batch))
+        self.metrics.batch_tokens.labels(self.name).observe(self._budget_tokens(batch))
         if self.launch is not None and self.finisher is not None:
             return await self._launch(batch, started)
         loop = asyncio.get_running_loop()

@@ -37,7 +37,7 @@ class Metrics:
                                             ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("dhrd_batch_size", "Sequences per forward pass", ["model"],
                                     buckets=BATCH_BUCKETS, registry=r)
-        self.batch_tokens = Histogram("dhrd_batch_tokens", "Padded tokens per forward pass", ["model"],
+        self.batch_tokens = Histogram("dhrd_batch_tokens", "Tokens per forward pass as max_batch_tokens counts them", ["model"],
                                       buckets=TOKEN_BUCKETS, registry=r)
         self.queue_depth = Gauge("dhrd_queue_depth", "Sequences waiting to be batched", ["model"], registry=r,
                                  multiprocess_mode="livesum")

@@ -104,11 +104,14 @@ def test_token_budget_splits_and_sorting_groups_similar_lengths(packed, expected
         seqs = [[1] * 20, [1] * 2, [1] * 20, [1] * 3]
         results = await asyncio.gather(*b.submit(seqs, far()))
         await b.stop()
-        return rec, results
+        return rec, results, b.metrics
 
-    rec, results = asyncio.run(go())
+    rec, results, metrics = asyncio.run(go())
     assert rec.batches == expected  # within 40 tokens each, counted as the passes compute them
     assert results == [20, 2, 20, 3]  # each future gets its own result, in request order
+    # dhrd_batch_tokens counts as the budget does: packed 25 + 20 real tokens, padded 2x3 + 2x20
+    observed = metrics.registry.get_sample_value("dhrd_batch_tokens_sum", {"model": "m"})
+    assert observed == (45 if packed else 46)
 
 
 def test_queue_is_bounded():
