@@ -4,7 +4,8 @@ read from /proc since the engine is not this process's child) over a fixed numbe
 overhead (IPC frames, pickling, batching) shows. Needs a quiet machine for numbers worth keeping.
 
     python -m loadtest.engine_cpu --requests 2000 --connections 16
-prints one JSON line.
+    python -m loadtest.engine_cpu --workers 2 --flags "" --hog 1     # torch's default threads, a busy neighbour
+prints one JSON line, with the front ends' CPU per request beside the engine's.
 """
 from __future__ import annotations
 
@@ -60,7 +61,21 @@ async def send(url: str, requests: int, connections: int) -> dict[int, int]:
     return statuses
 
 
-def measure(export: Path, workers: int, requests: int, connections: int, warmup: int, flags: list[str]) -> dict:
+def children(pid: int) -> list[int]:
+    """Direct children of `pid` (the supervisor's: the engine and the front ends)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def hogs(n: int) -> list[subprocess.Popen]:
+    """`n` processes that only burn CPU: the contention of a busy node (a neighbour, a second job)."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+def measure(export: Path, workers: int, requests: int, connections: int, warmup: int, flags: list[str],
+            hog: int = 0) -> dict:
     port = free_port()
     log = Path(tempfile.mkdtemp(prefix="engine-cpu-")) / "serve.log"
     cmd = [sys.executable, "-m", "dhrd", "serve", "--model", f"cb={export}", "--port", str(port), "--workers",
@@ -72,14 +87,23 @@ def measure(export: Path, workers: int, requests: int, connections: int, warmup:
             raise RuntimeError(f"not ready; see {log}")
         url = f"http://127.0.0.1:{port}/classify"
         asyncio.run(send(url, warmup, connections))
-        cpu0, wall0 = cpu_seconds(pid), time.perf_counter()
-        statuses = asyncio.run(send(url, requests, connections))
-        cpu, wall = cpu_seconds(pid) - cpu0, time.perf_counter() - wall0
+        front = [c for c in children(proc.pid) if c != pid]
+        burners = hogs(hog)
+        try:
+            cpu0, front0, wall0 = cpu_seconds(pid), [cpu_seconds(f) for f in front], time.perf_counter()
+            statuses = asyncio.run(send(url, requests, connections))
+            cpu, wall = cpu_seconds(pid) - cpu0, time.perf_counter() - wall0
+            front_cpu = [cpu_seconds(f) - c for f, c in zip(front, front0)]
+        finally:
+            for b in burners:
+                b.kill()
     finally:
         stop(proc)
     return {"engine_cpu_us_per_request": round(cpu / requests * 1e6, 1), "engine_cpu_s": round(cpu, 3),
+            "front_end_cpu_us_per_request": round(sum(front_cpu) / requests * 1e6, 1),
+            "front_end_cpu_s": [round(c, 3) for c in front_cpu], "req_per_s": round(requests / wall, 1),
             "requests": requests, "connections": connections, "workers": workers, "wall_s": round(wall, 2),
-            "flags": flags, "statuses": statuses, "commit": _commit()}
+            "hog_processes": hog, "flags": flags, "statuses": statuses, "commit": _commit()}
 
 
 def _commit() -> str:
@@ -97,11 +121,13 @@ def main(argv: list[str] | None = None) -> None:
     # One torch thread: a second OpenMP thread spins between passes and its CPU would swamp the engine's
     # own per-request work, which is what this measures.
     parser.add_argument("--flags", default="--threads 1", help="more `dhrd serve` flags (default: %(default)s)")
+    parser.add_argument("--hog", type=int, default=0, help="CPU-burning processes run beside it while measuring "
+                                                           "(contention; default: none)")
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be >= 1: with 0 there is no engine process to measure")
     print(json.dumps(measure(args.export, args.workers, args.requests, args.connections, args.warmup,
-                             args.flags.split())))
+                             args.flags.split(), args.hog)))
 
 
 if __name__ == "__main__":

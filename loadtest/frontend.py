@@ -55,10 +55,34 @@ def tiny_linear_export(work: Path) -> tuple[Path, Path]:
     return export, hf
 
 
+def gc_pauses(port: int) -> dict[str, float]:
+    """dhrd's collector counters (collections and pause seconds per generation, summed over its processes),
+    as flushed so far; {} from a server without them. Read before and after a run: the difference is the run's."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return {}
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name in ("dhrd_gc_collections_total", "dhrd_gc_pause_seconds_total"):
+                kind = "collections" if "collections" in s.name else "pause_s"
+                found[f"gen{s.labels['generation']}_{kind}"] = found.get(f"gen{s.labels['generation']}_{kind}", 0) + s.value
+    return found
+
+
 def measure(name: str, cmd: list[str], probe: str, port: int, connections: int, seconds: float, log: Path) -> dict:
     proc = spawn_until_ready(cmd, f"http://127.0.0.1:{port}{probe}", log, timeout=300, poll=0.2)
     try:
+        before = gc_pauses(port)
         result = drive(port, connections, seconds)
+        time.sleep(1.5)  # every process flushes its collector counts each second
+        after = gc_pauses(port)
+        if after:  # dhrd serve: the collector's work during the run (service/gc_heap.py)
+            result["gc"] = {k: round(after[k] - before.get(k, 0.0), 4) for k in after}
     finally:
         stop(proc)
     print(f"[frontend] {name}: {json.dumps(result)}", flush=True)

@@ -18,6 +18,7 @@ from . import ipc
 from .batcher import abandon, outcome
 from .engine import EngineCore, find_model
 from .errors import DeadlineExceeded, Disabled
+from .gc_heap import GcWatch
 from .metrics import Metrics
 from .settings import Settings
 
@@ -73,6 +74,7 @@ class EngineServer:
         self.core = EngineCore(settings, self.metrics)
         self.ready = False
         self.load_error: str | None = None
+        self.gc = GcWatch(self.metrics, freeze=settings.gc_freeze)
 
     async def load(self, verify_hashes: bool) -> None:
         try:
@@ -84,6 +86,7 @@ class EngineServer:
         self.ready = True
         self.metrics.ready.set(1)
         log.info("engine ready: %s", ", ".join(self.core.models))
+        self.gc.start()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One front-end connection: submit each frame's requests to the batchers at once, answer each
@@ -142,6 +145,7 @@ class EngineServer:
         # they give it, or it would be answered 503 while they still wait for it. A dead device drains nothing.
         failed = 0 if self.core.dead else await self.core.drain(self.settings.grace_s)
         server.close()
+        self.gc.close()
         await self.core.close()
         log.info("engine stopped (%d queued sequence(s) answered 503)", failed)
         return self.core.dead is not None

@@ -11,6 +11,7 @@ from pathlib import Path
 from .engine import EngineCore, find_model
 from .engine_client import EngineClient, RemoteQueue
 from .errors import NotReady, ShuttingDown
+from .gc_heap import GcWatch
 from .metrics import Metrics
 from .runner import InputEncoder, ModelRunner
 from .served import ServedModel
@@ -29,6 +30,7 @@ class AppState:
     load_error: str | None = None
     engine: EngineCore | None = None  # in-process forward passes
     client: EngineClient | None = None  # or the engine process's socket
+    gc: GcWatch | None = None  # from ready to close
 
     def check(self) -> None:
         """Readiness, the one truth behind /ready, /v1/models and work: raises ShuttingDown while draining
@@ -73,6 +75,8 @@ class AppState:
         self.ready = True
         self.metrics.ready.set(1)
         log.info("ready: %s", ", ".join(self.models))
+        self.gc = GcWatch(self.metrics, freeze=self.settings.gc_freeze)
+        self.gc.start()
 
     async def _load_here(self, runners: dict[str, ModelRunner] | None, verify_hashes: bool) -> None:
         self.engine = EngineCore(self.settings, self.metrics)
@@ -115,6 +119,8 @@ class AppState:
                  self.settings.grace_s)
 
     async def close(self) -> None:
+        if self.gc is not None:
+            self.gc.close()
         for queue in self.queues():
             await queue.stop()
         if self.engine is not None:
