@@ -41,17 +41,37 @@ def drive_body(port: int, body: str, connections: int, seconds: float) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def tiny_linear_export(work: Path) -> tuple[Path, Path]:
-    """A tiny random classifier with a linear head, exported twice: dhrd's layout and HF's (for the peer)."""
-    from .gpu import DHRD, build_backbone, sh, write_data
+def tiny_backbone(out: Path) -> Path:
+    """A random causal LM of the fixture's shape (2 layers, 64 wide) with the fixture's tokenizer."""
+    import shutil
 
-    backbone = build_backbone("tiny", work / "backbone", "cpu", 300)
-    data = write_data(work / "data")
+    import torch
+    from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM
+
+    fixture = AutoConfig.from_pretrained(TINY_EXPORT)
+    torch.manual_seed(0)
+    config = LlamaConfig(**{k: getattr(fixture, k) for k in ("vocab_size", "hidden_size", "intermediate_size",
+                                                             "num_hidden_layers", "num_attention_heads",
+                                                             "num_key_value_heads")},
+                         max_position_embeddings=2048, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    LlamaForCausalLM(config).save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(TINY_EXPORT / name, out / name)
+    return out
+
+
+def tiny_linear_export(work: Path) -> tuple[Path, Path]:
+    """A tiny random classifier with a linear head, exported twice: dhrd's layout and HF's (for the peer).
+    Trained two steps on CB's own train split (the weights do not change the speed)."""
+    backbone = tiny_backbone(work / "backbone")
     run, export, hf = work / "run", work / "export", work / "export-hf"
-    sh([*DHRD, "train", "--task", "cb", "--out", str(run), "--backbone", str(backbone), "--data-dir", str(data),
-        "--alpha", "0", "--head", "linear", "--max-steps", "2", "--eval-limit", "8", "--no-progress"], 600,
-       work / "train.log")
-    sh([*DHRD, "export", str(run), "--out", str(export), "--hf-seqcls", str(hf)], 600, work / "export.log")
+    dhrd = [sys.executable, "-m", "dhrd"]
+    for cmd, log in ((["train", "--task", "cb", "--out", str(run), "--backbone", str(backbone), "--alpha", "0",
+                       "--head", "linear", "--max-steps", "2", "--eval-limit", "8", "--precision", "fp32",
+                       "--no-progress"], "train.log"),
+                     (["export", str(run), "--out", str(export), "--hf-seqcls", str(hf)], "export.log")):
+        with (work / log).open("w") as out:
+            subprocess.run([*dhrd, *cmd], stdout=out, stderr=subprocess.STDOUT, timeout=600, check=True, cwd=REPO)
     return export, hf
 
 
