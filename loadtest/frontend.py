@@ -86,7 +86,11 @@ def gc_pauses(port: int) -> dict[str, float]:
     except httpx.HTTPError:
         return {}
     found = {}
-    for family in text_string_to_metric_families(text):
+    try:
+        families = list(text_string_to_metric_families(text))
+    except ValueError:  # not Prometheus text (the null server answers every path with its JSON)
+        return {}
+    for family in families:
         for s in family.samples:
             if s.name in ("dhrd_gc_collections_total", "dhrd_gc_pause_seconds_total"):
                 kind = "collections" if "collections" in s.name else "pause_s"
