@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from contract.model import resolve_dtype
+
 from . import REPO
 from .provenance import commit, machine
 from .servers import BIN, free_port, spawn_until_ready, start_peer, stop
@@ -168,7 +170,7 @@ def main() -> int:
               "dhrd_share_of_null_percent": round(100 * dhrd["req_per_s"] / max(null["req_per_s"], 1e-9), 1),
               "share_of_null_percent": {k: round(100 * v["req_per_s"] / max(null["req_per_s"], 1e-9), 1)
                                         for k, v in results.items()},
-              "infinity_emb": peer,
+              "infinity_emb": peer, "dtype_here": resolve_dtype("auto", "cpu"),
               "ratio_to_infinity": peer and {k: round(v["req_per_s"] / max(peer["req_per_s"], 1e-9), 2)
                                              for k, v in results.items()}}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -63,11 +63,16 @@ def start_server(export: Path, model: str, port: int, flags: list[str], log: Pat
     return spawn_until_ready(cmd, f"http://127.0.0.1:{port}/ready", log, timeout=900)  # --compile: minutes
 
 
-def start_peer(hf_dir: Path, port: int, log: Path, batch_size: int = PEER_BATCH) -> subprocess.Popen:
-    """infinity-emb (own venv, see loadtest/setup_peer.sh) serving the HF-layout export as 'peer'."""
+def start_peer(hf_dir: Path, port: int, log: Path, batch_size: int = PEER_BATCH, dtype: str = "auto") -> subprocess.Popen:
+    """infinity-emb (own venv, see loadtest/setup_peer.sh) serving the HF-layout export as 'peer', in the
+    dtype `dhrd serve --dtype auto` picks here: bf16 on a CPU without native bf16 would make the peer ~100x
+    slower for a reason that has nothing to do with its serving stack."""
+    from contract.model import resolve_dtype
+
+    dtype = resolve_dtype(dtype, "cpu")
     binary = REPO / ".venv-infinity" / "bin" / "infinity_emb"
     if not binary.exists():
         raise RuntimeError("the peer is not installed: run loadtest/setup_peer.sh")
     cmd = [str(binary), "v2", "--model-id", str(hf_dir), "--served-model-name", "peer", "--engine", "torch",
-           "--device", "cpu", "--dtype", "bfloat16", "--batch-size", str(batch_size), "--port", str(port)]
+           "--device", "cpu", "--dtype", dtype, "--batch-size", str(batch_size), "--port", str(port)]
     return spawn_until_ready(cmd, f"http://127.0.0.1:{port}/health", log)
