@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from multiprocessing.connection import wait
 from pathlib import Path
 
@@ -94,6 +95,16 @@ def frontend_main(parent: int, settings: Settings, socket_path: str, sock, log_l
     DrainingServer(config, app).run(sockets=[sock])
 
 
+def child_environment(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
+    """Variables the children need that the operator did not set. On a CPU, OMP_WAIT_POLICY=PASSIVE: an
+    OpenMP thread of the engine that has finished its share of a forward pass otherwise spins for its next
+    task, on the cores the front ends need; measured with --workers 2 on 2 cores, that tripled the engine's
+    CPU per request and halved the replica's throughput (BENCHMARKS.md, "engine CPU per request")."""
+    if settings.device == "cpu" and "OMP_WAIT_POLICY" not in environ:
+        return {"OMP_WAIT_POLICY": "PASSIVE"}
+    return {}
+
+
 def run(settings: Settings, log_level: str) -> int:
     """Bind the port, start the engine and the front ends, wait for a signal or a death, stop them in order.
     Returns the exit status: 0 after a signal, 1 if a child died, 3 if the port could not be bound."""
@@ -122,6 +133,7 @@ def run(settings: Settings, log_level: str) -> int:
     metrics_dir = runtime / "metrics"
     metrics_dir.mkdir()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)  # inherited by every child (spawned)
+    os.environ.update(child_environment(settings, os.environ))  # read by each child's OpenMP runtime as it loads
     ctx = multiprocessing.get_context("spawn")
     me = os.getpid()
     engine = ctx.Process(target=engine_main, name="dhrd-engine",

@@ -262,7 +262,7 @@ def test_dhrd_serve_with_workers_serves_reports_every_process_and_stops_cleanly(
     log = tmp_path / "serve.log"
     proc = subprocess.Popen([sys.executable, "-m", "dhrd", "serve", "--model", f"cb={FIXTURE}", "--port", str(port),
                              "--workers", "2", "--shutdown-grace-s", "2"], stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            stderr=subprocess.STDOUT, env={**without_omp_wait_policy(), "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
@@ -275,6 +275,9 @@ def test_dhrd_serve_with_workers_serves_reports_every_process_and_stops_cleanly(
         answers = [httpx.post(url + "/classify", json={"model": "cb", "input": PAIR}, timeout=10) for _ in range(8)]
         assert {a.status_code for a in answers} == {200}
         metrics = httpx.get(url + "/metrics", timeout=5).text
+        engine = int(re.search(r"one engine \(pid (\d+)\)", log.read_text()).group(1))
+        # the engine's idle OpenMP threads sleep instead of spinning on the front ends' cores
+        assert b"OMP_WAIT_POLICY=PASSIVE\0" in Path(f"/proc/{engine}/environ").read_bytes()
         # front-end series and engine series, summed over processes by any front end
         assert re.search(r'dhrd_requests_total\{endpoint="/classify",model="cb",status="200"\} 8\.0', metrics)
         assert re.search(r'dhrd_batch_size_count\{model="cb"\} [1-8]\.0', metrics)
@@ -286,6 +289,18 @@ def test_dhrd_serve_with_workers_serves_reports_every_process_and_stops_cleanly(
             proc.kill()
     text = log.read_text()
     assert "engine stopped" in text and "Traceback" not in text, text[-3000:]
+
+
+def without_omp_wait_policy() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+
+
+def test_children_on_a_cpu_get_a_passive_openmp_wait_policy_unless_the_operator_chose_one():
+    from service.supervisor import child_environment
+
+    assert child_environment(Settings(), {}) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert child_environment(Settings(), {"OMP_WAIT_POLICY": "ACTIVE"}) == {}
+    assert child_environment(Settings(device="cuda"), {}) == {}
 
 
 @pytest.mark.slow
