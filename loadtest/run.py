@@ -75,6 +75,8 @@ def run_scenarios(args: argparse.Namespace) -> list[dict]:
 
 
 def build_report(args: argparse.Namespace, results: list[dict]) -> dict:
+    from contract.model import resolve_dtype
+
     from .profile import profile
     from .roofline import roofline
 
@@ -83,12 +85,13 @@ def build_report(args: argparse.Namespace, results: list[dict]) -> dict:
     report = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": commit(), "machine": machine(),
               "command": shlex.join(["python", "-m", "loadtest.run", *sys.argv[1:]]),
               "export": str(args.export), "scenarios": results, "skipped": skipped,
+              "serving_dtype": resolve_dtype("auto", "cpu"),  # what `dhrd serve` (--dtype auto) ran in
               "tokens": args.tokens or "validation texts (mixed lengths)",
               "roofline": roofline(args.export, sorted({args.tokens or 64, 64, 128}),
                                    seconds=0.5 if args.smoke else 3.0),
               # forward passes alone, no HTTP and no client: the ceiling the service's overheads come off
               "forward_only": profile(args.export, args.tokens or 64, [1, 8, 16, 32],
-                                      seconds=0.3 if args.smoke else 3.0)}
+                                      seconds=0.3 if args.smoke else 3.0, dtype=resolve_dtype("auto", "cpu"))}
     report["summary"] = derive(report, args.tokens or 64)
     return report
 

@@ -14,6 +14,11 @@ def derive(report: dict, tokens: int) -> dict:
     if row:
         out["roofline_qps_bf16"] = row["roofline_qps_bfloat16"]
         out["percent_of_bf16_roofline"] = {n: round(100 * q / row["roofline_qps_bfloat16"], 2) for n, q in sat.items()}
+        # The ceiling of the dtype the service ran in (--dtype auto: float32 on a CPU without native bf16,
+        # where the bf16 "roofline" is an emulation's and says nothing about serving).
+        dtype = report.get("serving_dtype", "bfloat16")
+        out[f"percent_of_{dtype}_roofline"] = {n: round(100 * q / row[f"roofline_qps_{dtype}"], 2)
+                                               for n, q in sat.items()}
     forward = report.get("forward_only")
     if forward and base:
         best = max(r["sequences_per_s"] for r in forward["forward"])

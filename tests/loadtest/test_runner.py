@@ -33,6 +33,9 @@ def test_smoke_run_writes_json_markdown_and_plot(tiny_export, tmp_path):
     summary = report["summary"]
     assert set(summary["ratio_classify_to"]) == {"naive-unbatched", "cot-batched"}
     assert summary["percent_of_bf16_roofline"]["dhrd-batched"] >= 0  # tiny model: far below its roofline
+    # and against the ceiling of the dtype the service ran in (float32 where this CPU emulates bf16)
+    assert report["serving_dtype"] in ("bfloat16", "float32") and report["forward_only"]["dtype"] == report["serving_dtype"]
+    assert summary[f"percent_of_{report['serving_dtype']}_roofline"]["dhrd-batched"] >= 0
     # where the time goes: the service's own metrics per level, and forward passes alone
     level = report["scenarios"][0]["levels"][-1]
     assert 0 < level["forward_busy_percent"] <= 100 and level["handler_ms"] > 0 and level["mean_batch_size"] >= 1
