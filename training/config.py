@@ -55,7 +55,10 @@ class TrainConfig:
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on norms/biases)"})
     warmup_steps: int = field(default=5, metadata={"help": "linear warmup steps before cosine decay"})
     clip: float = field(default=1.0, metadata={"help": "gradient-norm clipping; 0 disables"})
-    precision: str = field(default="bf16", metadata={"help": "'bf16' autocast or 'fp32'"})
+    # "auto": bf16 autocast where the device runs bf16 natively (a GPU, a CPU with AVX-512 BF16 or AMX),
+    # fp32 elsewhere: an AVX2-only CPU emulates bf16 matmuls ~100x slower than fp32 (as `serve --dtype`).
+    precision: str = field(default="auto", metadata={"help": "'bf16' autocast, 'fp32', or 'auto' (bf16 where "
+                                                             "the device runs it natively, else fp32)"})
     seed: int = field(default=0, metadata={"help": "seed for init, shuffling and dropout"})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)"})
     # --- run behaviour ---------------------------------------------------------------------
@@ -87,7 +90,8 @@ class TrainConfig:
             (self.lm_span in ("all", "suffix"), f"lm_span must be 'all' or 'suffix', got {self.lm_span!r}"),
             (self.pooling in POOLING_MODES, f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}"),
             (self.head in HEAD_TYPES, f"head must be one of {HEAD_TYPES}, got {self.head!r}"),
-            (self.precision in ("bf16", "fp32"), f"precision must be 'bf16' or 'fp32', got {self.precision!r}"),
+            (self.precision in ("auto", "bf16", "fp32"),
+             f"precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}"),

@@ -19,7 +19,7 @@ from contract.tasks import Example, Task, TaskError, get_task
 
 from .config import TrainConfig
 from .data import Features, build_features, collate, holdout_part, load_examples, split_path
-from .evaluate import autocast, compute_metrics, predict_logits
+from .evaluate import autocast, compute_metrics, predict_logits, resolve_precision
 from .memory import peak_rss_mb, release_free_memory, rss_mb
 from .model import DualHeadModel, make_model
 from .run_dir import (LOG_FILE, SUMMARY_FILE, has_checkpoint, prepare_run_dir, resolve_backbone, restore_checkpoint,
@@ -211,6 +211,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """
     started = time.time()
     d = setup_distributed()
+    # 'auto' becomes what runs on this device before the config is written: config.json, a resume's
+    # comparison and evaluation from the run all see the precision really used.
+    cfg.precision = resolve_precision(cfg.precision, d.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)

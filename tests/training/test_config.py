@@ -61,3 +61,9 @@ def test_pooling_and_head_are_checked_against_the_contract():
         TrainConfig(task="cb", out="run", pooling="max")
     with pytest.raises(ValueError, match="head must be one of"):
         TrainConfig(task="cb", out="run", head="mlp3")
+
+
+def test_precision_defaults_to_auto_and_refuses_other_names():
+    assert config_from([]).precision == "auto"
+    with pytest.raises(ValueError, match="precision must be 'auto', 'bf16' or 'fp32'"):
+        TrainConfig(task="cb", out="run", precision="half")

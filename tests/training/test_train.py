@@ -284,3 +284,25 @@ def test_holdout_keeps_a_multirc_question_on_one_side(tmp_path, data_dir):
     held = {e.group for e in examples if is_held_out(cfg, task, e)}
     trained = {e.group for e in examples if not is_held_out(cfg, task, e)}
     assert held and trained and not held & trained
+
+
+def test_the_default_precision_is_what_this_cpu_runs_natively_and_the_run_records_it(trained_run):
+    """'auto' (the default) is bf16 autocast only where bf16 matmuls are native; an AVX2-only CPU emulates
+    them ~100x slower than fp32. config.json records the precision the run really used."""
+    from contract.model import native_bf16
+
+    config = json.loads((trained_run / "config.json").read_text())
+    assert config["precision"] == ("bf16" if native_bf16("cpu") else "fp32")
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_follows_the_device(monkeypatch, native, expected):
+    import torch
+
+    import training.evaluate as evaluate
+
+    monkeypatch.setattr(evaluate, "native_bf16", lambda device: native)
+    cpu = torch.device("cpu")
+    assert evaluate.resolve_precision("auto", cpu) == expected
+    assert evaluate.resolve_precision("fp32", cpu) == "fp32" and evaluate.resolve_precision("bf16", cpu) == "bf16"
+    assert isinstance(evaluate.autocast("auto", cpu), torch.autocast) == native
