@@ -92,11 +92,12 @@ def gc_pauses(port: int) -> dict[str, float]:
         families = list(text_string_to_metric_families(text))
     except ValueError:  # not Prometheus text (the null server answers every path with its JSON)
         return {}
+    kinds = {"dhrd_gc_collections_total": "collections", "dhrd_gc_pause_seconds_total": "pause_s"}
     for family in families:
         for s in family.samples:
-            if s.name in ("dhrd_gc_collections_total", "dhrd_gc_pause_seconds_total"):
-                kind = "collections" if "collections" in s.name else "pause_s"
-                found[f"gen{s.labels['generation']}_{kind}"] = found.get(f"gen{s.labels['generation']}_{kind}", 0) + s.value
+            if s.name in kinds:
+                key = f"gen{s.labels['generation']}_{kinds[s.name]}"
+                found[key] = found.get(key, 0) + s.value  # summed over processes' series
     return found
 
 

@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     compile: bool = Field(False, description="torch.compile the classifier (inductor, frozen weights); slower "
                                              "start-up, see BENCHMARKS.md for what it buys")
     # Freezing the start-up heap keeps the collector from walking it in every oldest-generation collection,
-    # a pause of tens of ms per collection on a loaded process (gc_heap.py; BENCHMARKS.md, the tail).
+    # ~200 ms per collection measured on a loaded process (gc_heap.py; BENCHMARKS.md, the tail).
     gc_freeze: bool = Field(True, description="freeze the start-up heap once ready, so cyclic garbage collections "
                                               "never walk it (shorter pauses)")
     cuda_graphs: bool = Field(True, description="on a CUDA device, capture the packed classifier as CUDA graphs "

@@ -10,7 +10,7 @@ import torch
 
 from contract.encoding import encode_input, ensure_pad_token
 from contract.metrics import compute_metrics, f1_binary  # noqa: F401  (re-exported)
-from contract.model import native_bf16, pad_batch
+from contract.model import pad_batch, resolve_dtype
 from contract.tasks import Example, Task
 
 from .data import load_examples
@@ -18,10 +18,11 @@ from .run_dir import EVAL_DIR, load_run_model
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' as 'bf16' where `device` runs bf16 matmuls natively, else 'fp32'; other values unchanged."""
+    """'auto' as 'bf16' where `device` runs bf16 matmuls natively, else 'fp32' (the rule `serve --dtype auto`
+    follows, `contract.model.resolve_dtype`); other values unchanged."""
     if precision != "auto":
         return precision
-    return "bf16" if native_bf16(device.type) else "fp32"
+    return {"bfloat16": "bf16", "float32": "fp32"}[resolve_dtype("auto", device.type)]
 
 
 def autocast(precision: str, device: torch.device):

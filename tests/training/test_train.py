@@ -301,7 +301,9 @@ def test_auto_precision_follows_the_device(monkeypatch, native, expected):
 
     import training.evaluate as evaluate
 
-    monkeypatch.setattr(evaluate, "native_bf16", lambda device: native)
+    import contract.model
+
+    monkeypatch.setattr(contract.model, "native_bf16", lambda device: native)
     cpu = torch.device("cpu")
     assert evaluate.resolve_precision("auto", cpu) == expected
     assert evaluate.resolve_precision("fp32", cpu) == "fp32" and evaluate.resolve_precision("bf16", cpu) == "bf16"
