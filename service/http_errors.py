@@ -95,24 +95,37 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        if exc.status_code == 400:  # FastAPI's "error parsing the body" (e.g. not UTF-8): as malformed JSON
-            count_rejection(request.scope, "invalid_input")
-            return error_response(422, "invalid_input", f"body could not be parsed as JSON: {exc.detail}", "body")
-        kind = {404: "not_found", 405: "method_not_allowed", 408: "timeout", 413: "too_large"}.get(exc.status_code,
-                                                                                                  "http_error")
-        count_rejection(request.scope, kind)
-        return error_response(exc.status_code, kind, str(exc.detail), "body" if exc.status_code == 413 else None,
-                              getattr(exc, "headers", None))
+        return http_exception_response(request.scope, exc)
 
     @app.exception_handler(ServiceError)
     async def _service(request: Request, exc: ServiceError):
-        count_rejection(request.scope, exc.kind)
-        return error_response(http_status(exc), exc.kind, exc.message, exc.field, http_headers(exc))
+        return service_error_response(request.scope, exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        # A bug or a failing model, not the caller's fault: a JSON 500 that does not leak internals.
         # Starlette logs the traceback after this answer is sent; the process stays up.
-        count_rejection(request.scope, "internal")
-        return error_response(500, "internal", f"internal error ({type(exc).__name__}); the request was not "
-                                               "completed and may be retried")
+        return unexpected_response(request.scope, exc)
+
+
+def http_exception_response(scope, exc: StarletteHTTPException) -> JSONResponse:
+    """The framework's own refusals (and BodyGuard's 408 and 413) in the one error shape, counted."""
+    if exc.status_code == 400:  # FastAPI's "error parsing the body" (e.g. not UTF-8): as malformed JSON
+        count_rejection(scope, "invalid_input")
+        return error_response(422, "invalid_input", f"body could not be parsed as JSON: {exc.detail}", "body")
+    kind = {404: "not_found", 405: "method_not_allowed", 408: "timeout", 413: "too_large"}.get(exc.status_code,
+                                                                                              "http_error")
+    count_rejection(scope, kind)
+    return error_response(exc.status_code, kind, str(exc.detail), "body" if exc.status_code == 413 else None,
+                          getattr(exc, "headers", None))
+
+
+def service_error_response(scope, exc: ServiceError) -> JSONResponse:
+    count_rejection(scope, exc.kind)
+    return error_response(http_status(exc), exc.kind, exc.message, exc.field, http_headers(exc))
+
+
+def unexpected_response(scope, exc: Exception) -> JSONResponse:
+    """A bug or a failing model, not the caller's fault: a JSON 500 that does not leak internals."""
+    count_rejection(scope, "internal")
+    return error_response(500, "internal", f"internal error ({type(exc).__name__}); the request was not "
+                                           "completed and may be retried")

@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     # ~200 ms per collection measured on a loaded process (gc_heap.py; BENCHMARKS.md, the tail).
     gc_freeze: bool = Field(True, description="freeze the start-up heap once ready, so cyclic garbage collections "
                                               "never walk it (shorter pauses)")
+    # FastAPI's request machinery cost more CPU per /classify request than the work (fast_path.py); the
+    # fast path answers valid bodies itself and leaves everything else to the FastAPI route.
+    fast_path: bool = Field(True, description="answer valid POST /classify bodies without FastAPI's request "
+                                              "machinery (same answers, less CPU); off: every request through it")
     cuda_graphs: bool = Field(True, description="on a CUDA device, capture the packed classifier as CUDA graphs "
                                                 "for total-token buckets at start-up; eager otherwise")
 
