@@ -64,19 +64,6 @@ class Metrics:
         # Across processes: the minimum, so 1 only when every live process (engine, front ends) is ready.
         self.ready = Gauge("dhrd_ready", "1 when every model is loaded and warm", registry=r,
                            multiprocess_mode="livemin")
-        self._request_children: dict[tuple[str, str, int], tuple] = {}
-
-    def observe_request(self, endpoint: str, model: str, status: int, seconds: float) -> None:
-        """One answered request, counted and timed. The labelled children are kept: `labels()` takes a
-        lock and checks its arguments on every call (~5 µs), and this runs once per request. The keys are
-        bounded: tracked endpoints, served model names (or "-") and status codes."""
-        key = (endpoint, model, status)
-        children = self._request_children.get(key)
-        if children is None:
-            children = self._request_children[key] = (self.requests.labels(endpoint, model, str(status)),
-                                                       self.request_duration.labels(endpoint, model))
-        children[0].inc()
-        children[1].observe(seconds)
 
 
 def exposition(metrics: Metrics) -> bytes:

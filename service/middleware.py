@@ -23,6 +23,10 @@ class Observe:
 
     def __init__(self, app):
         self.app = app
+        # The labelled children, kept: `labels()` takes a lock and checks its arguments on every call
+        # (~5 µs). Bounded keys: tracked paths, served model names (or "-") and status codes.
+        self._children: dict[tuple[str, str, int], tuple] = {}
+        self._metrics = None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -43,15 +47,22 @@ class Observe:
         finally:
             self._record(scope, status, time.perf_counter() - started)
 
-    @staticmethod
-    def _record(scope, status: int, seconds: float) -> None:
+    def _record(self, scope, status: int, seconds: float) -> None:
         path = scope["path"] if scope["path"] in TRACKED_PATHS else "other"
         app_state = getattr(scope.get("app"), "state", None)
         state = getattr(app_state, "dhrd", None)
         if state is None or path in ("/metrics", "/health"):
             return
         model = (scope.get("state") or {}).get("model", "-")
-        state.metrics.observe_request(path, model, status, seconds)
+        if state.metrics is not self._metrics:  # a new lifespan (tests run several per app)
+            self._children, self._metrics = {}, state.metrics
+        key = (path, model, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (state.metrics.requests.labels(path, model, str(status)),
+                                              state.metrics.request_duration.labels(path, model))
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 def _draining(scope) -> bool:
