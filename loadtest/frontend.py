@@ -4,6 +4,11 @@ fixed JSON answer) serves to the same raw keep-alive client, in one run.
 
     .venv/bin/python -m loadtest.frontend                      # writes loadtest/results/frontend/
     .venv/bin/python -m loadtest.frontend --peer               # + infinity-emb on the same tiny model
+    .venv/bin/python -m loadtest.frontend --stub-forward       # + dhrd with its forward pass stubbed out
+
+On a CPU without native bf16 the "tiny" model's forward pass is not free (fp32, ~0.5 ms a sequence at 76
+tokens on the 2-core VM): `--stub-forward` also runs `dhrd serve` with fixed probabilities in place of
+the forward pass (loadtest/stub_serve.py), the front end alone against the null server.
 
 With `--peer` the tiny model is a fresh random one with a linear head (what infinity-emb can serve, in
 the HF *ForSequenceClassification layout), and dhrd serves the same classifier from its export.
@@ -128,6 +133,8 @@ def main() -> int:
                              "'workers-2=--workers 2'")
     parser.add_argument("--peer", action="store_true", help="also infinity-emb (loadtest/setup_peer.sh) on the same "
                                                                "tiny model; implies a fresh tiny linear-head export")
+    parser.add_argument("--stub-forward", action="store_true", help="also dhrd serve (one process) with its forward "
+                                                                       "pass replaced by fixed probabilities")
     parser.add_argument("--out", type=Path, default=REPO / "loadtest" / "results" / "frontend")
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="dhrd-frontend-"))
@@ -146,6 +153,14 @@ def main() -> int:
                                                        "--port", str(port), *args.flags.split(), *extra.split(),
                                                        "--log-level", "warning"], "/ready", port,
                                 args.connections, args.seconds, logs / f"dhrd-{name}.log")
+    if args.stub_forward:
+        port = free_port()
+        results["one-process-stub-forward"] = measure(
+            "dhrd-tiny one-process-stub-forward", [sys.executable, "-m", "loadtest.stub_serve", "serve", "--model",
+                                                   f"cb={args.export}", "--port", str(port), *args.flags.split(),
+                                                   "--log-level", "warning"], "/ready", port,
+            args.connections, args.seconds, logs / "dhrd-stub.log")
+        variants["one-process-stub-forward"] = "(forward pass stubbed: loadtest/stub_serve.py)"
     dhrd = results["one-process"]
     peer = None
     if hf is not None:
