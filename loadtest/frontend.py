@@ -133,7 +133,7 @@ def main() -> int:
                              "'workers-2=--workers 2'")
     parser.add_argument("--peer", action="store_true", help="also infinity-emb (loadtest/setup_peer.sh) on the same "
                                                                "tiny model; implies a fresh tiny linear-head export")
-    parser.add_argument("--stub-forward", action="store_true", help="also dhrd serve (one process) with its forward "
+    parser.add_argument("--stub-forward", action="store_true", help="also each one-process variant with its forward "
                                                                        "pass replaced by fixed probabilities")
     parser.add_argument("--out", type=Path, default=REPO / "loadtest" / "results" / "frontend")
     args = parser.parse_args()
@@ -153,14 +153,14 @@ def main() -> int:
                                                        "--port", str(port), *args.flags.split(), *extra.split(),
                                                        "--log-level", "warning"], "/ready", port,
                                 args.connections, args.seconds, logs / f"dhrd-{name}.log")
-    if args.stub_forward:
-        port = free_port()
-        results["one-process-stub-forward"] = measure(
-            "dhrd-tiny one-process-stub-forward", [sys.executable, "-m", "loadtest.stub_serve", "serve", "--model",
-                                                   f"cb={args.export}", "--port", str(port), *args.flags.split(),
-                                                   "--log-level", "warning"], "/ready", port,
-            args.connections, args.seconds, logs / "dhrd-stub.log")
-        variants["one-process-stub-forward"] = "(forward pass stubbed: loadtest/stub_serve.py)"
+    if args.stub_forward:  # each one-process variant again, its forward pass stubbed (--workers cannot be)
+        for name, extra in [(n, e) for n, e in variants.items() if "--workers" not in e]:
+            port, stub = free_port(), f"{name}-stub-forward"
+            results[stub] = measure(f"dhrd-tiny {stub}", [sys.executable, "-m", "loadtest.stub_serve", "serve",
+                                                         "--model", f"cb={args.export}", "--port", str(port),
+                                                         *args.flags.split(), *extra.split(), "--log-level", "warning"],
+                                    "/ready", port, args.connections, args.seconds, logs / f"dhrd-{stub}.log")
+            variants[stub] = f"{extra} (forward pass stubbed: loadtest/stub_serve.py)".strip()
     dhrd = results["one-process"]
     peer = None
     if hf is not None:
