@@ -133,6 +133,8 @@ def main() -> int:
                              "'workers-2=--workers 2'")
     parser.add_argument("--peer", action="store_true", help="also infinity-emb (loadtest/setup_peer.sh) on the same "
                                                                "tiny model; implies a fresh tiny linear-head export")
+    parser.add_argument("--log-level", default="warning", help="dhrd serve's log level (info: uvicorn's access log "
+                                                                  "writes a line per request unless --no-access-log)")
     parser.add_argument("--stub-forward", action="store_true", help="also each one-process variant with its forward "
                                                                        "pass replaced by fixed probabilities")
     parser.add_argument("--out", type=Path, default=REPO / "loadtest" / "results" / "frontend")
@@ -151,14 +153,14 @@ def main() -> int:
         port = free_port()
         results[name] = measure(f"dhrd-tiny {name}", [str(BIN / "dhrd"), "serve", "--model", f"cb={args.export}",
                                                        "--port", str(port), *args.flags.split(), *extra.split(),
-                                                       "--log-level", "warning"], "/ready", port,
+                                                       "--log-level", args.log_level], "/ready", port,
                                 args.connections, args.seconds, logs / f"dhrd-{name}.log")
     if args.stub_forward:  # each one-process variant again, its forward pass stubbed (--workers cannot be)
         for name, extra in [(n, e) for n, e in variants.items() if "--workers" not in e]:
             port, stub = free_port(), f"{name}-stub-forward"
             results[stub] = measure(f"dhrd-tiny {stub}", [sys.executable, "-m", "loadtest.stub_serve", "serve",
                                                          "--model", f"cb={args.export}", "--port", str(port),
-                                                         *args.flags.split(), *extra.split(), "--log-level", "warning"],
+                                                         *args.flags.split(), *extra.split(), "--log-level", args.log_level],
                                     "/ready", port, args.connections, args.seconds, logs / f"dhrd-{stub}.log")
             variants[stub] = f"{extra} (forward pass stubbed: loadtest/stub_serve.py)".strip()
     dhrd = results["one-process"]
@@ -178,7 +180,7 @@ def main() -> int:
         print(f"[frontend] infinity-emb: {json.dumps(peer)}", flush=True)
     report = {"machine": machine(), "commit": commit(), "date": time.strftime("%Y-%m-%d"),
               "command": "python -m loadtest.frontend " + " ".join(sys.argv[1:]), "connections": args.connections,
-              "seconds": args.seconds, "serve_flags": args.flags,
+              "seconds": args.seconds, "serve_flags": args.flags, "log_level": args.log_level,
               "export": str(args.export.resolve().relative_to(REPO)) if args.export.resolve().is_relative_to(REPO)
               else "a fresh tiny export (--peer)" if args.peer else str(args.export),
               "null_server": null, "dhrd": dhrd, "variants": {k: {"extra_flags": variants[k], **v}

@@ -64,7 +64,7 @@ def serve(args: argparse.Namespace) -> None:
     from .connections import uvicorn_options
 
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level,
-                            **uvicorn_options(settings),
+                            **uvicorn_options(settings, app),
                             # uvicorn's own cut-off comes after ours, so what we could not finish is answered 503
                             timeout_graceful_shutdown=settings.grace_s + 10)
     server = DrainingServer(config, app)

@@ -13,13 +13,15 @@ only the slower h11 parser reads):
 - request line and headers over `max_header_bytes`: JSON 431, and the connection is closed;
 - past `max_connections` open connections, a request gets a JSON 503 with `Retry-After` (uvicorn's
   own `limit_concurrency` answers plain text; it is left off and this takes its place).
-Every answer here closes the connection (`connection: close`).
+Every answer here closes the connection (`connection: close`), and is counted in
+`dhrd_rejected_requests_total` under its error type (`timeout`, `too_large`, `overloaded`), as the app's
+own refusals are.
 """
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, Callable
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -38,7 +40,8 @@ def error_bytes(status: int, kind: str, message: str, field: str | None = None,
 
 
 async def _over_capacity(scope, receive, send) -> None:
-    """The ASGI answer past `max_connections` (what uvicorn's `service_unavailable` does, as JSON)."""
+    """The ASGI answer past `max_connections` (what uvicorn's `service_unavailable` does, as JSON); the
+    protocol counts it."""
     head, _, body = error_bytes(503, "overloaded", "too many open connections; retry later",
                                 headers={"retry-after": "1"}).partition(b"\r\n\r\n")
     headers = [tuple(line.split(b": ", 1)) for line in head.split(b"\r\n")[1:]]
@@ -53,6 +56,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout_s: float = 10.0
     max_header_bytes: int = 65536
     max_connections: int | None = None
+    # Counts a refusal by its error type (the app's metrics, once its lifespan has started).
+    on_refusal: Callable[[str], None] = staticmethod(lambda kind: None)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -71,12 +76,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._header_timer.cancel()
             self._header_timer = None
 
-    def _refuse(self, answer: bytes | None) -> None:
+    def _refuse(self, answer: bytes | None, kind: str | None = None) -> None:
+        """Close the connection, after writing `answer` (a refusal of type `kind`, counted) if given."""
         self._cancel_timer()
         self._in_headers = False
         if not self.transport.is_closing():
             if answer is not None:
                 self.transport.write(answer)
+                self.on_refusal(kind or "http_error")
             self.transport.close()
 
     def _headers_too_slow(self) -> None:
@@ -85,7 +92,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(None)
         else:
             self._refuse(error_bytes(408, "timeout", f"request headers not received within "
-                                                     f"{self.header_timeout_s:g} s", "headers"))
+                                                     f"{self.header_timeout_s:g} s", "headers"), "timeout")
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -95,7 +102,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._header_bytes += len(data)
             if self._header_bytes > self.max_header_bytes:
                 self._refuse(error_bytes(431, "too_large", f"request line and headers are over the limit of "
-                                                           f"{self.max_header_bytes} bytes", "headers"))
+                                                           f"{self.max_header_bytes} bytes", "headers"), "too_large")
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -107,6 +114,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_timer()
         cap = self.max_connections
         if cap is not None and (len(self.connections) >= cap or len(self.tasks) >= cap):
+            self.on_refusal("overloaded")
             app, self.app = self.app, _over_capacity  # this request only: the app is chosen here, once
             try:
                 super().on_headers_complete()
@@ -126,13 +134,21 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
 
-def protocol_class(settings: Settings) -> type[GuardedHttpToolsProtocol]:
-    """The guarded protocol with the settings' limits."""
-    return type("DHRDHttpProtocol", (GuardedHttpToolsProtocol,), {
-        "header_timeout_s": settings.header_timeout_s, "max_header_bytes": settings.max_header_bytes,
-        "max_connections": settings.max_connections})
+def protocol_class(settings: Settings, on_refusal: Callable[[str], None] | None = None
+                   ) -> type[GuardedHttpToolsProtocol]:
+    """The guarded protocol with the settings' limits, counting its refusals with `on_refusal(kind)`."""
+    attributes: dict[str, Any] = {"header_timeout_s": settings.header_timeout_s,
+                                  "max_header_bytes": settings.max_header_bytes,
+                                  "max_connections": settings.max_connections}
+    if on_refusal is not None:
+        attributes["on_refusal"] = staticmethod(on_refusal)
+    return type("DHRDHttpProtocol", (GuardedHttpToolsProtocol,), attributes)
 
 
-def uvicorn_options(settings: Settings) -> dict[str, Any]:
-    """What `uvicorn.Config` takes from the settings at the connection level (one place for every process)."""
-    return {"http": protocol_class(settings), "limit_concurrency": None}
+def uvicorn_options(settings: Settings, app=None) -> dict[str, Any]:
+    """What `uvicorn.Config` takes from the settings at the connection level (one place for every process);
+    with `app`, the protocol's refusals are counted on its metrics, as its own are (http_errors)."""
+    from .http_errors import count_rejection
+
+    on_refusal = None if app is None else (lambda kind: count_rejection({"app": app}, kind))
+    return {"http": protocol_class(settings, on_refusal), "limit_concurrency": None, "access_log": settings.access_log}

@@ -23,7 +23,8 @@ class Metrics:
         r = self.registry
         self.requests = Counter("dhrd_requests_total", "HTTP requests by endpoint, model and status code",
                                 ["endpoint", "model", "status"], registry=r)
-        # Counted once, where an error becomes an HTTP answer (http_errors.count_rejection); reason = error type.
+        # Counted once, where an error becomes an HTTP answer (http_errors.count_rejection, also for the
+        # connection-level 408/431/503 of connections.py); reason = error type.
         self.rejected = Counter("dhrd_rejected_requests_total", "Requests answered with an error, by error type",
                                 ["reason"], registry=r)
         # Sequences the batcher skipped before a forward pass (their request is answered, and counted, above).

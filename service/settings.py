@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(10.0, gt=0, description="a request's headers must arrive within this "
                                     "many seconds of the connection opening or of the previous answer "
                                     "(idle: closed; partial: 408)")
+    # uvicorn's default, kept: one line per request at --log-level info. At thousands of requests a second
+    # that is a flood for the log pipeline and a share of each front end's CPU (BENCHMARKS.md).
+    access_log: bool = Field(True, description="log one line per HTTP request (uvicorn's access log)")
     max_header_bytes: int = Field(65536, ge=1024, description="request line and headers larger -> 431")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="no CORS unless origins are listed")
 

@@ -90,7 +90,7 @@ def frontend_main(parent: int, settings: Settings, socket_path: str, sock, log_l
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s[front]: %(message)s")
     app = create_app(settings, hashes_checked=True, engine_socket=socket_path, ready_before_serving=replacement)
-    config = uvicorn.Config(app, log_level=log_level, **uvicorn_options(settings),
+    config = uvicorn.Config(app, log_level=log_level, **uvicorn_options(settings, app),
                             timeout_graceful_shutdown=settings.grace_s + 10)
     DrainingServer(config, app).run(sockets=[sock])
 

@@ -504,7 +504,8 @@ def test_huge_inputs_do_not_stall_health_or_other_requests():
 # --- issue 23, item 7: idle or slow connections, and huge headers, at the connection level -----------------
 def test_idle_connections_are_closed_and_huge_or_slow_headers_get_json(tmp_path):
     """With --max-connections 16, 20 connections that send nothing used to make every request get uvicorn's
-    plain-text 503 forever, and a 100 MB header was read into memory without a limit."""
+    plain-text 503 forever, and a 100 MB header was read into memory without a limit. Each refusal is
+    counted in dhrd_rejected_requests_total (they were not, before)."""
     import json
     import socket
     import subprocess
@@ -570,6 +571,15 @@ def test_idle_connections_are_closed_and_huge_or_slow_headers_get_json(tmp_path)
             while chunk := sock.recv(65536):
                 data += chunk
         assert data.count(b"HTTP/1.1 200 OK") == 3, data
+
+        # Each refusal above is counted by its error type, as the app's own refusals are.
+        import httpx
+        from prometheus_client.parser import text_string_to_metric_families
+
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        rejected = {s.labels["reason"]: s.value for f in text_string_to_metric_families(metrics)
+                    for s in f.samples if s.name == "dhrd_rejected_requests_total"}
+        assert rejected == {"overloaded": 1, "too_large": 1, "timeout": 1}, rejected
     finally:
         stop(proc, timeout=30)
 

@@ -125,3 +125,13 @@ def test_dtype_auto_is_bfloat16_only_where_the_device_runs_it_natively(monkeypat
     assert model.resolve_dtype("float32", "cpu") == "float32" and model.resolve_dtype("bfloat16", "cpu") == "bfloat16"
     with pytest.raises(ValueError, match="dtype must be"):
         model.resolve_dtype("fp8", "cpu")
+
+
+def test_the_access_log_and_the_fast_path_can_be_turned_off_and_uvicorn_is_told():
+    from service.connections import uvicorn_options
+
+    on = settings_from_args(build_parser().parse_args(["serve", "--model", "cb=exports/cb"]))
+    off = settings_from_args(build_parser().parse_args(["serve", "--model", "cb=exports/cb", "--no-access-log",
+                                                        "--no-fast-path"]))
+    assert (on.access_log, on.fast_path) == (True, True) and (off.access_log, off.fast_path) == (False, False)
+    assert uvicorn_options(on)["access_log"] is True and uvicorn_options(off)["access_log"] is False
