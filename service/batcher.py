@@ -54,6 +54,12 @@ class _Pending:
     queued: bool = True  # counts against max_queue until taken for a batch or finished
 
 
+def budget_tokens(count: int, longest: int, real: int, packed: bool) -> int:
+    """What a pass of `count` sequences costs as max_batch_tokens counts it: its `real` tokens when passes
+    are packed, count x longest when padded. The one rule for cutting batches and for dhrd_batch_tokens."""
+    return real if packed else count * longest
+
+
 class Batcher:
     def __init__(self, name: str, predict: PredictFn, config: BatchConfig, executor: Executor, metrics: Metrics,
                  launch: LaunchFn | None = None, finisher: Executor | None = None,
@@ -241,10 +247,10 @@ class Batcher:
         return live
 
     def _budget_tokens(self, batch: list[_Pending]) -> int:
-        """A batch's tokens as max_batch_tokens counts them: the real tokens a packed pass computes, or
-        count x longest for a padded one (a graph replay's bucket tail is in dhrd_computed_tokens_total)."""
+        """A batch's tokens as max_batch_tokens counts them (a graph replay's bucket tail is in
+        dhrd_computed_tokens_total)."""
         lengths = [len(p.payload) for p in batch]
-        return sum(lengths) if self.config.packed else len(lengths) * max(lengths)
+        return budget_tokens(len(lengths), max(lengths), sum(lengths), self.config.packed)
 
     def _cut(self, items: list[_Pending]) -> list[list[_Pending]]:
         """Sort by length (less padding) and split so each batch stays under max_batch_tokens: real tokens
@@ -254,8 +260,7 @@ class Batcher:
         real = 0
         for item in sorted(items, key=lambda p: len(p.payload)):
             n = len(item.payload)
-            # sorted: this one is the longest so far
-            tokens = real + n if self.config.packed else n * (len(current) + 1)
+            tokens = budget_tokens(len(current) + 1, n, real + n, self.config.packed)  # sorted: n is the longest
             if current and tokens > self.config.max_batch_tokens:
                 batches.append(current)
                 current, real = [], 0
