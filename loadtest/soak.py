@@ -156,7 +156,7 @@ def main() -> int:
                                                                 vars(args).items() if k != "out"),
               "serve_flags": flags, "mix": MIX, "rows": rows, "ready_after_soak": alive,
               "sigterm": shutdown, "exit_code": exit_code}
-    stem = f"{report['date']}-{report['machine']['node']}"
+    stem = f"{report['date']}-{time.strftime('%H%M')}-{report['machine']['node']}"  # a later run never overwrites an earlier one
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / f"{stem}.md").write_text(markdown(report))
     print(markdown(report))
