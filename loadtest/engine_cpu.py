@@ -5,6 +5,7 @@ overhead (IPC frames, pickling, batching) shows. Needs a quiet machine for numbe
 
     python -m loadtest.engine_cpu --requests 2000 --connections 16
     python -m loadtest.engine_cpu --workers 2 --flags "" --hog 1     # torch's default threads, a busy neighbour
+    python -m loadtest.engine_cpu --workers 2 --stub-forward         # the engine's own work: IPC, batching
 prints one JSON line, with the front ends' CPU per request beside the engine's.
 """
 from __future__ import annotations
@@ -75,10 +76,10 @@ def hogs(n: int) -> list[subprocess.Popen]:
 
 
 def measure(export: Path, workers: int, requests: int, connections: int, warmup: int, flags: list[str],
-            hog: int = 0) -> dict:
+            hog: int = 0, stub_forward: bool = False) -> dict:
     port = free_port()
     log = Path(tempfile.mkdtemp(prefix="engine-cpu-")) / "serve.log"
-    cmd = [sys.executable, "-m", "dhrd", "serve", "--model", f"cb={export}", "--port", str(port), "--workers",
+    cmd = [sys.executable, "-m", "loadtest.stub_serve" if stub_forward else "dhrd", "serve", "--model", f"cb={export}", "--port", str(port), "--workers",
            str(workers), "--dtype", "float32", "--log-level", "info", *flags]
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
@@ -103,7 +104,8 @@ def measure(export: Path, workers: int, requests: int, connections: int, warmup:
             "front_end_cpu_us_per_request": round(sum(front_cpu) / requests * 1e6, 1),
             "front_end_cpu_s": [round(c, 3) for c in front_cpu], "req_per_s": round(requests / wall, 1),
             "requests": requests, "connections": connections, "workers": workers, "wall_s": round(wall, 2),
-            "hog_processes": hog, "flags": flags, "statuses": statuses, "commit": _commit()}
+            "hog_processes": hog, "flags": flags, "stub_forward": stub_forward, "statuses": statuses,
+            "commit": _commit()}
 
 
 def _commit() -> str:
@@ -123,11 +125,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--flags", default="--threads 1", help="more `dhrd serve` flags (default: %(default)s)")
     parser.add_argument("--hog", type=int, default=0, help="CPU-burning processes run beside it while measuring "
                                                            "(contention; default: none)")
+    parser.add_argument("--stub-forward", action="store_true", help="fixed probabilities in place of the forward "
+                                                                   "pass (loadtest/stub_serve.py): the engine's own "
+                                                                   "work per request, IPC and batching")
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be >= 1: with 0 there is no engine process to measure")
     print(json.dumps(measure(args.export, args.workers, args.requests, args.connections, args.warmup,
-                             args.flags.split(), args.hog)))
+                             args.flags.split(), args.hog, args.stub_forward)))
 
 
 if __name__ == "__main__":

@@ -135,8 +135,8 @@ def main() -> int:
                                                                "tiny model; implies a fresh tiny linear-head export")
     parser.add_argument("--log-level", default="warning", help="dhrd serve's log level (info: uvicorn's access log "
                                                                   "writes a line per request unless --no-access-log)")
-    parser.add_argument("--stub-forward", action="store_true", help="also each one-process variant with its forward "
-                                                                       "pass replaced by fixed probabilities")
+    parser.add_argument("--stub-forward", action="store_true", help="also each variant with its forward pass "
+                                                                       "replaced by fixed probabilities")
     parser.add_argument("--out", type=Path, default=REPO / "loadtest" / "results" / "frontend")
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="dhrd-frontend-"))
@@ -155,8 +155,8 @@ def main() -> int:
                                                        "--port", str(port), *args.flags.split(), *extra.split(),
                                                        "--log-level", args.log_level], "/ready", port,
                                 args.connections, args.seconds, logs / f"dhrd-{name}.log")
-    if args.stub_forward:  # each one-process variant again, its forward pass stubbed (--workers cannot be)
-        for name, extra in [(n, e) for n, e in variants.items() if "--workers" not in e]:
+    if args.stub_forward:  # each variant again, its forward pass stubbed (in the engine process too)
+        for name, extra in list(variants.items()):
             port, stub = free_port(), f"{name}-stub-forward"
             results[stub] = measure(f"dhrd-tiny {stub}", [sys.executable, "-m", "loadtest.stub_serve", "serve",
                                                          "--model", f"cb={args.export}", "--port", str(port),
