@@ -94,7 +94,7 @@ class Batcher:
         self._batch_seconds = 0.05
         self._sequence_seconds = 0.0
         self._passes = 0
-        self._depth = metrics.queue_depth.labels(name)  # set twice per sequence: keep the child (~5 µs a lookup)
+        self._depth = metrics.queue_depth.labels(name)  # set twice per sequence: keep the child, not a lookup each
 
     # --- handler side -----------------------------------------------------------------------
     def submit(self, sequences: Sequence[Sized], deadline: float) -> list[asyncio.Future]:

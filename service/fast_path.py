@@ -2,10 +2,11 @@
 valid request; everything else goes on to the FastAPI route, which answers exactly as before.
 
 Why: FastAPI's request machinery (routing, dependency solving, its exception, body-limit and telemetry
-middleware, the Request object, `model_construct` for the answer) cost ~560 µs of CPU per request on
-the 2-core VM, more than the work itself (~240 µs: tokenising and the queue round trip). A front end's
-CPU per request is what caps HTTP throughput where the forward pass is cheap: four front ends at 800 µs
-each serve at most ~5,000 req/s, the GPU target itself. TEI's router and vLLM's API server likewise keep
+middleware, the Request object, `model_construct` for the answer) cost ~430 µs of CPU per request on
+the 2-core VM, more than the work itself (~225 µs: tokenising and the queue round trip; measured by
+`python -m loadtest.asgi_cost`, BENCHMARKS.md). A front end's CPU per request is what caps HTTP
+throughput where the forward pass is cheap: four front ends at ~660 µs each serve at most ~6,000 req/s,
+near the GPU target itself. TEI's router and vLLM's API server likewise keep
 the hot endpoint's path short.
 
 Behaviour is the same by construction, not by imitation:

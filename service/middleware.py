@@ -23,8 +23,8 @@ class Observe:
 
     def __init__(self, app):
         self.app = app
-        # The labelled children, kept: `labels()` takes a lock and checks its arguments on every call
-        # (~5 µs). Bounded keys: tracked paths, served model names (or "-") and status codes.
+        # The labelled children, kept: `labels()` takes a lock and checks its arguments on every call.
+        # Bounded keys: tracked paths, served model names (or "-") and status codes.
         self._children: dict[tuple[str, str, int], tuple] = {}
         self._metrics = None
 
