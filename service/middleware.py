@@ -139,8 +139,8 @@ class BodyGuard:
             if body_done:  # after the body, the next message is the disconnect: wait for it as long as needed
                 return await receive()
             try:
-                # asyncio.timeout, not wait_for: wait_for wraps the receive in a task of its own, a
-                # measurable share of a request's CPU; a timer handle costs less.
+                # asyncio.timeout, not wait_for: wait_for wraps each receive in a task of its own, where a
+                # timer handle is all a deadline needs.
                 async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                     message = await receive()
             except TimeoutError:
