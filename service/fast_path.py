@@ -44,13 +44,8 @@ class FastClassify:
         state = _serving_state(scope)
         if state is None or scope["method"] != "POST" or scope["path"] not in PATHS or not _json_body(scope):
             return await self.app(scope, receive, send)
-        messages = []
         try:
-            while True:
-                message = await receive()
-                messages.append(message)
-                if message["type"] != "http.request" or not message.get("more_body", False):
-                    break
+            messages = await _read_body(receive)
         except HTTPException as exc:  # the body guard: too large (413) or too slow (408)
             return await http_exception_response(scope, exc)(scope, receive, send)
         if messages[-1]["type"] != "http.request":  # the client left mid-body: FastAPI's way, as before
@@ -67,6 +62,16 @@ class FastClassify:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [*JSON_HEADERS, (b"content-length", str(len(answer)).encode())]})
         await send({"type": "http.response.body", "body": answer})
+
+
+async def _read_body(receive) -> list[dict]:
+    """The request's messages up to the body's last one, or up to a disconnect."""
+    messages = []
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return messages
 
 
 def _serving_state(scope):
