@@ -6,6 +6,7 @@ overhead (IPC frames, pickling, batching) shows. Needs a quiet machine for numbe
     python -m loadtest.engine_cpu --requests 2000 --connections 16
     python -m loadtest.engine_cpu --workers 2 --flags "" --hog 1     # torch's default threads, a busy neighbour
     python -m loadtest.engine_cpu --workers 2 --stub-forward         # the engine's own work: IPC, batching
+    python -m loadtest.engine_cpu --workers 2 --stub-forward --raw-seconds 15   # ... at the raw client's rates
 prints one JSON line, with the front ends' CPU per request beside the engine's.
 """
 from __future__ import annotations
@@ -62,6 +63,18 @@ async def send(url: str, requests: int, connections: int) -> dict[int, int]:
     return statuses
 
 
+def raw_load(port: int, connections: int, seconds: float) -> tuple[dict[str, int], int]:
+    """The raw keep-alive client (loadtest/rawclient.py, its own process) for `seconds`, no warm-up of its
+    own: rates the httpx client cannot reach. Returns its status counts and how many requests it sent."""
+    out = subprocess.run([sys.executable, "-m", "loadtest.rawclient", "--port", str(port), "--body", json.dumps(BODY),
+                          "--connections", str(connections), "--seconds", str(seconds), "--warmup", "0"],
+                         capture_output=True, text=True, timeout=seconds + 120, cwd=REPO)
+    if out.returncode != 0:
+        raise RuntimeError(f"rawclient failed: {out.stderr[-1000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return result["statuses"], result["requests"]
+
+
 def children(pid: int) -> list[int]:
     """Direct children of `pid` (the supervisor's: the engine and the front ends)."""
     found = []
@@ -76,7 +89,7 @@ def hogs(n: int) -> list[subprocess.Popen]:
 
 
 def measure(export: Path, workers: int, requests: int, connections: int, warmup: int, flags: list[str],
-            hog: int = 0, stub_forward: bool = False) -> dict:
+            hog: int = 0, stub_forward: bool = False, raw_seconds: float = 0.0) -> dict:
     port = free_port()
     log = Path(tempfile.mkdtemp(prefix="engine-cpu-")) / "serve.log"
     cmd = [sys.executable, "-m", "loadtest.stub_serve" if stub_forward else "dhrd", "serve", "--model", f"cb={export}", "--port", str(port), "--workers",
@@ -92,7 +105,10 @@ def measure(export: Path, workers: int, requests: int, connections: int, warmup:
         burners = hogs(hog)
         try:
             cpu0, front0, wall0 = cpu_seconds(pid), [cpu_seconds(f) for f in front], time.perf_counter()
-            statuses = asyncio.run(send(url, requests, connections))
+            if raw_seconds:
+                statuses, requests = raw_load(port, connections, raw_seconds)
+            else:
+                statuses = asyncio.run(send(url, requests, connections))
             cpu, wall = cpu_seconds(pid) - cpu0, time.perf_counter() - wall0
             front_cpu = [cpu_seconds(f) - c for f, c in zip(front, front0)]
         finally:
@@ -104,7 +120,8 @@ def measure(export: Path, workers: int, requests: int, connections: int, warmup:
             "front_end_cpu_us_per_request": round(sum(front_cpu) / requests * 1e6, 1),
             "front_end_cpu_s": [round(c, 3) for c in front_cpu], "req_per_s": round(requests / wall, 1),
             "requests": requests, "connections": connections, "workers": workers, "wall_s": round(wall, 2),
-            "hog_processes": hog, "flags": flags, "stub_forward": stub_forward, "statuses": statuses,
+            "hog_processes": hog, "flags": flags, "stub_forward": stub_forward,
+            "client": f"raw, {raw_seconds:g} s" if raw_seconds else "httpx", "statuses": statuses,
             "commit": _commit()}
 
 
@@ -128,11 +145,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stub-forward", action="store_true", help="fixed probabilities in place of the forward "
                                                                    "pass (loadtest/stub_serve.py): the engine's own "
                                                                    "work per request, IPC and batching")
+    parser.add_argument("--raw-seconds", type=float, default=0.0, help="drive it with the raw keep-alive client for "
+                                                                       "this many seconds instead of --requests over "
+                                                                       "httpx (which cannot load it past ~300 req/s)")
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be >= 1: with 0 there is no engine process to measure")
     print(json.dumps(measure(args.export, args.workers, args.requests, args.connections, args.warmup,
-                             args.flags.split(), args.hog, args.stub_forward)))
+                             args.flags.split(), args.hog, args.stub_forward, args.raw_seconds)))
 
 
 if __name__ == "__main__":

@@ -3,14 +3,15 @@
     supervisor ─┬─ engine process     (engine_server.py: models, batching, forward passes)
                 │        ▲ Unix socket, token ids (ipc.py)
                 └─ N front ends       (uvicorn + the app: HTTP, validation, tokenisation)
-                         ▲ one listening TCP socket, bound here and shared (the kernel spreads connections)
+                         ▲ one listening TCP socket each, bound here on the same port (SO_REUSEPORT:
+                           the kernel spreads new connections evenly over them)
 
 The shape of vLLM's API-server processes and engine core: HTTP work scales with processes, and the
 engine's forward pass never waits for a GIL held by JSON parsing. Shutdown (SIGTERM/SIGINT) goes
 front ends first (each drains: /ready fails, work in flight finishes within the grace period), then
 the engine. If the engine dies, the supervisor stops the front ends and exits non-zero: without
 its models the replica is useless, and the orchestrator's restart reloads them. A front end that dies
-is replaced on the same listening socket (it holds no state; the healthy ones keep serving), unless
+is replaced on its own listening socket (it holds no state; the healthy ones keep serving), unless
 front ends keep dying (`RestartBudget`), which stops the replica too. If the supervisor itself dies (kill -9, the OOM
 killer, systemd's KillMode=process), its children get SIGTERM and drain as on a normal stop, and the
 next start removes the runtime directory it left behind.
@@ -77,7 +78,7 @@ def engine_main(parent: int, *args) -> None:
 
 def frontend_main(parent: int, settings: Settings, socket_path: str, sock, log_level: str,
                   replacement: bool = False) -> None:
-    """A front-end process: uvicorn with the app, on the shared listening socket. A `replacement` for a
+    """A front-end process: uvicorn with the app, on its listening socket. A `replacement` for a
     front end that died accepts connections only once it is ready: the others serve meanwhile, and a
     probe reaching it must not see the replica as unready."""
     import uvicorn
@@ -109,7 +110,7 @@ def run(settings: Settings, log_level: str) -> int:
     """Bind the port, start the engine and the front ends, wait for a signal or a death, stop them in order.
     Returns the exit status: 0 after a signal, 1 if a child died, 3 if the port could not be bound."""
     try:
-        sock = bind(settings.host, settings.port)
+        socks = listen(settings.host, settings.port, settings.front_ends)
     except OSError as exc:
         # Before any child exists, so nothing is left behind; 3 is what uvicorn exits with in one process.
         log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
@@ -121,7 +122,8 @@ def run(settings: Settings, log_level: str) -> int:
         # At once, not when the loop below notices: when the signal went to the whole process group, the
         # front ends have closed their copies already, and a connection left in the backlog of ours would
         # be reset when it closes instead of being refused now.
-        sock.close()
+        for sock in socks:
+            sock.close()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -139,7 +141,7 @@ def run(settings: Settings, log_level: str) -> int:
     engine = ctx.Process(target=engine_main, name="dhrd-engine",
                          args=(me, settings, socket_path, log_level, False))  # hashes: checked before the start
     fronts = [ctx.Process(target=frontend_main, name=f"dhrd-front-{i}",
-                          args=(me, settings, socket_path, sock, log_level)) for i in range(settings.front_ends)]
+                          args=(me, settings, socket_path, socks[i], log_level)) for i in range(settings.front_ends)]
     budget = RestartBudget(FRONT_END_RESTARTS, FRONT_END_RESTART_WINDOW_S)
     code = 0
     # Whatever happens from here on (a child failing to start included), the finally stops every child:
@@ -148,8 +150,8 @@ def run(settings: Settings, log_level: str) -> int:
         for p in (engine, *fronts):
             p.start()
             log.info("%s started (pid %d)", p.name, p.pid)
-        # `sock` stays open here too, for replacements: while no front end is up, connections wait in the
-        # listening socket's backlog rather than being refused.
+        # The sockets stay open here too, for replacements: while a front end is down, the connections the
+        # kernel sent to its socket wait in that socket's backlog for the replacement, rather than being refused.
         log.info("serving on http://%s:%d with %d front-end process(es) and one engine (pid %d)", settings.host,
                  settings.port, settings.front_ends, engine.pid)
         while not stopping and not code:
@@ -170,14 +172,15 @@ def run(settings: Settings, log_level: str) -> int:
                 log.warning("%s exited with code %s; starting a new one", p.name, p.exitcode)
                 # its live gauges (queue depth, readiness) would otherwise stay in every /metrics sum
                 multiprocess.mark_process_dead(p.pid, str(metrics_dir))
-                if stopping:  # the signal came meanwhile: `sock` is closed
+                if stopping:  # the signal came meanwhile: the sockets are closed
                     break
                 fronts[i] = ctx.Process(target=frontend_main, name=p.name,
-                                        args=(me, settings, socket_path, sock, log_level, True))
+                                        args=(me, settings, socket_path, socks[i], log_level, True))
                 fronts[i].start()
                 log.info("%s started (pid %d)", fronts[i].name, fronts[i].pid)
     finally:
-        sock.close()  # front ends close theirs as their drain starts: the port is free once they all have
+        for sock in socks:  # front ends close theirs as their drain starts: the port is free once they all have
+            sock.close()
         _stop(fronts, settings.grace_s + 15)
         _stop([engine], 15)
         shutil.rmtree(runtime, ignore_errors=True)
@@ -200,18 +203,36 @@ class RestartBudget:
         return True
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """The listening socket the front ends share, bound here before anything starts (as uvicorn binds it:
-    SO_REUSEADDR, so a restart is not refused by the old process's closing connections). Raises OSError."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+def listen(host: str, port: int, count: int) -> list[socket.socket]:
+    """One listening socket per front end, all on `host:port`, made here before anything starts. Raises
+    OSError when the port is taken.
+
+    Why not one shared socket (uvicorn's --workers, vLLM's API servers): each process's event loop takes
+    every pending connection when it wakes, so a burst of new keep-alive connections (a load client, a
+    proxy's pool) went nearly all to one front end and stayed there; measured on 2 cores with the forward
+    pass stubbed, one front end did 99.7 % of the work and the replica served 1,585 req/s, against 2,195
+    with SO_REUSEPORT, where the kernel hashes each new connection to one of the sockets (BENCHMARKS.md).
+    SO_REUSEPORT would also let a second replica bind the same port and silently share it, so the port is
+    first bound without it: taken by anyone (another dhrd listening included), that fails, as before."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: old connections don't block
+        probe.bind((host, port))
+    socks: list[socket.socket] = []
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
+        for _ in range(count):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            sock.listen(2048)  # here, so connections wait in the backlog while the front ends start
+            sock.set_inheritable(True)
     except OSError:
-        sock.close()
+        for sock in socks:
+            sock.close()
         raise
-    sock.set_inheritable(True)
-    return sock
+    return socks
 
 
 def sweep_stale_runtime_dirs(root: str | Path | None = None) -> list[Path]:

@@ -196,7 +196,7 @@ def test_during_a_drain_open_connections_get_a_503_from_ready_and_new_ones_are_r
 def test_a_dead_front_end_is_replaced_and_the_replica_keeps_serving(tmp_path):
     """Item 5: killing one front end stopped the whole replica (and, after the grace period, cost the
     healthy front end's clients their work). Front ends hold no state, so the supervisor starts a new one
-    on the same listening socket; only the engine's death (the models) stops the replica."""
+    on the dead one's listening socket; only the engine's death (the models) stops the replica."""
     port = free_port()
     proc, log = serve(tmp_path, port, "--workers", "2", "--shutdown-grace-s", "1")
     url = f"http://127.0.0.1:{port}"
@@ -221,6 +221,54 @@ def test_a_dead_front_end_is_replaced_and_the_replica_keeps_serving(tmp_path):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, log.read_text()[-3000:]
     finally:
+        kill_group(proc)
+
+
+def established_connections(pid: int, port: int) -> int:
+    """How many accepted TCP connections on `port` process `pid` holds (its socket fds, matched against
+    the kernel's table of established connections)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd) if fd.is_symlink() else ""
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port, state, inode = int(fields[1].rsplit(":", 1)[1], 16), fields[3], fields[9]
+            count += local_port == port and state == "01" and inode in inodes
+    return count
+
+
+@pytest.mark.slow
+def test_a_burst_of_keep_alive_connections_is_spread_over_the_front_ends(tmp_path):
+    """With one shared listening socket, the front end that woke first took every pending connection: a
+    load client's or a proxy's pool of keep-alive connections, opened at once, all went to one front end,
+    which then did 99.7 % of the work. Each front end now has a socket of its own (SO_REUSEPORT), and the
+    kernel spreads new connections over them."""
+    port = free_port()
+    proc, log = serve(tmp_path, port, "--workers", "2")
+    clients = []
+    try:
+        wait_ready(proc, port, log)
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(16)]
+        for sock in clients:  # one request on each: every connection is accepted by then
+            sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        for sock in clients:
+            assert b"200 OK" in sock.recv(65536)
+        pids = pids_of_tree(log)
+        held = [established_connections(pids[f"dhrd-front-{i}"], port) for i in range(2)]
+        assert sum(held) == 16 and min(held) >= 2, held
+        # SO_REUSEPORT must not let a second replica join the port silently: it still cannot bind
+        second, second_log = serve(tmp_path, port, "--workers", "2", log_name="second.log")
+        try:
+            assert second.wait(timeout=60) == 3, second_log.read_text()[-3000:]
+        finally:
+            kill_group(second)
+    finally:
+        for sock in clients:
+            sock.close()
         kill_group(proc)
 
 
