@@ -210,21 +210,24 @@ def listen(host: str, port: int, count: int) -> list[socket.socket]:
     Why not one shared socket (uvicorn's --workers, vLLM's API servers): each process's event loop takes
     every pending connection when it wakes, so a burst of new keep-alive connections (a load client, a
     proxy's pool) went nearly all to one front end and stayed there; measured on 2 cores with the forward
-    pass stubbed, one front end did 99.7 % of the work and the replica served 1,585 req/s, against 2,195
-    with SO_REUSEPORT, where the kernel hashes each new connection to one of the sockets (BENCHMARKS.md).
+    pass stubbed, one front end took 9.69 s of CPU to the other's 0.02 s and the replica served 1,104
+    req/s, against 1,864 with SO_REUSEPORT, where the kernel hashes each new connection to one of the
+    sockets (BENCHMARKS.md).
     SO_REUSEPORT would also let a second replica bind the same port and silently share it, so the port is
     first bound without it: taken by anyone (another dhrd listening included), that fails, as before."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: old connections don't block
         probe.bind((host, port))
+    reuse_port = getattr(socket, "SO_REUSEPORT", None)  # Linux's; elsewhere the front ends share one socket
     socks: list[socket.socket] = []
     try:
-        for _ in range(count):
+        for _ in range(count if reuse_port is not None else 1):
             sock = socket.socket(family, socket.SOCK_STREAM)
             socks.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if reuse_port is not None:
+                sock.setsockopt(socket.SOL_SOCKET, reuse_port, 1)
             sock.bind((host, port))
             sock.listen(2048)  # here, so connections wait in the backlog while the front ends start
             sock.set_inheritable(True)
@@ -232,7 +235,7 @@ def listen(host: str, port: int, count: int) -> list[socket.socket]:
         for sock in socks:
             sock.close()
         raise
-    return socks
+    return socks if len(socks) == count else socks * count
 
 
 def sweep_stale_runtime_dirs(root: str | Path | None = None) -> list[Path]:

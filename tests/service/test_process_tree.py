@@ -245,7 +245,7 @@ def established_connections(pid: int, port: int) -> int:
 def test_a_burst_of_keep_alive_connections_is_spread_over_the_front_ends(tmp_path):
     """With one shared listening socket, the front end that woke first took every pending connection: a
     load client's or a proxy's pool of keep-alive connections, opened at once, all went to one front end,
-    which then did 99.7 % of the work. Each front end now has a socket of its own (SO_REUSEPORT), and the
+    which then did nearly all the work. Each front end now has a socket of its own (SO_REUSEPORT), and the
     kernel spreads new connections over them."""
     port = free_port()
     proc, log = serve(tmp_path, port, "--workers", "2")
