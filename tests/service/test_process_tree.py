@@ -310,3 +310,21 @@ def test_a_sigterm_to_the_process_group_lets_work_in_flight_finish_and_stops_eve
         assert not [pid for pid in children.values() if alive(pid)]
     finally:
         kill_group(proc)
+
+
+def test_each_front_end_gets_its_own_socket_on_the_port_and_one_shared_where_the_platform_cannot(monkeypatch):
+    from service.supervisor import listen
+
+    port = free_port()
+    socks = listen("127.0.0.1", port, 3)
+    try:
+        assert len({id(s) for s in socks}) == 3 and {s.getsockname()[1] for s in socks} == {port}
+    finally:
+        for s in socks:
+            s.close()
+    monkeypatch.delattr(socket, "SO_REUSEPORT")
+    shared = listen("127.0.0.1", port, 3)
+    try:
+        assert len(shared) == 3 and len({id(s) for s in shared}) == 1
+    finally:
+        shared[0].close()
