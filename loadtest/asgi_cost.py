@@ -71,6 +71,8 @@ async def serve_stubbed(fast_path: bool):
     from service.app import create_app
     from service.settings import Settings
 
+    from . import stub_serve  # noqa: F401  (importing it stubs the forward pass, before any runner exists)
+
     app = create_app(Settings(models={"cb": EXPORT}, verify_hashes=False, fast_path=fast_path,
                               max_batch_size=64, max_batch_tokens=8192))
     lifespan = app.router.lifespan_context(app)
@@ -79,8 +81,6 @@ async def serve_stubbed(fast_path: bool):
         if app.state.dhrd.load_error:
             raise RuntimeError(app.state.dhrd.load_error)
         await asyncio.sleep(0.05)
-    for model in app.state.dhrd.engine.models.values():  # the batcher calls this on the torch thread
-        model.batcher.predict = lambda batch: [[0.5, 0.25, 0.25]] * len(batch)
     return app, lifespan
 
 

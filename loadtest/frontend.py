@@ -149,20 +149,18 @@ def main() -> int:
     variants = {"one-process": ""}
     variants.update(v.split("=", 1) for v in (args.variant or []))
     results = {}
-    for name, extra in variants.items():
+    runs = [(name, extra, False) for name, extra in variants.items()]
+    if args.stub_forward:  # each variant again, its forward pass stubbed (in the engine process too)
+        runs += [(f"{name}-stub-forward", extra, True) for name, extra in variants.items()]
+    for name, extra, stubbed in runs:
         port = free_port()
-        results[name] = measure(f"dhrd-tiny {name}", [str(BIN / "dhrd"), "serve", "--model", f"cb={args.export}",
-                                                       "--port", str(port), *args.flags.split(), *extra.split(),
+        serve = [sys.executable, "-m", "loadtest.stub_serve"] if stubbed else [str(BIN / "dhrd")]
+        results[name] = measure(f"dhrd-tiny {name}", [*serve, "serve", "--model", f"cb={args.export}", "--port",
+                                                       str(port), *args.flags.split(), *extra.split(),
                                                        "--log-level", args.log_level], "/ready", port,
                                 args.connections, args.seconds, logs / f"dhrd-{name}.log")
-    if args.stub_forward:  # each variant again, its forward pass stubbed (in the engine process too)
-        for name, extra in list(variants.items()):
-            port, stub = free_port(), f"{name}-stub-forward"
-            results[stub] = measure(f"dhrd-tiny {stub}", [sys.executable, "-m", "loadtest.stub_serve", "serve",
-                                                         "--model", f"cb={args.export}", "--port", str(port),
-                                                         *args.flags.split(), *extra.split(), "--log-level", args.log_level],
-                                    "/ready", port, args.connections, args.seconds, logs / f"dhrd-{stub}.log")
-            variants[stub] = f"{extra} (forward pass stubbed: loadtest/stub_serve.py)".strip()
+        if stubbed:
+            variants[name] = f"{extra} (forward pass stubbed: loadtest/stub_serve.py)".strip()
     dhrd = results["one-process"]
     peer = None
     if hf is not None:

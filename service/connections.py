@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .http_errors import count_rejection
 from .settings import Settings
 
 REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}
@@ -148,7 +149,5 @@ def protocol_class(settings: Settings, on_refusal: Callable[[str], None] | None 
 def uvicorn_options(settings: Settings, app=None) -> dict[str, Any]:
     """What `uvicorn.Config` takes from the settings at the connection level (one place for every process);
     with `app`, the protocol's refusals are counted on its metrics, as its own are (http_errors)."""
-    from .http_errors import count_rejection
-
     on_refusal = None if app is None else (lambda kind: count_rejection({"app": app}, kind))
     return {"http": protocol_class(settings, on_refusal), "limit_concurrency": None, "access_log": settings.access_log}

@@ -41,8 +41,11 @@ class FastClassify:
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        state = _serving_state(scope)
-        if state is None or scope["method"] != "POST" or scope["path"] not in PATHS or not _json_body(scope):
+        # The cheap checks first: every other request passes through here too.
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in PATHS:
+            return await self.app(scope, receive, send)
+        state = getattr(getattr(scope.get("app"), "state", None), "dhrd", None)  # None until the lifespan starts
+        if state is None or not _json_body(scope):
             return await self.app(scope, receive, send)
         try:
             messages = await _read_body(receive)
@@ -72,13 +75,6 @@ async def _read_body(receive) -> list[dict]:
         messages.append(message)
         if message["type"] != "http.request" or not message.get("more_body", False):
             return messages
-
-
-def _serving_state(scope):
-    """The app's lifespan state for an HTTP request, or None (a WebSocket, the lifespan not started)."""
-    if scope["type"] != "http":
-        return None
-    return getattr(getattr(scope.get("app"), "state", None), "dhrd", None)
 
 
 def _json_body(scope) -> bool:

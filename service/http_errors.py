@@ -103,8 +103,12 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        # Starlette logs the traceback after this answer is sent; the process stays up.
-        return unexpected_response(request.scope, exc)
+        # A bug or a failing model, not the caller's fault: a JSON 500 that does not leak internals.
+        # Starlette logs the traceback after this answer is sent; the process stays up. (The fast path
+        # lets such exceptions through to here as well.)
+        count_rejection(request.scope, "internal")
+        return error_response(500, "internal", f"internal error ({type(exc).__name__}); the request was not "
+                                               "completed and may be retried")
 
 
 def http_exception_response(scope, exc: StarletteHTTPException) -> JSONResponse:
@@ -122,10 +126,3 @@ def http_exception_response(scope, exc: StarletteHTTPException) -> JSONResponse:
 def service_error_response(scope, exc: ServiceError) -> JSONResponse:
     count_rejection(scope, exc.kind)
     return error_response(http_status(exc), exc.kind, exc.message, exc.field, http_headers(exc))
-
-
-def unexpected_response(scope, exc: Exception) -> JSONResponse:
-    """A bug or a failing model, not the caller's fault: a JSON 500 that does not leak internals."""
-    count_rejection(scope, "internal")
-    return error_response(500, "internal", f"internal error ({type(exc).__name__}); the request was not "
-                                           "completed and may be retried")
