@@ -6,6 +6,8 @@ tests over seeds, and the bootstrap over examples as a secondary column.
 
     .venv/bin/python scripts/accuracy_study.py --tracks esnli --arms a0,a1 --seeds 0,1,2
     .venv/bin/python scripts/accuracy_study.py --report-only          # tables from the rows so far
+    .venv/bin/python scripts/accuracy_study.py --confirmation --commit  # the confirmation, in its order
+                                                  # (scripts/confirmation.sh runs it from a pinned worktree)
 
 Resumable: a finished run (its row in the rows file) is skipped; a killed run resumes from its last
 checkpoint (`dhrd train --resume`). Every arm of a track has the same data, order (per seed), steps
@@ -23,7 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 # a script run as `python scripts/...`: the repo's packages (loadtest, contract) and the study package
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 from study.report import plot, report, superglue_table  # noqa: E402
-from study.runs import DEFAULT_ROWS, machine, merge_rows, padding_waste, read_rows, row_device, run_one  # noqa: E402
+from study.runs import (DEFAULT_ROWS, commit_row, confirmation_plan, esnli_rows_scored, machine, merge_rows,  # noqa: E402
+                        padding_waste, read_rows, row_device, row_precision, run_one)
+from study.tracks import TRACKS  # noqa: E402
 
 
 def main() -> int:
@@ -39,7 +43,18 @@ def main() -> int:
                              "holding reports/accuracy/), then rebuild the report")
     parser.add_argument("--padding", action="store_true",
                         help="print the padding share of each (track, arm)'s first epoch of batches, train nothing")
+    parser.add_argument("--confirmation", action="store_true",
+                        help="run the pre-registered confirmation's 20 runs in the amended order (TRAINING.md, "
+                             "Amendment 1); --tracks, --arms and --seeds are ignored")
+    parser.add_argument("--commit", action="store_true",
+                        help="git-commit each finished run's row and predictions in the repository holding --rows")
+    parser.add_argument("--no-report", action="store_true", help="do not rebuild report.md and gains.png")
+    parser.add_argument("--scored-esnli", action="store_true",
+                        help="print which e-SNLI test rows the committed rows and predictions have scored, and exit")
     args = parser.parse_args()
+    if args.scored_esnli:
+        print(json.dumps(esnli_rows_scored(args.rows)))
+        return 0
     if args.padding:
         for track in args.tracks.split(","):
             for arm in args.arms.split(","):
@@ -50,9 +65,12 @@ def main() -> int:
             print(f"[study] merged {r['track']} {r['arm']} seed {r['seed']} on {r['machine']['device']}", flush=True)
     elif not args.report_only:
         here = row_device({"machine": machine()})  # a GPU's runs are its own: CPU rows don't count as done
-        done = {(r["track"], r["arm"], r["seed"]) for r in read_rows(args.rows) if row_device(r) == here}
-        plan = [(t, a, int(s)) for s in args.seeds.split(",") for t in args.tracks.split(",")
-                for a in args.arms.split(",")]  # seed-major: every arm gets seed 0 before any gets seed 1
+        # a track that names its precision (the confirmation) counts only rows in that precision as done
+        done = {(r["track"], r["arm"], r["seed"]) for r in read_rows(args.rows) if row_device(r) == here
+                and row_precision(r) == TRACKS.get(r["track"], {}).get("precision", row_precision(r))}
+        plan = confirmation_plan() if args.confirmation else [
+            (t, a, int(s)) for s in args.seeds.split(",") for t in args.tracks.split(",")
+            for a in args.arms.split(",")]  # seed-major: every arm gets seed 0 before any gets seed 1
         for i, (track, arm, seed) in enumerate(plan, 1):
             if (track, arm, seed) in done:
                 continue
@@ -60,6 +78,10 @@ def main() -> int:
             row = run_one(track, arm, seed, args.runs, args.rows)
             print(f"[study] {track} {arm} seed {seed}: accuracy {row['metrics']['accuracy']:.4f} "
                   f"({row['train_wall_s']:.0f} s training)", flush=True)
+            if args.commit:
+                print(f"[study] committed {commit_row(row, args.rows, i, len(plan))}", flush=True)
+    if args.no_report:
+        return 0
     gains: list = []
     rows = read_rows(args.rows)
     text = report(rows, gains) + "\n" + "\n".join(

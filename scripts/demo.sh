@@ -13,7 +13,8 @@ DHRD=.venv/bin/dhrd
 TASK=${DHRD_DEMO_TASK:-esnli}
 if [ "$TASK" = esnli ]; then
   # The most accurate configuration the accuracy study found within the demo budget: the pooled
-  # baseline for 2 epochs (0.646 on 2,000 e-SNLI test examples; TRAINING.md, "Accuracy").
+  # baseline for 2 epochs (0.646 on 2,000 e-SNLI test examples trained under bf16 autocast on a Zen 4
+  # EPYC; TRAINING.md, "Accuracy". On an AVX2-only CPU `--precision auto` trains it in fp32).
   NAME=nli; RUN_DEFAULT=runs/nli-demo
   TRAIN_FLAGS="--alpha 0 --train-limit 2000 --only-with-rationales --epochs 2 --eval-limit 64 --eval-batch-size 32"
 else

@@ -10,8 +10,9 @@ import statistics
 from pathlib import Path
 
 from . import runs as _runs
-from .runs import read_predictions, row_device
-from .statistics import MIN_SEEDS_FOR_SIGNIFICANCE, ONE_CLASS_SHARE, answers_one_class, example_bootstrap, seed_test
+from .runs import read_predictions, row_device, row_precision
+from .statistics import (MIN_SEEDS_FOR_SIGNIFICANCE, ONE_CLASS_SHARE, SeedTest, answers_one_class, example_bootstrap,
+                         seed_test)
 from .tracks import ARMS, CONFIRMATION, OTHER_PAIRS, SUPERGLUE, TRACKS
 
 # Where a track's scored split is one that choices were made on, the report says so in its heading.
@@ -76,10 +77,12 @@ def fmt_p(p: float) -> str:
 
 
 def difference(pairs: list[tuple[dict, dict]], track: str, label: str, device: str,
-               gains: list) -> dict[str, str]:
+               gains: list, primary: str | None = None) -> dict[str, str]:
     """Table cells for (baseline run, arm run) seed pairs, in points: per-seed differences, their mean with
     the paired t-interval over seeds and its p, the exact sign-flip p, a verdict, and the secondary
-    bootstrap over examples; the plot's entry goes to `gains`."""
+    bootstrap over examples; the plot's entry goes to `gains`. `primary` marks the confirmation's
+    pre-registered pair: "deciding" (the block that decides: its p cells are one-sided and its verdict is
+    the decision rule's, word for word as the verdict line) or "apart" (rows that decide nothing)."""
     if not pairs:
         return dict.fromkeys(("per_seed", "t", "p", "exact", "verdict", "examples"), "—")
     test = seed_test([100 * (r["metrics"]["accuracy"] - b["metrics"]["accuracy"]) for b, r in pairs])
@@ -87,6 +90,8 @@ def difference(pairs: list[tuple[dict, dict]], track: str, label: str, device: s
                                   [correct(predictions_of(b)) for b, _ in pairs])
     gains.append((f"{track} {label}{' GPU' * (device != 'cpu')} ({len(pairs)} seed{'s' * (len(pairs) > 1)})",
                   d, lo, hi, *((test.lo / 100, test.hi / 100) if test.n > 1 else (None, None))))
+    if primary:
+        return primary_cells(test, primary, d, lo, hi)
     if test.n < 2:
         verdict = "one seed: no test"
     elif test.n < MIN_SEEDS_FOR_SIGNIFICANCE:
@@ -99,6 +104,27 @@ def difference(pairs: list[tuple[dict, dict]], track: str, label: str, device: s
             "examples": f"{100 * d:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"}
 
 
+def primary_cells(test: SeedTest, primary: str, d: float, lo: float, hi: float) -> dict[str, str]:
+    """The primary pair's table cells: one-sided p values and the decision rule's verdict (`decided`)."""
+    planned = len(CONFIRMATION["seeds"])
+    if primary != "deciding":
+        verdict = "reported apart: decides nothing (Amendment 1)"
+    elif test.n < planned:
+        verdict = f"{test.n} of {planned} seeds: no verdict yet"
+    else:
+        verdict = "CONFIRMED (one-sided rule)" if decided(test) else "NOT CONFIRMED (one-sided rule)"
+    one_sided = lambda p: f"{fmt_p(p)} one-sided" if test.n > 1 else "—"  # noqa: E731
+    t = f"{test.mean:+.2f} [{test.lo:+.2f}, {test.hi:+.2f}]" if test.n > 1 else f"{test.mean:+.2f}"
+    return {"per_seed": ", ".join(f"{x:+.1f}" for x in test.diffs), "t": t, "p": one_sided(test.t_p_greater),
+            "exact": one_sided(test.flip_p_greater), "verdict": verdict,
+            "examples": f"{100 * d:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"}
+
+
+def decided(test: SeedTest) -> bool:
+    """The pre-registered decision rule: mean paired difference > 0 and one-sided paired t p < α."""
+    return test.mean > 0 and test.t_p_greater < CONFIRMATION["alpha"]
+
+
 DIFF_HEAD = ("per-seed Δ (pts) | mean Δ, 95 % paired t-interval over seeds | p (t, two-sided) | p (exact sign-flip) "
              "| verdict | Δ, 95 % bootstrap over examples, seeds fixed (secondary)")
 
@@ -107,30 +133,44 @@ def diff_cells(cells: dict[str, str]) -> str:
     return " | ".join(cells[k] for k in ("per_seed", "t", "p", "exact", "verdict", "examples"))
 
 
-def other_pairs(track_rows: list[dict], track: str, device: str, gains: list) -> list[str]:
-    """The OTHER_PAIRS both of whose arms this track ran, as a small table of its own."""
+def other_pairs(track_rows: list[dict], track: str, device: str, gains: list, deciding: bool = False) -> list[str]:
+    """The OTHER_PAIRS both of whose arms this track ran, as a small table of its own. On the confirmation's
+    track the primary pair reads by the one-sided rule (`deciding`: this is the block that decides)."""
     lines = []
     for arm, baseline, question in OTHER_PAIRS:
         pairs = seed_pairs(track_rows, track, arm, baseline)
+        primary = None
+        if track == CONFIRMATION["track"] and (arm, baseline) == CONFIRMATION["primary"]:
+            primary = "deciding" if deciding else "apart"
+            question += " (PRIMARY, pre-registered: one-sided)"
         if pairs:
-            cells = difference(pairs, track, f"{arm} vs {baseline}", device, gains)
+            cells = difference(pairs, track, f"{arm} vs {baseline}", device, gains, primary)
             lines.append(f"| {arm} − {baseline} | {question} | {len(pairs)} | {diff_cells(cells)} |")
     if not lines:
         return []
     return ["", f"| pair | question | seeds | {DIFF_HEAD} |", "|---|---|---|---|---|---|---|---|---|", *lines]
 
 
+def deciding_block(rows: list[dict]) -> list[dict]:
+    """The one block whose rows decide the confirmation (Amendment 1): its track, the planned arms and seeds,
+    on a CPU, in fp32. Everything else on that track is reported apart."""
+    plan = CONFIRMATION
+    return [r for r in rows if r["track"] == plan["track"] and r["arm"] in plan["arms"] and r["seed"] in plan["seeds"]
+            and row_device(r) == plan["device"] and row_precision(r) == plan["precision"]]
+
+
 def confirmation_verdict(rows: list[dict]) -> str:
-    """The pre-registered primary test, worded by the rule committed before the runs (TRAINING.md)."""
+    """The pre-registered primary test over exactly the deciding block, worded by the rule committed before
+    the runs (TRAINING.md): one verdict, whatever other rows of the track exist."""
     arm, baseline = CONFIRMATION["primary"]
     planned = set(CONFIRMATION["seeds"])
-    pairs = [(b, r) for b, r in seed_pairs(rows, CONFIRMATION["track"], arm, baseline) if r["seed"] in planned]
+    pairs = seed_pairs(deciding_block(rows), CONFIRMATION["track"], arm, baseline)
     done = sorted(r["seed"] for _, r in pairs)
     if done != sorted(planned):
         return (f"Primary comparison ({arm} − {baseline}): {len(done)} of {len(planned)} planned seed pairs done; "
                 "no verdict until all have run.")
     test = seed_test([100 * (r["metrics"]["accuracy"] - b["metrics"]["accuracy"]) for b, r in pairs])
-    confirmed = test.mean > 0 and test.t_p_greater < CONFIRMATION["alpha"]
+    confirmed = decided(test)
     return (f"Primary comparison ({arm} − {baseline}, pre-registered): mean {test.mean:+.2f} points over "
             f"{test.n} seeds, one-sided paired t p = {fmt_p(test.t_p_greater)} (exact one-sided sign-flip p = "
             f"{fmt_p(test.flip_p_greater)}): **{'CONFIRMED' if confirmed else 'NOT CONFIRMED'}** at "
@@ -140,10 +180,14 @@ def confirmation_verdict(rows: list[dict]) -> str:
 def report(rows: list[dict], gains: list | None = None) -> str:
     gains = [] if gains is None else gains
     lines = []
-    for name, device in dict.fromkeys((r["track"], row_device(r)) for r in rows):
-        track_rows = [r for r in rows if r["track"] == name and row_device(r) == device]
+    # a block: one track on one kind of device in one precision; blocks are never paired or averaged together
+    for name, device, precision in dict.fromkeys((r["track"], row_device(r), row_precision(r)) for r in rows):
+        track_rows = [r for r in rows if r["track"] == name and row_device(r) == device
+                      and row_precision(r) == precision]
         by_seed = sorted(track_rows, key=lambda r: r["seed"])  # per-seed differences read in seed order
         on = "" if device == "cpu" else f", on {track_rows[0]['machine']['device']}"
+        on += "" if precision == "bf16" else f", {precision}"  # bf16: every row before precision was recorded
+        deciding = name == CONFIRMATION["track"] and bool(deciding_block(track_rows))
         t = TRACKS.get(name, {})
         trained = track_rows[0].get("train_examples", f"the first {t.get('train_limit')} rows'")
         scored = len(correct(predictions_of(track_rows[0])))
@@ -166,11 +210,18 @@ def report(rows: list[dict], gains: list | None = None) -> str:
             lines.append(f"| {arm} | {len(arm_rows)} | {spread} | {flagged or '—'} | {diff_cells(cells)} "
                          f"| {mean('steps'):.0f} | {mean('train_tokens'):,.0f} "
                          f"| {statistics.median(r['train_wall_s'] for r in arm_rows):.0f} |")
-        lines += other_pairs(by_seed, name, device, gains)
-        if name == CONFIRMATION["track"]:
+        lines += other_pairs(by_seed, name, device, gains, deciding)
+        if deciding:
             lines += ["", confirmation_verdict(by_seed)]
+        elif name == CONFIRMATION["track"]:
+            lines += ["", "These rows are reported apart and decide nothing: only the CPU fp32 block decides "
+                          "(TRAINING.md, Amendment 1)."]
         m = track_rows[0]["machine"]
-        lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores, {m['device']}; commits "
+        native = {r["machine"].get("bf16_native") for r in track_rows} - {None}
+        torch_versions = sorted({r["machine"]["torch"] for r in track_rows if "torch" in r["machine"]})
+        recorded = (f"; torch {', '.join(torch_versions)}" if torch_versions else "") + (
+            f"; bf16 native: {', '.join('yes' if n else 'no' for n in sorted(native))}" if native else "")
+        lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores, {m['device']}{recorded}; commits "
                       f"{sorted({r['commit'] for r in track_rows})}; dates {track_rows[0]['date']} … {track_rows[-1]['date']}.",
                   ""]
     if lines:

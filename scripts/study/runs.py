@@ -17,7 +17,7 @@ from pathlib import Path
 
 from loadtest.provenance import commit
 
-from .tracks import ARMS, TRACKS
+from .tracks import ARMS, CONFIRMATION, TRACKS
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -33,13 +33,47 @@ def at_repo(path: str | Path) -> Path:
 
 
 def machine() -> dict:
-    """loadtest.provenance's machine, plus what trained (torch, device)."""
+    """loadtest.provenance's machine, plus what trained: torch, the device, and whether that device runs bf16
+    matmuls natively (on a CPU without AVX-512 BF16 or AMX they are emulated, and `auto` picks fp32)."""
     import torch
 
+    from contract.model import native_bf16
     from loadtest.provenance import machine as host
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     return {**host(), "torch": torch.__version__,
-            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
+            "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+            "bf16_native": native_bf16(device)}
+
+
+class StudyError(RuntimeError):
+    """A run or row the study's committed plan does not allow; raised before any time is spent on it."""
+
+
+def row_precision(row: dict) -> str:
+    """The precision a row's run trained and scored in. Rows written before it was recorded (all before
+    2026-12-07) ran under bf16 autocast: the study's code of the time always trained that way."""
+    return row.get("precision", "bf16")
+
+
+def check_planned(name: str, cmd: list[str], trained_from: str) -> None:
+    """The confirmation split is scored only as its amended plan says (TRAINING.md, Amendment 1): trained
+    with `--precision fp32` passed explicitly, from a clean checkout whose commit the row can name."""
+    if TRACKS[name].get("split") != "confirm":
+        return
+    last = len(cmd) - 1 - cmd[::-1].index("--precision") if "--precision" in cmd else None  # argparse: last wins
+    if last is None or cmd[last + 1:last + 2] != ["fp32"]:
+        raise StudyError(f"{name}: a confirmation run must train with --precision fp32 (Amendment 1)")
+    if trained_from.endswith("-dirty") or trained_from == "unknown":
+        raise StudyError(f"{name}: a confirmation run must train from a clean commit, not {trained_from!r} "
+                         "(run it from the pinned worktree: scripts/confirmation.sh)")
+
+
+def check_row(row: dict) -> None:
+    """The last guard before a row is written: a confirm-split row that is not fp32 is refused."""
+    if row.get("split") == "confirm" and row_precision(row) != "fp32":
+        raise StudyError(f"refusing a confirm-split row in {row_precision(row)!r}: the confirmation is fp32 only "
+                         "(TRAINING.md, Amendment 1)")
 
 
 def row_device(row: dict) -> str:
@@ -105,6 +139,8 @@ def train_args(name: str, arm: str, seed: int, run: Path) -> list[str]:
         flags.remove("--shuffled-rationales")
         flags += ["--rationales", str(shuffled_rationales(track, run.parent / f"shuffled-s{seed}.jsonl", seed))]
     # in-training validation on a small slice only (it costs time and picks nothing: 'last' is scored)
+    if "precision" in track:  # the confirmation names its precision (Amendment 1): never left to `auto`
+        flags += ["--precision", track["precision"]]
     return dhrd_train(track, run, seed, epochs, "--eval-limit", "64", *flags)
 
 
@@ -119,6 +155,8 @@ def run_one(name: str, arm: str, seed: int, runs: Path, rows_path: Path) -> dict
     run = runs / name / f"{arm}-s{seed}"
     track = TRACKS[name]
     cmd = train_args(name, arm, seed, run)
+    trained_from = commit()
+    check_planned(name, cmd, trained_from)
     started = time.time()
     subprocess.run(cmd, check=True, cwd=REPO)
     trained = time.time() - started
@@ -130,21 +168,32 @@ def run_one(name: str, arm: str, seed: int, runs: Path, rows_path: Path) -> dict
     predictions = keep_predictions(run / "eval" / f"{split}.predictions.jsonl", rows_path.parent / "predictions" / name
                                    / f"{arm}-s{seed}.{row_device({'machine': where})}.jsonl.gz")
     summary = json.loads((run / "summary.json").read_text())
+    # `dhrd train` writes the precision it resolved ('auto' included) into config.json; evaluate scores in it
+    precision = json.loads((run / "config.json").read_text())["precision"]
     evaluated = json.loads((run / "eval" / f"{split}.metrics.json").read_text())
     row = {"track": name, "arm": arm, "seed": seed, "task": track["task"], "split": split,
-           "metrics": evaluated["metrics"],
+           "precision": precision, "metrics": evaluated["metrics"],
            "train_examples": summary["data"]["train_examples"],
            "examples": evaluated["examples"], "steps": summary["steps"], "train_tokens": summary["tokens"],
            "train_wall_s": training_seconds(run, trained),
-           "predictions": str(predictions.relative_to(REPO)) if predictions.is_relative_to(REPO) else str(predictions),
+           "predictions": recorded_path(predictions, rows_path),
            "train_command": shlex.join(relative(cmd)), "eval_command": shlex.join(relative(evaluate)),
            "machine": where,
-           "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M")}
+           "commit": trained_from, "date": time.strftime("%Y-%m-%d %H:%M")}
     append_row(rows_path, row)
     return row
 
 
+def recorded_path(path: Path, rows_path: Path) -> str:
+    """A kept file as the row records it: relative to the repository that holds the rows file (which is not
+    this checkout when a pinned worktree writes into main's reports/accuracy/), else to this checkout."""
+    folder = rows_path.resolve().parent
+    root = folder.parents[1] if folder.parts[-2:] == ("reports", "accuracy") else REPO
+    return str(path.resolve().relative_to(root)) if path.resolve().is_relative_to(root) else str(path)
+
+
 def append_row(rows_path: Path, row: dict) -> None:
+    check_row(row)
     rows_path.parent.mkdir(parents=True, exist_ok=True)
     with rows_path.open("a") as f:
         f.write(json.dumps(row) + "\n")
@@ -179,6 +228,45 @@ def merge_rows(other_root: Path, rows_path: Path) -> list[dict]:
     with rows_path.open("a") as f:
         f.writelines(json.dumps(r) + "\n" for r in added)
     return added
+
+
+def confirmation_plan() -> list[tuple[str, str, int]]:
+    """The confirmation's 20 runs in their committed order (Amendment 1): for each seed the primary pair,
+    then the shuffled control for every seed, then the equal-wall-time arm for every seed."""
+    return [(CONFIRMATION["track"], arm, int(seed)) for arms, seeds in CONFIRMATION["order"]
+            for seed in seeds.split(",") for arm in arms.split(",")]
+
+
+def commit_row(row: dict, rows_path: Path, i: int, total: int) -> str:
+    """Commit one finished run (its row and kept predictions) in the repository that holds `rows_path`, and
+    nothing else: `git commit -- paths` leaves whatever else is staged there alone. Retries while another
+    git command holds the index lock. Returns the new commit's short hash."""
+    root = rows_path.resolve().parents[2]
+    paths = [str(rows_path.resolve().relative_to(root)), row["predictions"]]
+    message = (f"Study run {i}/{total}: {row['track']} {row['arm']} seed {row['seed']}, accuracy "
+               f"{row['metrics']['accuracy']:.4f} ({row['precision']}, trained from {row['commit']}, "
+               f"{row['train_wall_s']:.0f} s training)")
+    for attempt in range(30):
+        added = subprocess.run(["git", "add", "--", *paths], cwd=root, capture_output=True, text=True)
+        done = added.returncode == 0 and subprocess.run(
+            ["git", "commit", "--quiet", "-m", message, "--", *paths], cwd=root, capture_output=True,
+            text=True).returncode == 0
+        if done:
+            return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                                  text=True).stdout.strip()
+        time.sleep(2)  # index.lock held by another git command
+    raise StudyError(f"could not commit {paths} in {root} (the row and predictions are written; commit them by hand)")
+
+
+def esnli_rows_scored(rows_path: Path) -> dict:
+    """Which e-SNLI test rows the rows file and every kept prediction file have scored: the check Amendment 1
+    quotes (no confirm-split row, no e-SNLI key ≥ 2000 before the confirmation's first run)."""
+    rows = read_rows(rows_path)
+    keys = [int(p["key"].split("/")[1]) for f in sorted((rows_path.parent / "predictions").rglob("*.jsonl.gz"))
+            for p in read_predictions(f) if p["key"].startswith("esnli/")]
+    return {"rows": len(rows), "confirm_split_rows": sum(r.get("split") == "confirm" for r in rows),
+            "esnli_predictions": len(keys), "esnli_max_key": max(keys, default=None),
+            "esnli_keys_from_2000": sum(k >= 2000 for k in keys)}
 
 
 def relative(cmd: list[str]) -> list[str]:

@@ -119,6 +119,17 @@ def paired_t(diffs: list[float], level: float = 0.95) -> tuple[float, float, flo
     return mean, mean - half, mean + half, 2 * t_sf(abs(t), n - 1), t_sf(t, n - 1)
 
 
+def power_paired_t(effect: float, sd: float, n: int, alpha: float = 0.05, draws: int = 20000, seed: int = 0) -> float:
+    """How often a one-sided paired t-test over `n` seeds rejects at `alpha` when the true mean difference is
+    `effect` and seeds spread with standard deviation `sd` (normal differences; a seeded simulation)."""
+    rng, critical = random.Random(seed), t_quantile(1 - alpha, n - 1)
+    hits = 0
+    for _ in range(draws):
+        diffs = [rng.gauss(effect, sd) for _ in range(n)]
+        hits += statistics.fmean(diffs) / (statistics.stdev(diffs) / math.sqrt(n)) > critical
+    return hits / draws
+
+
 def sign_flip_p(diffs: list[float], greater: bool = False) -> float:
     """Exact permutation p: under 'no difference' each seed's sign is a coin flip, so count the 2^n
     sign patterns whose mean is at least as extreme as the observed one (|mean|, or mean if `greater`)."""

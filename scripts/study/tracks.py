@@ -10,8 +10,10 @@ TRACKS: dict[str, dict] = {
     # e-SNLI's "val" is test rows 0-1999, the selection split (contract/tasks/extra.py)
     "esnli": {"task": "esnli", "train_limit": 2000, "eval_limit": 2000, "epochs": 1},
     # the pre-registered confirmation (TRAINING.md, "Confirmation plan"): the same training as "esnli",
-    # scored once on test rows 2000-5999, which no run had scored before the plan was committed
-    "esnli-confirm": {"task": "esnli", "train_limit": 2000, "eval_limit": None, "epochs": 1, "split": "confirm"},
+    # scored once on test rows 2000-5999, which no run had scored before the plan was committed; in fp32,
+    # passed explicitly (Amendment 1: the machines at hand emulate bf16)
+    "esnli-confirm": {"task": "esnli", "train_limit": 2000, "eval_limit": None, "epochs": 1, "split": "confirm",
+                      "precision": "fp32"},
     "strategyqa": {"task": "strategyqa", "train_limit": 1500, "eval_limit": None, "epochs": 2},
     # CREAK: claims to verify, FLAN's human rationales; train/val are a fixed hash split of one file.
     "creak": {"task": "creak", "train_limit": 2000, "eval_limit": None, "epochs": 1},
@@ -82,11 +84,17 @@ OTHER_PAIRS: list[tuple[str, str, str]] = [
 ]
 
 # The pre-registered confirmation, as committed to TRAINING.md ("Confirmation plan") before any of its
-# runs: fresh seeds, the confirmation split, one primary comparison and its one-sided test.
+# runs: fresh seeds, the confirmation split, one primary comparison and its one-sided test. Amendment 1
+# (before the first run): one block decides, the 20 CPU runs in fp32; rows in another precision or on
+# another device are reported apart and decide nothing. `order` is the order the runs are made in.
 CONFIRMATION = {
     "track": "esnli-confirm",
     "arms": ["a0-2x", "a1-2x-suffix", "a1-2x-suffix-shuffled", "a0-3x"],
     "seeds": [10, 11, 12, 13, 14],
+    "precision": "fp32",
+    "device": "cpu",
+    "order": [("a0-2x,a1-2x-suffix", "10,11,12,13,14"), ("a1-2x-suffix-shuffled", "10,11,12,13,14"),
+              ("a0-3x", "10,11,12,13,14")],
     "primary": ("a1-2x-suffix", "a0-2x"),  # arm, baseline: one-sided paired t over seeds, H1 arm > baseline
     "alpha": 0.05,
 }

@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))  # as `python scripts/accuracy_study.py` has it
 from study import report, runs, statistics, tracks  # noqa: E402
@@ -275,17 +277,27 @@ def test_padding_waste_counts_the_pad_tokens_of_the_arms_own_batches(tmp_path, m
         assert r["real_tokens"] < r["padded_tokens"] and r["waste"] == round(1 - r["real_tokens"] / r["padded_tokens"], 4)
 
 
-def test_the_confirmation_gives_its_verdict_only_when_every_planned_seed_has_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(runs, "REPO", tmp_path)
+def confirmation_rows(tmp_path: Path, gains: tuple[float, ...], device: str = "cpu", precision: str = "fp32",
+                      n: int = 1000) -> list[dict]:
+    """The primary pair's rows for the planned seeds: the baseline at 0.7, the arm at 0.7 + gain (in points)."""
     plan = study.CONFIRMATION
     arm, baseline = plan["primary"]
     rows = []
-    for seed, gain in zip(plan["seeds"], (0.03, 0.02, 0.04, 0.01, 0.03)):
-        for name, acc in ((baseline, 0.7), (arm, 0.7 + gain)):
-            pred = predictions(tmp_path / f"{name}-{seed}.jsonl", [i < acc * 100 for i in range(100)])
-            rows.append({"track": plan["track"], "arm": name, "seed": seed, "metrics": {"accuracy": acc},
+    for seed, gain in zip(plan["seeds"], gains):
+        for name, acc in ((baseline, 0.7), (arm, round(0.7 + gain / 100, 4))):
+            pred = predictions(tmp_path / f"{name}-{seed}-{device}-{precision}.jsonl", [i < acc * n for i in range(n)])
+            rows.append({"track": plan["track"], "arm": name, "seed": seed, "split": "confirm",
+                         "precision": precision, "metrics": {"accuracy": acc},
                          "steps": 1, "train_tokens": 1, "train_wall_s": 1.0, "predictions": pred.name,
-                         "machine": {"cpu": "X", "cores": 2, "device": "cpu"}, "commit": "abc", "date": "d"})
+                         "machine": {"cpu": "X", "cores": 2, "device": device, "torch": "2.13.0",
+                                     "bf16_native": False}, "commit": "abc", "date": "d"})
+    return rows
+
+
+def test_the_confirmation_gives_its_verdict_only_when_every_planned_seed_has_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(runs, "REPO", tmp_path)
+    plan = study.CONFIRMATION
+    rows = confirmation_rows(tmp_path, (3.0, 2.0, 4.0, 1.0, 3.0))
     assert "4 of 5 planned seed pairs done; no verdict" in study.confirmation_verdict(rows[:-2])
     verdict = study.confirmation_verdict(rows)
     assert "mean +2.60 points over 5 seeds" in verdict and "**CONFIRMED**" in verdict
@@ -293,4 +305,121 @@ def test_the_confirmation_gives_its_verdict_only_when_every_planned_seed_has_run
     assert "**NOT CONFIRMED**" in study.confirmation_verdict(flat)
     assert "the CONFIRMATION split: e-SNLI test rows 2000-5999" in study.report(rows)
     args = study.train_args(plan["track"], "a1-2x-suffix-shuffled", 10, tmp_path / "esnli-confirm" / "x-s10")
-    assert args[args.index("--lm-span") + 1] == "suffix" and args[-1].endswith("shuffled-s10.jsonl")
+    assert args[args.index("--lm-span") + 1] == "suffix" and "shuffled-s10.jsonl" in args[args.index("--rationales") + 1]
+    assert args[-2:] == ["--precision", "fp32"]  # passed explicitly, never left to `auto` (Amendment 1)
+
+
+def test_the_primary_pairs_table_row_and_the_verdict_line_apply_one_rule(tmp_path, monkeypatch):
+    """Per seed +3.0, -0.5, +2.5, +1.5, +0.5: one-sided p 0.047 (confirmed by the pre-registered rule),
+    two-sided 0.094. The table's primary row must say what the verdict line says, with one-sided p values."""
+    monkeypatch.setattr(runs, "REPO", tmp_path)
+    text = study.report(confirmation_rows(tmp_path, (3.0, -0.5, 2.5, 1.5, 0.5)))
+    row = next(l for l in text.splitlines() if l.startswith("| a1-2x-suffix − a0-2x |"))
+    assert "PRIMARY" in row and "| 0.047 one-sided |" in row and "| CONFIRMED (one-sided rule) |" in row
+    assert "not significant" not in row
+    assert "**CONFIRMED**" in text and "one-sided paired t p = 0.047" in text
+    worse = study.report(confirmation_rows(tmp_path, (3.0, -2.5, 2.5, 1.5, -0.5)))
+    row = next(l for l in worse.splitlines() if l.startswith("| a1-2x-suffix − a0-2x |"))
+    assert "| NOT CONFIRMED (one-sided rule) |" in row and "**NOT CONFIRMED**" in worse
+
+
+def test_only_the_cpu_fp32_block_decides_and_it_gives_one_verdict(tmp_path, monkeypatch):
+    """Amendment 1: a GPU block or a block in another precision on the same track is reported apart; the
+    verdict is computed once, over the planned CPU fp32 runs, however the other blocks came out."""
+    monkeypatch.setattr(runs, "REPO", tmp_path)
+    deciding = confirmation_rows(tmp_path, (-1.0, 0.5, -0.5, 0.0, 1.0))  # not confirmed
+    gpu = confirmation_rows(tmp_path, (5.0, 6.0, 5.5, 6.5, 5.0), device="NVIDIA H200")  # would confirm
+    bf16 = confirmation_rows(tmp_path, (5.0, 6.0, 5.5, 6.5, 5.0), precision="bf16")  # would confirm
+    text = study.report(gpu + bf16 + deciding)
+    assert text.count("Primary comparison (") == 1 and "**NOT CONFIRMED**" in text and "**CONFIRMED**" not in text
+    assert text.count("These rows are reported apart and decide nothing") == 2
+    assert "### esnli-confirm, fp32 (" in text and "### esnli-confirm, on NVIDIA H200, fp32 (" in text
+    assert "### esnli-confirm (" in text  # the bf16 block: rows before precision was recorded read as bf16
+    assert text.count("decides nothing (Amendment 1) |") == 2
+    assert "no verdict" in study.confirmation_verdict(gpu + bf16)
+    assert "torch 2.13.0; bf16 native: no" in text
+
+
+def test_the_study_refuses_a_confirmation_run_or_row_that_is_not_fp32(tmp_path, monkeypatch):
+    plan = study.CONFIRMATION
+    args = study.train_args(plan["track"], "a0-2x", 10, tmp_path / "esnli-confirm" / "a0-2x-s10")
+    study.check_planned(plan["track"], args, "abc1234")  # as planned: no error
+    with pytest.raises(study.StudyError, match="--precision fp32"):
+        study.check_planned(plan["track"], args[:-2], "abc1234")
+    with pytest.raises(study.StudyError, match="--precision fp32"):
+        study.check_planned(plan["track"], args + ["--precision", "bf16"], "abc1234")  # the last flag wins
+    with pytest.raises(study.StudyError, match="clean commit"):
+        study.check_planned(plan["track"], args, "abc1234-dirty")
+    study.check_planned("esnli", study.train_args("esnli", "a0-2x", 0, tmp_path / "a"), "abc-dirty")  # not confirm
+    rows = tmp_path / "rows.jsonl"
+    row = {"track": plan["track"], "arm": "a0-2x", "seed": 10, "split": "confirm", "precision": "bf16"}
+    for bad in (row, {k: v for k, v in row.items() if k != "precision"}):
+        with pytest.raises(study.StudyError, match="fp32 only"):
+            study.append_row(rows, bad)
+    assert not rows.exists()
+    study.append_row(rows, {**row, "precision": "fp32"})
+    study.append_row(rows, {**row, "split": "val", "precision": "bf16"})  # the selection split: any precision
+    assert len(study.read_rows(rows)) == 2
+
+
+def test_a_refused_confirmation_run_spends_no_training_time(tmp_path, monkeypatch):
+    monkeypatch.setitem(study.TRACKS, "esnli-confirm", {k: v for k, v in study.TRACKS["esnli-confirm"].items()
+                                                         if k != "precision"})
+    monkeypatch.setattr(runs, "commit", lambda: "abc1234")
+    monkeypatch.setattr(runs.subprocess, "run", lambda *a, **k: pytest.fail("trained a refused run"))
+    with pytest.raises(study.StudyError):
+        study.run_one("esnli-confirm", "a0-2x", 10, tmp_path / "runs", tmp_path / "rows.jsonl")
+
+
+def test_a_row_names_its_predictions_relative_to_the_repository_that_holds_the_rows(tmp_path):
+    """A pinned worktree writes into main's reports/accuracy/: the row must name the file as main sees it."""
+    main = tmp_path / "main"
+    kept = main / "reports" / "accuracy" / "predictions" / "esnli-confirm" / "a0-2x-s10.cpu.jsonl.gz"
+    assert study.recorded_path(kept, main / "reports" / "accuracy" / "rows.jsonl") == \
+        "reports/accuracy/predictions/esnli-confirm/a0-2x-s10.cpu.jsonl.gz"
+    inside = runs.REPO / "reports" / "accuracy" / "predictions" / "x.gz"
+    assert study.recorded_path(inside, runs.REPO / "reports" / "accuracy" / "rows.jsonl") == \
+        "reports/accuracy/predictions/x.gz"
+
+
+def test_the_machine_record_says_whether_bf16_is_native():
+    from contract.model import native_bf16
+
+    where = study.machine()
+    assert where["bf16_native"] is native_bf16("cpu") and where["torch"] and where["device"] == "cpu"
+
+
+def test_the_confirmation_runs_in_its_amended_order():
+    """For each seed the primary pair, then the shuffled control for every seed, then the equal-time arm."""
+    plan = study.confirmation_plan()
+    assert len(plan) == 20 == len(set(plan)) and {t for t, _, _ in plan} == {"esnli-confirm"}
+    assert plan[:4] == [("esnli-confirm", "a0-2x", 10), ("esnli-confirm", "a1-2x-suffix", 10),
+                        ("esnli-confirm", "a0-2x", 11), ("esnli-confirm", "a1-2x-suffix", 11)]
+    assert [a for _, a, _ in plan[10:]] == ["a1-2x-suffix-shuffled"] * 5 + ["a0-3x"] * 5
+    assert [s for _, _, s in plan[10:15]] == [10, 11, 12, 13, 14]
+
+
+def test_a_finished_run_is_committed_alone_in_the_repository_that_holds_the_rows(tmp_path):
+    import subprocess
+
+    main = tmp_path / "main"
+    git = lambda *a: subprocess.run(["git", *a], cwd=main, check=True, capture_output=True, text=True).stdout  # noqa: E731
+    (main / "reports" / "accuracy" / "predictions" / "esnli-confirm").mkdir(parents=True)
+    git("init", "-q")
+    git("config", "user.email", "t@example.com"), git("config", "user.name", "t")
+    (main / "other.txt").write_text("work in progress\n")
+    git("add", "other.txt"), git("commit", "-qm", "start")
+    (main / "other.txt").write_text("staged, not part of the run\n")
+    git("add", "other.txt")
+    pred = main / "reports" / "accuracy" / "predictions" / "esnli-confirm" / "a0-2x-s10.cpu.jsonl.gz"
+    pred.write_bytes(b"x")
+    rows = main / "reports" / "accuracy" / "rows.jsonl"
+    row = {"track": "esnli-confirm", "arm": "a0-2x", "seed": 10, "precision": "fp32", "commit": "abc1234",
+           "metrics": {"accuracy": 0.75}, "train_wall_s": 1500.0, "predictions": study.recorded_path(pred, rows)}
+    rows.write_text(json.dumps(row) + "\n")
+    study.commit_row(row, rows, 1, 20)
+    assert git("show", "--name-only", "--format=%s", "HEAD").split() == [
+        "Study", "run", "1/20:", "esnli-confirm", "a0-2x", "seed", "10,", "accuracy", "0.7500", "(fp32,", "trained",
+        "from", "abc1234,", "1500", "s", "training)", "reports/accuracy/predictions/esnli-confirm/a0-2x-s10.cpu.jsonl.gz",
+        "reports/accuracy/rows.jsonl"]
+    assert git("diff", "--cached", "--name-only").split() == ["other.txt"]  # still staged, not committed

@@ -66,3 +66,40 @@ def test_the_example_bootstrap_is_centred_on_the_paired_difference():
     d, lo, hi = st.example_bootstrap(better, base)
     assert abs(d - 0.25) < 1e-9 and 0.2 < lo <= d <= hi < 0.3
     assert st.example_bootstrap(base, base) == (0.0, 0.0, 0.0)
+
+
+def student_t4_cdf(t: float) -> float:
+    """Student's t with 4 degrees of freedom in closed form (an independent check of the continued fraction)."""
+    s = t * t / 4
+    return 0.5 + 3 / 8 * t / math.sqrt(1 + s) * (1 - s / (3 * (1 + s)))
+
+
+def test_the_one_sided_paired_t_at_four_degrees_of_freedom_matches_the_closed_form():
+    """Five seeds: the confirmation's test. Per-seed +3.0, -0.5, +2.5, +1.5, +0.5: mean 1.4, sd sqrt(2.05),
+    t = 2.1864; P(T4 > t) = 0.04703 by the closed form. The tabulated one-sided 5 % point at 4 df is 2.131847."""
+    assert student_t4_cdf(2.131847) == pytest.approx(0.95, abs=1e-7)
+    diffs = [3.0, -0.5, 2.5, 1.5, 0.5]
+    mean, lo, hi, p, p_greater = st.paired_t(diffs)
+    t = 1.4 / math.sqrt(2.05 / 5)
+    assert mean == pytest.approx(1.4) and p_greater == pytest.approx(1 - student_t4_cdf(t), abs=1e-9)
+    assert p_greater == pytest.approx(0.047033, abs=1e-6) and p == pytest.approx(2 * p_greater)
+    assert st.t_quantile(0.95, 4) == pytest.approx(2.131847, abs=1e-5)
+
+
+def test_a_lead_can_pass_the_one_sided_test_and_fail_the_two_sided_one():
+    """The same five differences: one-sided p 0.047 < 0.05 (the confirmation's pre-registered test), two-sided
+    p 0.094 > 0.05 (the study's 'significant'): the two rules must not be mixed in one report."""
+    test = st.seed_test([3.0, -0.5, 2.5, 1.5, 0.5])
+    assert test.t_p_greater < 0.05 < test.t_p
+    assert not test.significant
+    assert test.lo < 0 < test.hi  # the two-sided 95 % interval holds 0, as it must when two-sided p > 0.05
+    assert st.seed_test([-3.0, 0.5, -2.5, -1.5, -0.5]).t_p_greater > 0.95  # a loss is far from 'greater'
+
+
+def test_power_of_the_confirmations_test_at_the_selection_splits_seed_spread():
+    """Amendment 1's power sentence: per-seed spread of the selection split's primary pair (sd 3.25 points),
+    5 seeds, one-sided t at 0.05: a true +3 points is detected about half the time; no effect, 5 % of the time."""
+    sd = 3.250128  # statistics.stdev([7.8, 4.5, 1.3])
+    assert st.power_paired_t(0.0, sd, 5) == pytest.approx(0.05, abs=0.01)
+    assert 0.45 < st.power_paired_t(3.0, sd, 5) < 0.6
+    assert st.power_paired_t(10.0, sd, 5) > 0.99
