@@ -34,6 +34,14 @@ REQUESTS = [
     ("/classify", json.dumps({"model": "fake", "input": "say yes"}), {"content-type": "text/plain"}),
     ("/classify", json.dumps({"model": "fake", "input": "say yes"}), {"content-type": "application/json; charset=utf-8"}),
     ("/classify", json.dumps({"model": "fake", "input": "say yes"}).encode("utf-16"), JSON),
+    # content types (issue 32, item 5: without one, the fast path answered 200 where the route gave 422)
+    ("/classify", json.dumps({"model": "fake", "input": "say yes"}), {}),
+    ("/classify", json.dumps({"model": "nope", "input": "x"}), {}),
+    ("/classify", json.dumps({"model": "fake", "input": "say yes"}), {"content-type": ""}),
+    ("/classify", json.dumps({"model": "fake", "input": "say yes"}), {"content-type": "Application/JSON"}),
+    ("/classify", json.dumps({"model": "fake", "input": "say yes"}), {"content-type": "application/vnd.api+json"}),
+    ("/classify", json.dumps({"model": "fake", "input": "say yes"}), {"content-type": "application/jsonx"}),
+    ("/classify", json.dumps({"model": "fake", "input": "say yes"}), {"content-type": "text/json"}),
 ]
 
 
@@ -56,7 +64,9 @@ def test_every_answer_is_the_one_the_fastapi_route_gives():
         for answer in (a, b):  # a fresh id and timestamp per answer; the rest must be equal
             answer[2].pop("id", None), answer[2].pop("created", None)
         assert a == b, (path, body)
-    assert [status for status, _, _ in fast].count(200) == 5  # the table holds both kinds
+    assert [status for status, _, _ in fast].count(200) == 7  # the table holds both kinds
+    no_type = [a for (_, _, headers), a in zip(REQUESTS, fast) if headers == {}]
+    assert [status for status, _, _ in no_type] == [422, 422]  # FastAPI's strict content type, both ways
 
 
 def test_a_valid_request_takes_the_fast_path_and_its_answer_fits_the_documented_schema(monkeypatch):
