@@ -3,19 +3,26 @@ request unchanged, and stub servers (httpx.MockTransport) for batching, errors, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
+import functools
+import gzip
 import json
 import socket
 import subprocess
 import sys
 import threading
 import time
+import tracemalloc
+import zlib
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import httpx
 import pytest
 
-from dhrd.client import AsyncClient, Classification, Client, DHRDError, parse_retry_after
+from dhrd.client import (AsyncClient, BadResponse, Classification, Client, DeadlineExceeded, DHRDError,
+                         ResponseTooLarge, parse_retry_after)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 EXPORT = FIXTURES / "export-v1-cb"
@@ -457,3 +464,224 @@ def test_async_client_keeps_the_calls_deadline_too():
             return time.monotonic() - start
 
     assert asyncio.run(go()) < 1.0  # was 4 x 0.3 s + 3 x ~1 s
+
+
+# --- issue: a slow server stretched the deadline; malformed or huge answers escaped as raw exceptions ------
+def call_with(kind: str, call: str, url: str = "http://stub", handler: Callable | None = None, **kw: Any) -> Any:
+    """`call` ('classify' of one input, or 'models') with the sync or the async client, against `url`'s server
+    or, given `handler`, an httpx.MockTransport on it."""
+    def transport() -> Any:
+        return httpx.MockTransport(handler) if handler is not None else None
+
+    if kind == "sync":
+        with Client(url, transport=transport(), **kw) as client:
+            return client.classify("x", model="m") if call == "classify" else client.models()
+
+    async def go() -> Any:
+        async with AsyncClient(url, transport=transport(), **kw) as client:
+            return await (client.classify("x", model="m") if call == "classify" else client.models())
+
+    return asyncio.run(go())
+
+
+@contextlib.contextmanager
+def raw_server(answer: Callable[[socket.socket, threading.Event], None]) -> Iterator[str]:
+    """An HTTP server on a free 127.0.0.1 port written with sockets, so it can misbehave as no framework lets
+    one: it reads each request (head and content-length body), then `answer` writes to the connection."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    stop = threading.Event()
+
+    def read_request(conn: socket.socket) -> bool:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += (more := conn.recv(65536))
+            if not more:
+                return False
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+                       if line.startswith(b"content-length:")), 0)
+        while len(body) < length:
+            body += (more := conn.recv(65536))
+            if not more:
+                return False
+        return True
+
+    def handle(conn: socket.socket) -> None:
+        with conn:
+            try:
+                if read_request(conn):
+                    answer(conn, stop)
+            except OSError:
+                pass  # the client hung up
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+def dripping(part: str, every_s: float = 0.5, for_s: float = 4.0) -> Callable[[socket.socket, threading.Event], None]:
+    """An answer whose `part` ('headers' or 'body': a 200 announcing 100000 bytes) comes one byte every `every_s`
+    seconds, each read well within any timeout, for `for_s` seconds; then it hangs up (so that, were the deadline
+    not kept, the test would fail in seconds instead of hanging)."""
+    head = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100000\r\nx-pad: "
+            + b"a" * 200 + b"\r\n\r\n")
+
+    def answer(conn: socket.socket, stop: threading.Event) -> None:
+        if part == "body":
+            conn.sendall(head)
+        ends = time.monotonic() + for_s
+        for byte in head if part == "headers" else b" " * 100000:
+            if stop.is_set() or time.monotonic() > ends:
+                return
+            conn.sendall(bytes([byte]))
+            time.sleep(every_s)
+
+    return answer
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("part", ["headers", "body"])
+def test_a_server_dripping_its_answer_cannot_stretch_the_deadline(kind, part):
+    """httpx's timeouts are per read: a byte every 0.5 s kept a timeout=3 call going for ~25 s."""
+    with raw_server(dripping(part)) as url:
+        start = time.monotonic()
+        with pytest.raises(DeadlineExceeded) as caught:
+            call_with(kind, "classify", url, timeout=1.5)
+        elapsed = time.monotonic() - start
+    assert caught.value.type == "timeout" and caught.value.status is None
+    assert 1.4 < elapsed <= 2.5, elapsed
+
+
+class SlowStream(httpx.SyncByteStream):
+    """A body a transport yields a byte every 0.2 s."""
+
+    def __iter__(self) -> Iterator[bytes]:
+        for _ in range(100):
+            time.sleep(0.2)
+            yield b" "
+
+
+def test_the_deadline_falls_between_the_chunks_of_a_callers_transport_too():
+    """A transport of the caller's (not httpx's pool) cannot have its reads cut: the deadline is checked
+    between the chunks it yields."""
+    stub = Stub(lambda request: httpx.Response(200, stream=SlowStream()))
+    start = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        stub_client(stub, timeout=1.0).classify("x", model="m")
+    assert time.monotonic() - start <= 2.0
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+MALFORMED = [  # (the call, a 200's body, what the error's message must name)
+    ("models", b"<html>ok</html>", "not JSON"),
+    ("models", DEEP, "nested too deeply"),
+    ("models", b'{"data": 5}', "'data' is not a list: 5"),
+    ("models", b"[1, 2]", "a JSON list, not an object"),
+    ("models", b'{"data": [5]}', "data[0] is not a model card"),
+    ("classify", b"\xff\xfe\x00garbage", "not JSON"),
+    ("classify", DEEP, "nested too deeply"),
+    ("classify", b'{"data": {"index": 0}}', "'data' is not a list"),
+    ("classify", b'{"data": ["yes"]}', "data[0] is not an object"),
+    ("classify", b'{"data": [{"index": "0", "label": "a", "probs": [1.0]}]}', "data[0].index is not an integer"),
+    ("classify", b'{"data": [{"index": 0, "label": 1, "probs": [1.0]}]}', "data[0].label is not a string"),
+    ("classify", b'{"data": [{"index": 0, "label": "a", "probs": "ab"}]}', "data[0].probs is not a list of numbers"),
+    ("classify", b'{"data": [{"index": 0, "label": "a", "probs": [1.0], "truncated": "no"}]}',
+     "data[0].truncated is not a boolean"),
+]
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("call, body, named", MALFORMED,
+                         ids=[f"{call}-{i}" for i, (call, _, _) in enumerate(MALFORMED)])
+def test_a_malformed_answer_is_a_bad_response_that_names_what_is_wrong(kind, call, body, named):
+    """These escaped as JSONDecodeError, RecursionError, or (`{"data": 5}` from models()) were returned."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body, headers={"content-type": "application/json"})
+
+    with pytest.raises(BadResponse) as caught:
+        call_with(kind, call, handler=handler)
+    assert (caught.value.status, caught.value.type) == (200, "bad_response") and named in caught.value.message
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_an_error_answer_nested_too_deep_is_still_the_http_error(kind):
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(422, content=DEEP, headers={"content-type": "application/json"})
+
+    with pytest.raises(DHRDError) as caught:
+        call_with(kind, "classify", handler=handler)
+    assert (caught.value.status, caught.value.type, caught.value.body) == (422, "http_error", None)
+
+
+@functools.cache
+def gzip_bomb(size: int = 200 * 2**20) -> bytes:
+    """`size` zero bytes gzipped (about a thousandth of it), compressed a MiB at a time."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    mib = b"\0" * 2**20
+    return b"".join(packer.compress(mib) for _ in range(size // 2**20)) + packer.flush()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_gzip_bomb_is_refused_while_it_is_read_not_inflated_first(kind):
+    """A 200 KB gzip body inflating to 200 MB grew the client by 387 MB; the default cap is 16 MiB decoded."""
+    bomb = gzip_bomb()
+    head = (f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\n"
+            f"content-length: {len(bomb)}\r\n\r\n").encode()
+    with raw_server(lambda conn, stop: conn.sendall(head + bomb)) as url:
+        tracemalloc.start()
+        try:
+            with pytest.raises(ResponseTooLarge) as caught:
+                call_with(kind, "models", url)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert (caught.value.status, caught.value.type) == (200, "response_too_large")
+    assert "max_response_bytes" in caught.value.message and isinstance(caught.value, BadResponse)
+    assert peak < 24 * 2**20, f"{peak / 2**20:.0f} MiB traced"  # the cap, a step, bookkeeping
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("encoding", ["identity", "gzip", "deflate"])
+def test_max_response_bytes_caps_the_decoded_answer(kind, encoding):
+    body = json.dumps({"object": "list", "data": [{"id": f"model-{i:04d}"} for i in range(100)]}).encode()
+    encoded = {"identity": body, "gzip": gzip.compress(body), "deflate": zlib.compress(body)}[encoding]
+    headers = {"content-type": "application/json", "content-encoding": encoding}
+
+    def handler(request: httpx.Request) -> httpx.Response:  # streamed: the client decodes it
+        return httpx.Response(200, headers=headers, stream=httpx.ByteStream(encoded))
+
+    assert len(call_with(kind, "models", handler=handler, max_response_bytes=len(body))) == 100
+    with pytest.raises(ResponseTooLarge):
+        call_with(kind, "models", handler=handler, max_response_bytes=len(body) - 1)
+    with pytest.raises(ValueError):
+        Client(max_response_bytes=0)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("encoding, body, named", [("br", b"\x0b\x02\x80[]\x03", "content-encoding 'br'"),
+                                                   ("gzip", b"not gzip at all", "gzip body is corrupt")],
+                         ids=["br", "corrupt-gzip"])
+def test_an_encoding_not_asked_for_or_a_corrupt_one_is_a_bad_response(kind, encoding, body, named):
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.headers["accept-encoding"] == "gzip, deflate"
+        return httpx.Response(200, headers={"content-encoding": encoding}, stream=httpx.ByteStream(body))
+
+    with pytest.raises(BadResponse) as caught:
+        call_with(kind, "models", handler=handler)
+    assert named in caught.value.message
