@@ -30,6 +30,13 @@ LaunchFn = Callable[[Sequence[Sized]], Any]
 # and returns, per payload, whether its caller has left (cancelled, or past its deadline).
 DecodeFn = Callable[[Sequence[Sized], Callable[[], list[bool]]], list[Any]]
 PIPELINE_DEPTH = 2  # batches launched and not yet finished: N runs on the device while N+1 is prepared
+# One pass may raise the pass-time estimates at most this many times over: a single stalled pass (a VM
+# pause, SIGSTOP, a GPU hiccup) must not teach the batcher that every deadline is unreachable, while a
+# real slowdown is still learned within a few passes (x1.6 a pass at the EWMA's 0.2 weight).
+ESTIMATE_GROWTH_CAP = 4.0
+# A model with work waiting and no pass finished for this many of its usual pass times (and at least the
+# service's stall timeout) is stuck: readiness turns 503 until a pass finishes.
+STALL_PASSES = 4.0
 
 
 @dataclass
@@ -94,6 +101,8 @@ class Batcher:
         self._batch_seconds = 0.05
         self._sequence_seconds = 0.0
         self._passes = 0
+        # When a pass last finished (or work arrived at an idle batcher): how long it has been stuck.
+        self._progress = time.monotonic()
         self._depth = metrics.queue_depth.labels(name)  # set twice per sequence: keep the child, not a lookup each
 
     # --- handler side -----------------------------------------------------------------------
@@ -105,6 +114,8 @@ class Batcher:
         """
         n = len(sequences)
         self.admit(n, deadline)
+        if not self.busy:
+            self._progress = time.monotonic()  # an idle batcher is not stuck: the clock starts with its work
         loop = asyncio.get_running_loop()
         futures = []
         for payload in sequences:
@@ -142,6 +153,18 @@ class Batcher:
     def expected_wait(self, n: int) -> float:
         """Seconds until `n` more sequences would be computed: the queue ahead of them, then their pass."""
         return (self._waiting + self._computing + n) * self._sequence_seconds + self._batch_seconds
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._waiting or self._computing)
+
+    def stalled_for(self, limit: float) -> float:
+        """Seconds this batcher has had work and finished no pass, when that exceeds `limit` and several
+        usual pass times; else 0. A generation batcher's decodes are long by nature: never stalled."""
+        if self.decode or not self.busy or not self._passes:
+            return 0.0
+        stuck = time.monotonic() - self._progress
+        return stuck if stuck > max(limit, STALL_PASSES * self._batch_seconds) else 0.0
 
     def _unqueue(self, item: _Pending) -> None:
         """The sequence stops counting against max_queue (taken for a batch, cancelled, or expired)."""
@@ -234,12 +257,16 @@ class Batcher:
 
     def _live(self, items: list[_Pending]) -> list[_Pending]:
         """Drop sequences whose request was cancelled (client gone) or that cannot finish before their
-        deadline: a pass for them would be wasted, and under overload it is what starves the rest."""
-        finish, live = time.monotonic() + self._batch_seconds, []
+        deadline: a pass for them would be wasted, and under overload it is what starves the rest.
+        The pass-time estimate never drops the first live sequence (nothing is ahead of it): only its
+        own deadline can. Otherwise an estimate inflated past every deadline would drop all work, no
+        pass would run again, and the estimate would never come down."""
+        now = time.monotonic()
+        finish, live = now + self._batch_seconds, []
         for item in items:
             if item.future.done():
                 self.metrics.dropped.labels(self.name, "cancelled").inc()
-            elif item.deadline < finish:
+            elif item.deadline <= now or (live and item.deadline < finish):
                 item.future.set_exception(DeadlineExceeded("request deadline would pass before its forward pass ended"))
                 self.metrics.dropped.labels(self.name, "deadline").inc()
             else:
@@ -344,13 +371,25 @@ class Batcher:
             self.on_fatal(exc)
         return EngineDead("the accelerator failed and the engine is stopping; retry on another replica")
 
+    def _learn(self, elapsed: float, count: int) -> None:
+        """Fold one pass into the running estimates (EWMA); one pass raises them at most
+        ESTIMATE_GROWTH_CAP-fold, so a single stall is an outlier, not the new normal."""
+        if not self._passes:  # the first pass replaces the start-up guesses
+            self._batch_seconds, self._sequence_seconds = elapsed, elapsed / count
+        else:
+            batch = min(elapsed, ESTIMATE_GROWTH_CAP * self._batch_seconds)
+            sequence = min(elapsed / count, ESTIMATE_GROWTH_CAP * max(self._sequence_seconds, 1e-6))
+            self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * batch
+            self._sequence_seconds = 0.8 * self._sequence_seconds + 0.2 * sequence
+        self._passes += 1
+
     def kill(self, error: Exception) -> int:
         """Refuse new work and answer everything not yet computed with `error`; the engine is dying."""
         self._closed = True
         return self._fail_queued(error)
 
-    @staticmethod
-    def _fail(batch: list[_Pending], exc: Exception) -> None:
+    def _fail(self, batch: list[_Pending], exc: Exception) -> None:
+        self._progress = time.monotonic()  # a failed pass ended too: the device answers
         for item in batch:
             if not item.future.done():
                 item.future.set_exception(exc)
@@ -359,10 +398,8 @@ class Batcher:
         if self.decode and all(item.future.done() for item in batch):
             return  # every caller left, so the decode stopped early: its time would skew the estimates
         elapsed = time.perf_counter() - started
-        keep = 0.8 if self._passes else 0.0  # the first pass replaces the start-up guesses
-        self._batch_seconds = keep * self._batch_seconds + (1 - keep) * elapsed
-        self._sequence_seconds = keep * self._sequence_seconds + (1 - keep) * elapsed / len(batch)
-        self._passes += 1
+        self._progress = time.monotonic()
+        self._learn(elapsed, len(batch))
         self.metrics.inference_duration.labels(self.name).observe(elapsed)
         for item, result in zip(batch, results):
             if not item.future.done():

@@ -30,14 +30,20 @@ class EngineUnavailable(ShuttingDown):
 
 
 class EngineClient:
-    def __init__(self, socket_path: str | Path):
+    def __init__(self, socket_path: str | Path, heartbeat_s: float = 1.0):
         self.socket_path = str(socket_path)
         self._ids = itertools.count()
         self._pending: dict[int, asyncio.Future] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._outbox: ipc.Outbox | None = None
         self._reader_task: asyncio.Task | None = None
+        self._heartbeat_task: asyncio.Task | None = None
+        self.heartbeat_s = heartbeat_s
         self.alive = False
+        # A connected engine can still be stuck (SIGSTOP, a blocked event loop): when it last sent anything,
+        # and what its last heartbeat answer said about its own models (a stall, or None).
+        self.heard = time.monotonic()
+        self.engine_stalled: str | None = None
 
     async def connect(self, timeout: float = 120.0) -> None:
         """Connect, retrying while the engine process starts (its socket appears once it listens)."""
@@ -51,13 +57,35 @@ class EngineClient:
                     raise EngineUnavailable(f"no engine listening at {self.socket_path} after {timeout:.0f} s")
                 await asyncio.sleep(0.05)
         self.alive = True
+        self.heard = time.monotonic()
         self._outbox = ipc.Outbox(self._writer)  # concurrent handlers' requests share one frame
         self._reader_task = asyncio.create_task(self._read(reader), name="engine-reader")
+        self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="engine-heartbeat")
+
+    def silent_for(self) -> float:
+        """Seconds since the engine last sent anything; the heartbeat makes a live engine speak each second."""
+        return time.monotonic() - self.heard
+
+    async def _heartbeat(self) -> None:
+        """Ask the engine its status every `heartbeat_s`, so a stuck engine is noticed even with no traffic
+        (the answer also says whether one of its models is stuck: `engine_stalled`). Not awaited with a
+        timeout: `silent_for` is the bound, read by readiness."""
+        while self.alive:
+            await asyncio.sleep(self.heartbeat_s)
+            if self.alive:
+                status = self._send(("status",))
+                status.add_done_callback(self._heard_status)
+
+    def _heard_status(self, future: asyncio.Future) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self.engine_stalled = future.result()[2]
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
             while True:
-                for message in await ipc.read(reader):  # one frame: what one forward pass finished
+                messages = await ipc.read(reader)  # one frame: what one forward pass finished
+                self.heard = time.monotonic()
+                for message in messages:
                     self._resolve(*message)
         except ipc.ChannelClosed:
             log.error("the engine process closed its socket; answering 503 until restarted")
@@ -89,7 +117,7 @@ class EngineClient:
 
     async def status(self) -> tuple[bool, str | None]:
         """(ready, load_error) of the engine."""
-        ready, error = await self._send(("status",))
+        ready, error, self.engine_stalled = await self._send(("status",))
         return ready, error
 
     def submit(self, model: str, kind: str, payloads: Sequence[Sized], deadline: float) -> asyncio.Future:
@@ -121,12 +149,13 @@ class EngineClient:
     async def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
-        if self._reader_task is not None:
-            self._reader_task.cancel()
-            try:
-                await self._reader_task
-            except (asyncio.CancelledError, Exception):
-                pass
+        for task in (self._heartbeat_task, self._reader_task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
 
 
 class RemoteQueue:

@@ -75,6 +75,7 @@ class EngineServer:
         self.ready = False
         self.load_error: str | None = None
         self.gc = GcWatch(self.metrics, freeze=settings.gc_freeze)
+        self.connections = 0  # front ends connected now: the drain waits for them (serve)
 
     async def load(self, verify_hashes: bool) -> None:
         try:
@@ -93,6 +94,7 @@ class EngineServer:
         when its results are in, all answers of one forward pass in one frame (`ipc.Outbox`)."""
         outbox = ipc.Outbox(writer)
         running: dict[int, Request] = {}
+        self.connections += 1
         try:
             while True:
                 for kind, rid, *args in await ipc.read(reader):
@@ -100,11 +102,13 @@ class EngineServer:
                         self._start(outbox, running, rid, *args)
                     elif kind == "cancel" and rid in running:
                         running.pop(rid).abandon()
-                    elif kind == "status":
-                        outbox.put(("status", rid, self.ready, self.load_error))
+                    elif kind == "status":  # also the front ends' heartbeat: answered by this loop at once
+                        outbox.put(("status", rid, self.ready, self.load_error,
+                                    self.core.stalled(self.settings.stall_timeout_s)))
         except (ipc.ChannelClosed, asyncio.CancelledError):
             pass  # the front end stopped, or this process is stopping; its requests need no answer
         finally:
+            self.connections -= 1
             for request in running.values():
                 request.abandon()
             writer.close()
@@ -138,12 +142,20 @@ class EngineServer:
         await asyncio.wait({stopped, died}, return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel(), died.cancel()
         loading.cancel()
-        self.ready = False
         # Stopped by the supervisor, the front ends are gone already and the queue is empty, so this returns
         # at once. But SIGTERM to the process group (systemd's default KillMode, `kill -TERM -PGID`) reaches
-        # this process as early as the front ends: work they queued here must get the same grace period
-        # they give it, or it would be answered 503 while they still wait for it. A dead device drains nothing.
-        failed = 0 if self.core.dead else await self.core.drain(self.settings.grace_s)
+        # this process as early as the front ends: while they drain, the engine keeps taking the work they
+        # still send (requests they had read before their signal), for the same grace period, and drains
+        # its queues only once they have gone; refusing it here answered a few requests 503 "models are
+        # still loading". A dead device drains nothing.
+        grace = self.settings.grace_s
+        if self.connections:
+            end = time.monotonic() + grace
+            while self.connections and not self.core.dead and time.monotonic() < end:
+                await asyncio.sleep(0.05)
+            grace = max(0.0, end - time.monotonic())
+        self.ready = False
+        failed = 0 if self.core.dead else await self.core.drain(grace)
         server.close()
         self.gc.close()
         await self.core.close()
@@ -161,7 +173,8 @@ def main(settings: Settings, socket_path: str, log_level: str, verify_hashes: bo
         run = asyncio.run
     async def serve() -> bool:
         stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        for signum in (signal.SIGTERM, signal.SIGHUP):  # SIGHUP (a closed terminal, a group HUP) as SIGTERM
+            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
         return await EngineServer(settings, socket_path).serve(verify_hashes, stop)
 
     if run(serve()):

@@ -16,7 +16,7 @@ Messages (tuples; the first element names the kind):
   front end → engine: ("run", rid, model, kind, payloads, deadline)  kind "classify" | "cot"
                       ("cancel", rid)
                       ("status", rid)
-  engine → front end: ("ok", rid, results) · ("err", rid, wire_error) · ("status", rid, ready, load_error)
+  engine → front end: ("ok", rid, results) · ("err", rid, wire_error) · ("status", rid, ready, load_error, stalled: why a model is stuck or None)
 `deadline` is time.monotonic(): one clock for every process on the host.
 """
 from __future__ import annotations

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+import threading
 import time
 
 import uvicorn
@@ -15,13 +18,32 @@ class DrainingServer(uvicorn.Server):
     If the in-process engine dies (a fatal device error) it stops by itself, and `engine_dead` says so:
     the caller exits non-zero, for the orchestrator to restart it."""
 
-    def __init__(self, config: uvicorn.Config, app: FastAPI):
+    def __init__(self, config: uvicorn.Config, app: FastAPI, beat=None):
         super().__init__(config)
         self.app = app
         self.engine_dead = False
+        self.beat = beat  # a shared double (multiprocessing.Value): when this loop last ticked, for the supervisor
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        """uvicorn's SIGINT and SIGTERM handling, and SIGHUP handled as SIGTERM: a terminal closing or a
+        group SIGHUP otherwise cut every request in flight and left the runtime directory behind."""
+        if threading.current_thread() is not threading.main_thread():  # as uvicorn: only the main thread may
+            with super().capture_signals():
+                yield
+            return
+        previous = signal.signal(signal.SIGHUP, self.handle_exit)
+        try:
+            with super().capture_signals():
+                yield
+        finally:
+            signal.signal(signal.SIGHUP, previous)
 
     async def on_tick(self, counter: int) -> bool:
-        """uvicorn's main loop asks this every 0.1 s whether to exit."""
+        """uvicorn's main loop asks this every 0.1 s whether to exit; each tick is also the heartbeat the
+        supervisor watches (a loop that stops ticking is stuck: `supervisor.stuck_front_ends`)."""
+        if self.beat is not None:
+            self.beat.value = time.monotonic()
         state = getattr(self.app.state, "dhrd", None)
         if state is not None and state.engine_dead:
             self.engine_dead = True

@@ -25,6 +25,12 @@ class Settings(BaseSettings):
     # socket, so the front end scales with cores and never starves the device (ARCHITECTURE.md).
     workers: int | None = Field(None, ge=0, le=64, description="front-end processes feeding one engine process; "
                                 "0: serve in one process; default: 0 on CPU, 4 on a GPU")
+    # A front end whose event loop stops (a blocking call, a pause) would keep receiving its share of new
+    # connections and answer none: the supervisor replaces it once it has not ticked for this long.
+    front_end_timeout_s: float = Field(5.0, gt=0, description="with --workers: a front end whose event loop has "
+                                       "not run for this long is killed and replaced on a fresh socket")
+    socket_per_front_end: bool = Field(True, description="with --workers: one listening socket per front end "
+                                       "(SO_REUSEPORT, new connections spread evenly) or one shared socket")
 
     # --- model runner ---------------------------------------------------------------------
     # "auto": bfloat16 where the device runs it natively (a GPU, a CPU with AVX-512 BF16 or AMX), float32
@@ -68,6 +74,9 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0, description="per-request deadline, queue wait included")
     shutdown_grace_s: float | None = Field(None, ge=0, description="on SIGTERM, how long queued work may still "
                                            "finish before the rest is answered 503 (default: request_timeout_s)")
+    stall_timeout_s: float = Field(10.0, gt=0, description="/ready answers 503 while a model has had work and "
+                                   "finished no forward pass for this long (and 4 of its usual passes), or the "
+                                   "engine process has not answered a heartbeat for this long")
 
     # --- request limits ---------------------------------------------------------------------
     max_inputs_per_request: int = Field(128, ge=1, description="more inputs in one request -> 413")

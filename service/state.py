@@ -43,6 +43,23 @@ class AppState:
             raise ShuttingDown("the engine process is gone; retry on another replica")
         if not self.ready:
             raise NotReady(self.load_error or "models are still loading; retry when GET /ready answers 200")
+        stuck = self.stuck()
+        if stuck:
+            raise NotReady(stuck)
+
+    def stuck(self) -> str | None:
+        """Why a loaded service cannot serve now, or None: a model with work and no forward pass finishing,
+        or an engine process that stopped answering its heartbeat (a load balancer should move traffic;
+        a liveness probe on /ready restarts the replica: DEPLOY.md). Clears once passes finish again."""
+        limit = self.settings.stall_timeout_s
+        if self.engine is not None:
+            return self.engine.stalled(limit)
+        if self.client is not None:
+            silent = self.client.silent_for()
+            if silent > limit:
+                return f"the engine process has not answered for {silent:.0f} s; it may be stuck"
+            return self.client.engine_stalled
+        return None
 
     def model(self, name: str) -> ServedModel:
         """The served model called `name`; raises as `check` does, and UnknownModel for other names (the
@@ -90,7 +107,7 @@ class AppState:
 
         s = self.settings
         loop = asyncio.get_running_loop()
-        self.client = EngineClient(engine_socket)
+        self.client = EngineClient(engine_socket, heartbeat_s=min(1.0, s.stall_timeout_s / 5))
         await self.client.connect()
         for name, path in s.models.items():
             encoder = await loop.run_in_executor(None, InputEncoder.from_export, path)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import struct
 import multiprocessing
 import os
 import re
@@ -77,7 +78,7 @@ def engine_main(parent: int, *args) -> None:
 
 
 def frontend_main(parent: int, settings: Settings, socket_path: str, sock, log_level: str,
-                  replacement: bool = False) -> None:
+                  replacement: bool = False, beat=None) -> None:
     """A front-end process: uvicorn with the app, on its listening socket. A `replacement` for a
     front end that died accepts connections only once it is ready: the others serve meanwhile, and a
     probe reaching it must not see the replica as unready."""
@@ -93,7 +94,7 @@ def frontend_main(parent: int, settings: Settings, socket_path: str, sock, log_l
     app = create_app(settings, hashes_checked=True, engine_socket=socket_path, ready_before_serving=replacement)
     config = uvicorn.Config(app, log_level=log_level, **uvicorn_options(settings, app),
                             timeout_graceful_shutdown=settings.grace_s + 10)
-    DrainingServer(config, app).run(sockets=[sock])
+    DrainingServer(config, app, beat).run(sockets=[sock])
 
 
 def child_environment(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
@@ -110,7 +111,7 @@ def run(settings: Settings, log_level: str) -> int:
     """Bind the port, start the engine and the front ends, wait for a signal or a death, stop them in order.
     Returns the exit status: 0 after a signal, 1 if a child died, 3 if the port could not be bound."""
     try:
-        socks = listen(settings.host, settings.port, settings.front_ends)
+        socks = listen(settings.host, settings.port, settings.front_ends, settings.socket_per_front_end)
     except OSError as exc:
         # Before any child exists, so nothing is left behind; 3 is what uvicorn exits with in one process.
         log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
@@ -125,8 +126,8 @@ def run(settings: Settings, log_level: str) -> int:
         for sock in socks:
             sock.close()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: drained as SIGTERM, not a cut
+        signal.signal(signum, on_signal)
     for stale in sweep_stale_runtime_dirs():
         log.info("removed %s, left by a supervisor that is gone", stale)
     # mode 0700: only this user reaches the socket; the pid in the name tells a later start whose it is
@@ -140,8 +141,11 @@ def run(settings: Settings, log_level: str) -> int:
     me = os.getpid()
     engine = ctx.Process(target=engine_main, name="dhrd-engine",
                          args=(me, settings, socket_path, log_level, False))  # hashes: checked before the start
+    # Each front end's heartbeat: CLOCK_MONOTONIC is one clock for every process of the machine (Linux).
+    beats = [ctx.Value("d", 0.0, lock=False) for _ in range(settings.front_ends)]
     fronts = [ctx.Process(target=frontend_main, name=f"dhrd-front-{i}",
-                          args=(me, settings, socket_path, socks[i], log_level)) for i in range(settings.front_ends)]
+                          args=(me, settings, socket_path, socks[i], log_level, False, beats[i]))
+              for i in range(settings.front_ends)]
     budget = RestartBudget(FRONT_END_RESTARTS, FRONT_END_RESTART_WINDOW_S)
     code = 0
     # Whatever happens from here on (a child failing to start included), the finally stops every child:
@@ -161,6 +165,12 @@ def run(settings: Settings, log_level: str) -> int:
             if engine.exitcode is not None:
                 log.error("%s exited with code %s; stopping the service", engine.name, engine.exitcode)
                 code = 1
+            for i in stuck_front_ends(fronts, beats, settings.front_end_timeout_s, time.monotonic()):
+                log.warning("%s (pid %d) has not run its event loop for %.1f s; killing it", fronts[i].name,
+                            fronts[i].pid, time.monotonic() - beats[i].value)
+                fronts[i].kill()
+                fronts[i].join(5)
+                socks[i] = fresh_socket(socks, i, settings)
             for i, p in enumerate(fronts):
                 if p.exitcode is None or code:
                     continue
@@ -174,8 +184,9 @@ def run(settings: Settings, log_level: str) -> int:
                 multiprocess.mark_process_dead(p.pid, str(metrics_dir))
                 if stopping:  # the signal came meanwhile: the sockets are closed
                     break
+                beats[i].value = 0.0
                 fronts[i] = ctx.Process(target=frontend_main, name=p.name,
-                                        args=(me, settings, socket_path, socks[i], log_level, True))
+                                        args=(me, settings, socket_path, socks[i], log_level, True, beats[i]))
                 fronts[i].start()
                 log.info("%s started (pid %d)", fronts[i].name, fronts[i].pid)
     finally:
@@ -185,6 +196,31 @@ def run(settings: Settings, log_level: str) -> int:
         _stop([engine], 15)
         shutil.rmtree(runtime, ignore_errors=True)
     return code
+
+
+def stuck_front_ends(fronts: list, beats: list, timeout_s: float, now: float) -> list[int]:
+    """The running front ends whose event loop has not ticked for `timeout_s` (one that has not started
+    serving yet has not ticked at all: it is loading, not stuck)."""
+    return [i for i, (p, beat) in enumerate(zip(fronts, beats))
+            if p.exitcode is None and beat.value and now - beat.value > timeout_s]
+
+
+def fresh_socket(socks: list[socket.socket], i: int, settings: Settings) -> socket.socket:
+    """A stuck front end's socket, replaced: closing ours (its process is dead) takes it out of the port's
+    SO_REUSEPORT group, so new connections go to the healthy front ends at once instead of waiting in its
+    backlog; the few already in that backlog were waiting since it got stuck. The new socket is bound but
+    not listening: it joins the group when the replacement's uvicorn listens on it, once ready, so no
+    connection waits for a front end that is still starting. With one shared socket there is nothing to
+    replace: the healthy front ends accept from it anyway."""
+    if socks.count(socks[i]) > 1:
+        return socks[i]
+    socks[i].close()
+    try:
+        return reuse_port_socket(settings.host, settings.port, listening=False)
+    except OSError as exc:  # the port is ours: only a foreign socket there could refuse, and then we keep serving
+        log.error("cannot open a new socket on %s:%d for the replacement (%s); it shares another's", settings.host,
+                  settings.port, exc)
+        return next(s for j, s in enumerate(socks) if j != i)
 
 
 class RestartBudget:
@@ -203,7 +239,7 @@ class RestartBudget:
         return True
 
 
-def listen(host: str, port: int, count: int) -> list[socket.socket]:
+def listen(host: str, port: int, count: int, per_front_end: bool = True) -> list[socket.socket]:
     """One listening socket per front end, all on `host:port`, made here before anything starts. Raises
     OSError when the port is taken.
 
@@ -219,23 +255,63 @@ def listen(host: str, port: int, count: int) -> list[socket.socket]:
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: old connections don't block
         probe.bind((host, port))
-    reuse_port = getattr(socket, "SO_REUSEPORT", None)  # Linux's; elsewhere the front ends share one socket
+    reuse_port = getattr(socket, "SO_REUSEPORT", None) is not None and per_front_end  # Linux's; else one shared
     socks: list[socket.socket] = []
     try:
-        for _ in range(count if reuse_port is not None else 1):
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            socks.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if reuse_port is not None:
-                sock.setsockopt(socket.SOL_SOCKET, reuse_port, 1)
-            sock.bind((host, port))
-            sock.listen(2048)  # here, so connections wait in the backlog while the front ends start
-            sock.set_inheritable(True)
+        for _ in range(count if reuse_port else 1):
+            socks.append(reuse_port_socket(host, port) if reuse_port else plain_socket(host, port))
     except OSError:
         for sock in socks:
             sock.close()
         raise
+    if len(socks) > 1:
+        steer_to_own(socks)
     return socks if len(socks) == count else socks * count
+
+
+# A classic BPF program for the port's SO_REUSEPORT group (SO_ATTACH_REUSEPORT_CBPF, Linux >= 4.5): it
+# returns the index of the socket that gets a new connection, `random % count`. Our sockets join the group
+# first (a socket already listening on the port makes the bind check above fail), so they hold indices
+# 0..count-1; a socket another process of this user adds later gets a higher index and no connection.
+SO_ATTACH_REUSEPORT_CBPF = 51
+_RANDOM = (-0x1000 + 56) & 0xFFFFFFFF  # SKF_AD_OFF + SKF_AD_RANDOM: the kernel's per-call random number
+
+
+def steer_to_own(socks: list[socket.socket]) -> bool:
+    """Attach the program to the group of `socks`; False (logged) where the platform has no such option."""
+    program = [(0x20, 0, 0, _RANDOM),  # BPF_LD | BPF_W | BPF_ABS: A = random
+               (0x94, 0, 0, len(socks)),  # BPF_ALU | BPF_MOD | BPF_K: A %= count
+               (0x16, 0, 0, 0)]  # BPF_RET | BPF_A: the socket at index A
+    code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *op) for op in program))
+    fprog = struct.pack("HL", len(program), ctypes.addressof(code))  # struct sock_fprog {len; filter*}
+    try:
+        socks[0].setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+    except OSError as exc:
+        log.warning("cannot keep other processes' sockets on this port out of its connections (%s): another "
+                    "process of this user that binds it with SO_REUSEPORT would get a share", exc)
+        return False
+    return True
+
+
+def plain_socket(host: str, port: int, reuse_port: bool = False, listening: bool = True) -> socket.socket:
+    """A socket bound to host:port, inheritable by the front ends (spawned); listening unless told not to."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        if listening:
+            sock.listen(2048)  # here, so connections wait in the backlog while the front ends start
+        sock.set_inheritable(True)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def reuse_port_socket(host: str, port: int, listening: bool = True) -> socket.socket:
+    return plain_socket(host, port, reuse_port=True, listening=listening)
 
 
 def sweep_stale_runtime_dirs(root: str | Path | None = None) -> list[Path]:

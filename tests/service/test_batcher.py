@@ -464,3 +464,78 @@ def test_a_generation_batcher_stops_asking_once_every_caller_left():
     asyncio.run(go())
     assert seen[0] == [False, False] and [False, False] in seen and [True, False] in seen
     assert seen[-1] == [True, True] and len(seen) < 60
+
+
+class Stall:
+    """A forward pass that takes `stall` seconds once (a VM pause, SIGSTOP, a GPU hiccup), else `delay`."""
+
+    def __init__(self, stall: float, delay: float = 0.005, at: int = 1):
+        self.stall, self.delay, self.at, self.calls = stall, delay, at, 0
+
+    def __call__(self, batch):
+        time.sleep(self.stall if self.calls == self.at else self.delay)
+        self.calls += 1
+        return [sum(x) for x in batch]
+
+
+def test_one_long_pass_does_not_make_every_later_request_time_out():
+    """Issue 32, item 1: one pass ~7x the request deadline used to push the pass-time estimate past every
+    deadline; every new sequence was then dropped before a pass ran, so no pass ran again and the model
+    answered 504 forever. After the stall, requests with the same short deadline are served again."""
+    async def go():
+        b = make(Stall(stall=1.4), max_wait_ms=0)
+        b.start()
+        await asyncio.gather(*b.submit([[1]], far()))  # a normal pass
+        await asyncio.gather(*b.submit([[1]], far()))  # the stall
+        served = []
+        for _ in range(10):
+            try:
+                served += await asyncio.wait_for(asyncio.gather(*b.submit([[2]], time.monotonic() + 0.2)), 1)
+            except DeadlineExceeded:
+                served.append("504")
+        await b.stop()
+        return served
+
+    assert asyncio.run(go()) == [2] * 10
+
+
+def test_the_first_sequence_of_a_pass_is_never_dropped_by_the_estimate_alone():
+    """Even when the estimate says the pass would end past its deadline (here: the first pass ever was
+    slow), a sequence with nothing ahead of it is computed; its own deadline still drops it once passed."""
+    async def go():
+        b = make(Stall(stall=0.5, at=0), max_wait_ms=0)
+        b.start()
+        await asyncio.gather(*b.submit([[1]], far()))  # the estimate is now 0.5 s
+        result = await asyncio.gather(*b.submit([[3]], time.monotonic() + 0.3))
+        await b.stop()
+        return result
+
+    assert asyncio.run(go()) == [3]
+
+
+def test_a_batcher_with_work_and_no_finished_pass_reports_the_stall_until_a_pass_ends():
+    import threading
+
+    release = threading.Event()
+
+    def predict(batch):
+        if len(batch[0]) == 2:
+            release.wait(5)  # stuck until released
+        return [0] * len(batch)
+
+    async def go():
+        b = make(predict, max_wait_ms=0)
+        b.start()
+        await asyncio.gather(*b.submit([[1]], far()))  # learns a fast pass
+        assert b.stalled_for(0.2) == 0.0  # idle: never stalled
+        stuck = b.submit([[1, 1]], far())
+        await asyncio.sleep(0.1)
+        assert b.stalled_for(0.2) == 0.0  # working, not yet past the limit
+        await asyncio.sleep(0.3)
+        assert b.stalled_for(0.2) > 0.35
+        release.set()
+        await asyncio.gather(*stuck)
+        assert b.stalled_for(0.2) == 0.0
+        await b.stop()
+
+    asyncio.run(go())

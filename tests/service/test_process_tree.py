@@ -328,3 +328,46 @@ def test_each_front_end_gets_its_own_socket_on_the_port_and_one_shared_where_the
         assert len(shared) == 3 and len({id(s) for s in shared}) == 1
     finally:
         shared[0].close()
+
+
+def test_a_foreign_socket_that_joins_the_port_later_gets_no_connection():
+    """Issue 32, item 4: another process of the same user binding the port with SO_REUSEPORT while dhrd
+    served received 17 of 60 requests. The group's steering program only picks dhrd's own sockets."""
+    from service.supervisor import listen
+
+    port = free_port()
+    socks = listen("127.0.0.1", port, 2)
+    foreign = socket.socket()
+    foreign.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    foreign.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    foreign.bind(("127.0.0.1", port))
+    foreign.listen()
+    counts = [0, 0, 0]
+    try:
+        for s in (*socks, foreign):
+            s.setblocking(False)
+        for _ in range(60):
+            with socket.create_connection(("127.0.0.1", port)):
+                time.sleep(0.005)
+                for j, s in enumerate((*socks, foreign)):
+                    try:
+                        s.accept()[0].close()
+                        counts[j] += 1
+                    except BlockingIOError:
+                        pass
+    finally:
+        for s in (*socks, foreign):
+            s.close()
+    assert counts[2] == 0 and counts[0] > 10 and counts[1] > 10 and sum(counts) == 60, counts
+
+
+def test_a_socket_already_listening_on_the_port_refuses_the_start():
+    from service.supervisor import listen
+
+    port = free_port()
+    with socket.socket() as foreign:
+        foreign.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        foreign.bind(("127.0.0.1", port))
+        foreign.listen()
+        with pytest.raises(OSError):
+            listen("127.0.0.1", port, 2)
