@@ -58,8 +58,8 @@ def stop(proc: subprocess.Popen, timeout: float = 60) -> None:
 
 
 def start_server(export: Path, model: str, port: int, flags: list[str], log: Path) -> subprocess.Popen:
-    cmd = [str(BIN / "dhrd"), "serve", "--model", f"{model}={export}", "--port", str(port), *flags,
-           "--log-level", "warning"]
+    quiet = [] if "--log-level" in flags else ["--log-level", "warning"]  # a caller may need the info lines
+    cmd = [str(BIN / "dhrd"), "serve", "--model", f"{model}={export}", "--port", str(port), *flags, *quiet]
     return spawn_until_ready(cmd, f"http://127.0.0.1:{port}/ready", log, timeout=900)  # --compile: minutes
 
 

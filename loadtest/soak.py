@@ -2,14 +2,23 @@
 status counts, p99 and the server's RSS every interval; then SIGTERM under load. Not in CI.
 
     .venv/bin/python -m loadtest.soak --export exports/cb --minutes 5        # writes loadtest/results/soak/
+    .venv/bin/python -m loadtest.soak --export exports/cb --minutes 15 --interval 60 --workers 2 \
+        --stall engine@300 --stall front-0@600 --stall-s 20      # stalls: SIGSTOP, then SIGCONT
+
+A stall stops one process of the tree (`engine` or `front-N` under --workers, `server` in one process)
+for --stall-s seconds at the given second of the soak; the report's rows show what it cost and that the
+replica served again (a stopped front end is replaced by the supervisor after --front-end-timeout-s).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import os
 import random
+import re
 import signal
+import threading
 import tempfile
 import time
 from collections import Counter
@@ -42,6 +51,36 @@ class Window:
         p = (lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000) if lat else None)
         return {"t_s": round(t), "rss_mb": rss_mb, "requests": sum(self.statuses.values()),
                 "statuses": dict(sorted(self.statuses.items())), "p50_ms": p(0.5), "p99_ms": p(0.99)}
+
+
+def tree_pids(log: Path, server_pid: int) -> dict[str, int]:
+    """The serving processes by name: `server` (the one process, or the supervisor), and under --workers
+    the supervisor's children from its log (`dhrd-engine`, `dhrd-front-N`; the last pid logged wins)."""
+    found = {"server": server_pid}
+    for name, pid in re.findall(r"dhrd-(engine|front-\d+) started \(pid (\d+)\)", log.read_text()):
+        found[name] = int(pid)
+    return found
+
+
+def stall_later(log: Path, server_pid: int, name: str, at_s: float, seconds: float, events: list[dict],
+                start: float) -> threading.Timer:
+    """At `at_s` into the soak, SIGSTOP process `name` for `seconds`, then SIGCONT it (if it still exists:
+    the supervisor may have replaced it); the events are recorded for the report."""
+    def stall() -> None:
+        pid = tree_pids(log, server_pid)[name]
+        os.kill(pid, signal.SIGSTOP)
+        events.append({"t_s": round(time.monotonic() - start), "event": f"SIGSTOP {name} (pid {pid})"})
+        time.sleep(seconds)
+        try:
+            os.kill(pid, signal.SIGCONT)
+            events.append({"t_s": round(time.monotonic() - start), "event": f"SIGCONT {name} (pid {pid})"})
+        except ProcessLookupError:
+            events.append({"t_s": round(time.monotonic() - start), "event": f"{name} (pid {pid}) was replaced"})
+
+    timer = threading.Timer(at_s, stall)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def rss_mb(pid: int) -> float:
@@ -88,10 +127,11 @@ async def client(url: str, seed: int, until: float, window: list[Window], too_ma
                 await asyncio.sleep(min(float(r.headers.get("retry-after", 1)), 5.0))
 
 
-async def soak(url: str, pid: int, seconds: float, clients: int, interval: float, too_many: int) -> list[dict]:
+async def soak(url: str, pid: int, seconds: float, clients: int, interval: float, too_many: int,
+               start: float | None = None) -> list[dict]:
     window = [Window()]
     until = time.monotonic() + seconds
-    start = time.monotonic()
+    start = time.monotonic() if start is None else start
     tasks = [asyncio.create_task(client(url, i, until, window, too_many)) for i in range(clients)]
     rows = [Window().row(0, rss_mb(pid))]
     while time.monotonic() < until:
@@ -133,6 +173,10 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=30.0, help="seconds between report rows")
     parser.add_argument("--request-timeout-s", type=float, default=2.0, help="server deadline: 504s under overload")
     parser.add_argument("--flags", default="", help="extra `dhrd serve` flags, e.g. '--max-queue 256'")
+    parser.add_argument("--workers", type=int, default=None, help="`dhrd serve --workers N`")
+    parser.add_argument("--stall", action="append", default=[], metavar="NAME@SECOND",
+                        help="SIGSTOP process NAME (engine, front-N, server) at SECOND of the soak, for --stall-s")
+    parser.add_argument("--stall-s", type=float, default=20.0)
     parser.add_argument("--out", type=Path, default=REPO / "loadtest" / "results" / "soak")
     args = parser.parse_args()
 
@@ -140,11 +184,18 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     log = Path(tempfile.mkdtemp(prefix="dhrd-soak-")) / "serve.log"  # the server's log stays out of the repo
     flags = ["--request-timeout-s", str(args.request_timeout_s), "--max-queue", "256", "--max-inputs-per-request",
-             "128", *args.flags.split()]
+             "128", *(["--workers", str(args.workers), "--log-level", "info", "--no-access-log"] if args.workers else []),
+             *args.flags.split()]
     proc = start_server(args.export, "cb", port, flags, log)
     url = f"http://127.0.0.1:{port}/classify"
+    events: list[dict] = []
+    start = time.monotonic()
+    for spec in args.stall:
+        name, at = spec.rsplit("@", 1)
+        stall_later(log, proc.pid, name, float(at), args.stall_s, events, start)
     try:
-        rows = asyncio.run(soak(url, proc.pid, args.minutes * 60, args.clients, args.interval, too_many=257))
+        rows = asyncio.run(soak(url, proc.pid, args.minutes * 60, args.clients, args.interval, too_many=257,
+                                start=start))
         alive = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5).status_code
         shutdown = asyncio.run(sigterm_under_load(url, proc, 16))
         exit_code = proc.wait(timeout=120)
@@ -154,7 +205,7 @@ def main() -> int:
     report = {"machine": machine(), "commit": commit(), "date": time.strftime("%Y-%m-%d"),
               "command": "python -m loadtest.soak " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
                                                                 vars(args).items() if k != "out"),
-              "serve_flags": flags, "mix": MIX, "rows": rows, "ready_after_soak": alive,
+              "serve_flags": flags, "mix": MIX, "rows": rows, "stalls": events, "ready_after_soak": alive,
               "sigterm": shutdown, "exit_code": exit_code}
     stem = f"{report['date']}-{time.strftime('%H%M')}-{report['machine']['node']}"  # a later run never overwrites an earlier one
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -170,6 +221,8 @@ def markdown(report: dict) -> str:
     for r in report["rows"]:
         outcomes = ", ".join(f"{k} {v}" for k, v in r["statuses"].items())
         lines.append(f"| {r['t_s']} | {r['rss_mb']} | {r['requests']} | {r['p50_ms']} / {r['p99_ms']} | {outcomes} |")
+    if report.get("stalls"):
+        lines += ["", "Stalls: " + "; ".join(f"{e['t_s']} s: {e['event']}" for e in report["stalls"]) + "."]
     lines += ["", f"`/ready` after the soak: {report['ready_after_soak']}. SIGTERM with 16 clients in flight: "
               f"{report['sigterm']}; exit code {report['exit_code']}.", ""]
     return "\n".join(lines)

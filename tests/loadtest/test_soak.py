@@ -27,3 +27,26 @@ def test_a_short_soak_reports_rows_and_sees_no_server_errors(tmp_path):
     # 429: on a busy machine the honest queue may refuse work it could not finish by the 2 s deadline.
     assert set(report["sigterm"]) <= {"200", "503:shutting_down", "429:overloaded"}, report["sigterm"]
     assert (tmp_path / next(tmp_path.glob("*.json")).with_suffix(".md").name).exists()
+
+
+def test_a_stall_stops_the_named_process_of_the_tree_for_its_seconds_then_resumes_it(tmp_path):
+    import time
+
+    from loadtest.soak import stall_later, tree_pids
+
+    sleeper = subprocess.Popen(["sleep", "30"])
+    log = tmp_path / "serve.log"
+    log.write_text(f"x dhrd-engine started (pid 1)\nx dhrd-front-0 started (pid {sleeper.pid})\n")
+    try:
+        assert tree_pids(log, 7) == {"server": 7, "engine": 1, "front-0": sleeper.pid}
+        events: list = []
+        start = time.monotonic()
+        stall_later(log, 7, "front-0", 0.0, 0.5, events, start)
+        time.sleep(0.25)
+        state = Path(f"/proc/{sleeper.pid}/stat").read_text().split(")")[-1].split()[0]
+        assert state == "T"  # stopped
+        time.sleep(0.6)
+        assert [e["event"].split()[0] for e in events] == ["SIGSTOP", "SIGCONT"]
+        assert Path(f"/proc/{sleeper.pid}/stat").read_text().split(")")[-1].split()[0] == "S"
+    finally:
+        sleeper.kill()
