@@ -10,25 +10,36 @@ only the slower h11 parser reads):
 - a request's headers must arrive within `header_timeout_s` of the connection opening or of the
   previous answer: a connection that sent nothing is closed, one that sent part of its headers
   gets a JSON 408;
-- request line and headers over `max_header_bytes`: JSON 431, and the connection is closed;
+- request line and headers (from the request's first byte through the blank line that ends them) over
+  `max_header_bytes`: JSON 431, and the connection is closed. Each request is measured alone, however its
+  bytes arrive (one write, a byte at a time, many pipelined requests in one read);
 - past `max_connections` open connections, a request gets a JSON 503 with `Retry-After` (uvicorn's
-  own `limit_concurrency` answers plain text; it is left off and this takes its place).
-Every answer here closes the connection (`connection: close`), and is counted in
-`dhrd_rejected_requests_total` under its error type (`timeout`, `too_large`, `overloaded`), as the app's
-own refusals are.
+  own `limit_concurrency` answers plain text; it is left off and this takes its place);
+- a request the parser cannot read (a bad chunk size, Content-Length with Transfer-Encoding, two
+  Content-Lengths, a control character in a header, an HTTP/2 preface...): JSON 400 `bad_request`
+  (uvicorn's own answer is plain text).
+Every answer here closes the connection (`connection: close`), after the answers already due to requests
+before it on the connection, and is counted in `dhrd_rejected_requests_total` under its error type
+(`timeout`, `too_large`, `overloaded`, `bad_request`), as the app's own refusals are. A connection closed while
+its client may still be sending (a refusal, or the app's 413 to a `Connection: close` or HTTP/1.0 request)
+shuts its write side first and reads what still comes, briefly: closing with unread bytes makes the kernel
+send a reset, which can destroy the answer before the client reads it.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any, Callable
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from .http_errors import count_rejection
 from .settings import Settings
 
-REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+REASONS = {400: "Bad Request", 408: "Request Timeout", 431: "Request Header Fields Too Large",
+           503: "Service Unavailable"}
 
 
 def error_bytes(status: int, kind: str, message: str, field: str | None = None,
@@ -50,20 +61,68 @@ async def _over_capacity(scope, receive, send) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+_BLANK_LINES = re.compile(rb"[\r\n]*")  # what the parser skips before a request line
+
+
+class _Refused(Exception):
+    """Raised in a parser callback to stop the parser: nothing after a refused request is read."""
+
+
+class _Transport:
+    """The socket as uvicorn's protocol and its request cycles see it: its own, except that `close()` is the
+    protocol's (`_close`), also when a cycle closes after a `Connection: close` or HTTP/1.0 answer."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: GuardedHttpToolsProtocol):
+        self._transport = transport
+        self._protocol = protocol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def write(self, data: bytes) -> None:
+        if not self._protocol._closing:  # the write side may be shut already
+            self._transport.write(data)
+
+    def is_closing(self) -> bool:
+        return self._protocol._closing or self._transport.is_closing()
+
+    def close(self) -> None:
+        self._protocol._close()
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a header deadline, a header size limit and a JSON connection cap.
-    The limits are class attributes, set by `protocol_class(settings)`."""
+    """uvicorn's httptools protocol with a header deadline, a header size limit, a JSON connection cap and JSON
+    answers to malformed requests. The limits are class attributes, set by `protocol_class(settings)`."""
 
     header_timeout_s: float = 10.0
     max_header_bytes: int = 65536
     max_connections: int | None = None
+    # How long, and how much, a closing connection still reads (and drops) from a client that is still sending:
+    # enough for a client that sends its whole body before reading the answer (a 413) to read it.
+    linger_s: float = 2.0
+    linger_bytes: int = 16 * 1024 * 1024
     # Counts a refusal by its error type (the app's metrics, once its lifespan has started).
     on_refusal: Callable[[str], None] = staticmethod(lambda kind: None)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._socket = transport
+        self.transport = _Transport(transport, self)  # type: ignore[assignment]
+        self._closing = False  # `_close` has begun: what arrives now is dropped
+        self._lost = False
+        self._dropped = 0
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self._refusal: tuple[bytes, str] | None = None  # an answer waiting for the answers due before it
+        self._running: RequestResponseCycle | None = None  # the request served now (`self.cycle`: the last parsed)
         self._in_headers = False  # between a request's first byte and the end of its headers
-        self._header_bytes = 0
+        self._in_message = False  # between a request's first byte and its end
+        # Where the parser is, as offsets in the bytes received on this connection: a request's headers are
+        # measured from its first byte to the blank line ending them, whichever reads carry them.
+        self._received = 0
+        self._read_at, self._read, self._tail = 0, b"", b"\0\0\0"  # this read, and the previous one's last bytes
+        self._at = 0  # the end of what the parser callbacks have placed (a request, its headers, a chunk)
+        self._head_start = 0
+        self._chunk_data = False
         self._header_timer: asyncio.TimerHandle | None = None
         self._await_request()
 
@@ -77,15 +136,51 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._header_timer.cancel()
             self._header_timer = None
 
-    def _refuse(self, answer: bytes | None, kind: str | None = None) -> None:
-        """Close the connection, after writing `answer` (a refusal of type `kind`, counted) if given."""
+    def _refuse(self, answer: bytes | None, kind: str = "http_error") -> None:
+        """Read no more requests; close the connection, after writing `answer` (a refusal of type `kind`,
+        counted) if given, once the answers due to the requests before it are written: they stay in order."""
         self._cancel_timer()
         self._in_headers = False
-        if not self.transport.is_closing():
-            if answer is not None:
-                self.transport.write(answer)
-                self.on_refusal(kind or "http_error")
-            self.transport.close()
+        if answer is None:
+            self._close()
+            return
+        self._refusal = (answer, kind)
+        self._answer_refusal()
+
+    def _answer_refusal(self) -> None:
+        """Write the waiting refusal and close, unless an answer before it is still due (then its end calls this)."""
+        cycle = self._running
+        if self._refusal is None or self.pipeline or (cycle and not (cycle.response_complete or cycle.disconnected)):
+            return
+        (answer, kind), self._refusal = self._refusal, None
+        if not self.transport.is_closing():  # else a request before it closed the connection: never answered
+            self._socket.write(answer)
+            self.on_refusal(kind)
+        self._close()
+
+    def _close(self) -> None:
+        """Close; if the client may still be sending (a request not read to its end), shut the write side first
+        (the client reads the answer, then the end) and drop what still arrives, within the linger bounds."""
+        if self._closing:
+            return
+        self._closing = True
+        self._cancel_timer()
+        raw = self._socket
+        if self._lost or raw.is_closing() or not self._in_message or not raw.can_write_eof():
+            raw.close()
+            return
+        raw.write_eof()
+        raw.resume_reading()  # flow control may have paused it, with the client's bytes waiting
+        self._linger_timer = self.loop.call_later(self.linger_s, raw.close)
+
+    def _drop(self, data: bytes) -> None:
+        """Bytes after a refusal: dropped. While the refusal waits for answers due, reading stops (the client
+        waits); once closing, it goes on (a close with unread bytes is a reset) up to `linger_bytes`."""
+        self._dropped += len(data)
+        if not self._closing:
+            self._socket.pause_reading()
+        elif self._dropped > self.linger_bytes:
+            self._socket.close()
 
     def _headers_too_slow(self) -> None:
         self._header_timer = None
@@ -95,24 +190,72 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(error_bytes(408, "timeout", f"request headers not received within "
                                                      f"{self.header_timeout_s:g} s", "headers"), "timeout")
 
+    def _headers_too_large(self) -> None:
+        self._refuse(error_bytes(431, "too_large", f"request line and headers are over the limit of "
+                                                   f"{self.max_header_bytes} bytes", "headers"), "too_large")
+
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        # The parser has run its callbacks for `data`: still inside a request's headers (this request's,
-        # or the next one's arriving while this one is served), count them, and stop past the limit.
-        if self._in_headers and not self.transport.is_closing():
-            self._header_bytes += len(data)
-            if self._header_bytes > self.max_header_bytes:
-                self._refuse(error_bytes(431, "too_large", f"request line and headers are over the limit of "
-                                                           f"{self.max_header_bytes} bytes", "headers"), "too_large")
+        if self._closing or self._refusal is not None:
+            self._drop(data)
+            return
+        self._unset_keepalive_if_required()
+        self._read_at, self._read = self._received, data
+        self._received += len(data)
+        if not self._in_message:  # what came before was blank lines, or dropped after an upgrade
+            self._at = self._read_at
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:  # as uvicorn: a websocket takes the connection, another is ignored
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+        except httptools.HttpParserError as exc:
+            if not isinstance(exc.__context__, _Refused):
+                self._malformed(str(exc))
+        finally:
+            self._tail, self._read = (self._tail + data[-3:])[-3:], b""
+        # Headers still arriving: their bytes so far, this read's included, are measured now (memory is bounded).
+        if self._in_headers and self._received - self._head_start > self.max_header_bytes:
+            self._headers_too_large()
+
+    def _malformed(self, reason: str) -> None:
+        """The JSON 400. A request whose body the parser failed on (its headers were read: it is `self.cycle`) is
+        not served: the 400 is its answer. Its app, if running and not answering yet, sees the client leave."""
+        cycle = self.cycle
+        if self._in_message and not self._in_headers and cycle is not None and not cycle.response_started:
+            if self.pipeline and self.pipeline[0][0] is cycle:  # queued behind an earlier request: never starts
+                self.pipeline.popleft()
+            cycle.disconnected = True  # no answer of its own is due
+            cycle.message_event.set()
+        self._refuse(error_bytes(400, "bad_request", f"malformed HTTP request: {reason}"), "bad_request")
+
+    def _end_of(self, needle: bytes, start: int) -> int:
+        """Where the first `needle` at or after offset `start` ends: the parser has just read past it, in this read
+        (or starting in the previous one's last bytes)."""
+        back = len(needle) - 1
+        start = max(start, self._read_at - back)
+        if start < self._read_at:
+            found = (self._tail[start - self._read_at:] + self._read[:back]).find(needle)
+            if found != -1:
+                return start + found + len(needle)
+            start = self._read_at
+        found = self._read.find(needle, start - self._read_at)
+        return self._received if found == -1 else self._read_at + found + len(needle)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._in_headers = True
-        self._header_bytes = 0
+        self._in_headers = self._in_message = True
+        # The request starts past the previous one's end and the blank lines the parser skipped.
+        self._head_start = self._read_at + _BLANK_LINES.match(self._read, max(0, self._at - self._read_at)).end()
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
         self._cancel_timer()
+        self._at = self._end_of(b"\r\n\r\n", self._head_start)
+        if self._at - self._head_start > self.max_header_bytes:  # all in this read: not measured at its end
+            self._headers_too_large()
+            raise _Refused  # the parser stops: the request is not served, nothing after it is read
         cap = self.max_connections
         if cap is not None and (len(self.connections) >= cap or len(self.tasks) >= cap):
             self.on_refusal("overloaded")
@@ -124,14 +267,40 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         super().on_headers_complete()
 
+    # The body's bytes move the parser's place on: the next request starts where this one ends.
+    def on_body(self, body: bytes) -> None:
+        self._at += len(body)
+        self._chunk_data = True
+        super().on_body(body)
+
+    def on_chunk_header(self) -> None:  # the chunk's size line (extensions included) is read
+        self._at = self._end_of(b"\r\n", self._at)
+        self._chunk_data = False
+
+    def on_chunk_complete(self) -> None:  # the CRLF after its data; after the last (empty) one, the trailers
+        self._at = self._at + 2 if self._chunk_data else self._end_of(b"\r\n\r\n", self._at - 2)
+
+    def on_message_complete(self) -> None:
+        self._in_message = False
+        super().on_message_complete()
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
+
     def on_response_complete(self) -> None:
         queued = bool(self.pipeline)  # a pipelined request, already parsed, starts now
         super().on_response_complete()
-        if not queued and not self.transport.is_closing():
+        if self._refusal is not None:
+            self._answer_refusal()
+        elif not queued and not self.transport.is_closing():
             self._await_request()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
         self._cancel_timer()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
         super().connection_lost(exc)
 
 
