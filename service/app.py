@@ -74,8 +74,15 @@ def create_app(settings: Settings, runners: dict[str, ModelRunner] | None = None
                            allow_headers=["Authorization", "Content-Type"])
     app.add_middleware(Observe)  # type: ignore[arg-type]
 
-    @app.get("/health", summary="Liveness: the process is up")
-    async def health() -> dict[str, str]:
+    @app.get("/health", summary="Liveness: the process is up, and not stuck for 3 stall timeouts (503 then)",
+             responses={503: {"model": schemas.ErrorResponse}})
+    async def health(request: Request):
+        state = getattr(request.app.state, "dhrd", None)  # None before the lifespan: up is all it can say
+        try:
+            if state is not None:
+                state.check_alive()
+        except ServiceError as exc:
+            return error_response(http_status(exc), exc.kind, exc.message)
         return {"status": "ok"}
 
     @app.get("/ready", summary="Readiness: every model loaded and warm (503 before)",

@@ -124,14 +124,15 @@ class EngineCore:
             batcher.kill(EngineDead("the accelerator failed and the engine is stopping; retry on another replica"))
         self.died.set()
 
-    def stalled(self, limit: float) -> str | None:
-        """Why a model cannot serve now (work waiting, no forward pass finished for over `limit` s), or None."""
+    def stalled(self, limit: float) -> tuple[str, float] | None:
+        """Why a model cannot serve now (work waiting, no forward pass finished for over `limit` s) and for
+        how long, or None."""
         stuck = {b.name: b.stalled_for(limit) for b in self.batchers()}
         stuck = {name: s for name, s in stuck.items() if s}
         if not stuck:
             return None
         return ("no forward pass has finished for " + ", ".join(f"{s:.0f} s (model {n!r})" for n, s in stuck.items())
-                + " while work waits; the device or its thread may be stuck")
+                + " while work waits; the device or its thread may be stuck", max(stuck.values()))
 
     def batchers(self) -> list[Batcher]:
         return [b for m in self.models.values() for b in (m.batcher, m.cot_batcher) if b is not None]

@@ -43,7 +43,7 @@ class EngineClient:
         # A connected engine can still be stuck (SIGSTOP, a blocked event loop): when it last sent anything,
         # and what its last heartbeat answer said about its own models (a stall, or None).
         self.heard = time.monotonic()
-        self.engine_stalled: str | None = None
+        self.engine_stalled: tuple[str, float] | None = None
 
     async def connect(self, timeout: float = 120.0) -> None:
         """Connect, retrying while the engine process starts (its socket appears once it listens)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .engine import EngineCore, find_model
 from .engine_client import EngineClient, RemoteQueue
-from .errors import NotReady, ShuttingDown
+from .errors import EngineDead, NotReady, ShuttingDown
 from .gc_heap import GcWatch
 from .metrics import Metrics
 from .runner import InputEncoder, ModelRunner
@@ -18,6 +18,7 @@ from .served import ServedModel
 from .settings import Settings
 
 log = logging.getLogger("dhrd.service")
+LIVENESS_STALLS = 3  # /health fails once a stall has lasted this many --stall-timeout-s
 
 
 @dataclass
@@ -45,21 +46,30 @@ class AppState:
             raise NotReady(self.load_error or "models are still loading; retry when GET /ready answers 200")
         stuck = self.stuck()
         if stuck:
-            raise NotReady(stuck)
+            raise NotReady(stuck[0])
 
-    def stuck(self) -> str | None:
-        """Why a loaded service cannot serve now, or None: a model with work and no forward pass finishing,
-        or an engine process that stopped answering its heartbeat (a load balancer should move traffic;
-        a liveness probe on /ready restarts the replica: DEPLOY.md). Clears once passes finish again."""
+    def stuck(self) -> tuple[str, float] | None:
+        """Why a loaded service cannot serve now and for how long, or None: a model with work and no forward
+        pass finishing, or an engine process that stopped answering its heartbeat. /ready answers 503 at
+        once (a load balancer moves traffic); /health only once it has lasted LIVENESS_STALLS stall
+        timeouts, so a liveness probe restarts a replica that stays stuck (DEPLOY.md). Clears once passes
+        finish again."""
         limit = self.settings.stall_timeout_s
         if self.engine is not None:
             return self.engine.stalled(limit)
         if self.client is not None:
             silent = self.client.silent_for()
             if silent > limit:
-                return f"the engine process has not answered for {silent:.0f} s; it may be stuck"
+                return f"the engine process has not answered for {silent:.0f} s; it may be stuck", silent
             return self.client.engine_stalled
         return None
+
+    def check_alive(self) -> None:
+        """Liveness (/health): raises EngineDead once the service has been stuck for LIVENESS_STALLS stall
+        timeouts; a replica that stays stuck is better restarted than kept out of rotation forever."""
+        stuck = self.stuck()
+        if stuck and stuck[1] > LIVENESS_STALLS * self.settings.stall_timeout_s:
+            raise EngineDead(f"{stuck[0]}; stuck for {stuck[1]:.0f} s: restart the replica")
 
     def model(self, name: str) -> ServedModel:
         """The served model called `name`; raises as `check` does, and UnknownModel for other names (the

@@ -16,12 +16,12 @@ from loadtest.servers import free_port
 from .test_process_tree import PAIR, kill_group, pids_of_tree, serve, wait_ready
 
 
-def poll_ready(url: str, want: int, timeout: float) -> httpx.Response | None:
-    """GET /ready until it answers `want`; the last answer, or None if it never did."""
+def poll_ready(url: str, want: int, timeout: float, path: str = "/ready") -> httpx.Response | None:
+    """GET `path` until it answers `want`; that answer, or None if it never did."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
-            answer = httpx.get(url + "/ready", timeout=1)
+            answer = httpx.get(url + path, timeout=1)
             if answer.status_code == want:
                 return answer
         except httpx.HTTPError:
@@ -91,12 +91,15 @@ def test_a_stopped_engine_turns_ready_503_and_a_resumed_one_ready_again(tmp_path
         os.kill(engine, signal.SIGSTOP)
         try:
             stuck = poll_ready(url, 503, 8)
+            dead = poll_ready(url, 503, 12, path="/health")  # liveness: after 3 stall timeouts
         finally:
             os.kill(engine, signal.SIGCONT)
         assert stuck is not None, "/ready stayed 200 with the engine stopped"
         error = stuck.json()["error"]
         assert error["type"] == "not_ready" and "engine process has not answered" in error["message"], error
+        assert dead is not None and dead.json()["error"]["type"] == "engine_dead", "/health stayed 200"
         assert poll_ready(url, 200, 8) is not None, "/ready did not recover once the engine resumed"
+        assert poll_ready(url, 200, 8, path="/health") is not None
         answer = httpx.post(url + "/classify", json={"model": "cb", "input": PAIR}, timeout=10)
         assert answer.status_code == 200, answer.text
     finally:
