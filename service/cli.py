@@ -6,6 +6,7 @@ import logging
 import sys
 from typing import Any
 
+from . import exit_codes
 from .settings import Settings
 
 SKIP = {"models"}
@@ -45,7 +46,6 @@ def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from .app import create_app
-    from .engine_server import EXIT_DEVICE_FAILED
     from .server import DrainingServer
 
     settings = settings_from_args(args)
@@ -70,7 +70,7 @@ def serve(args: argparse.Namespace) -> None:
     server = DrainingServer(config, app)
     server.run()
     if server.engine_dead:
-        raise SystemExit(EXIT_DEVICE_FAILED)
+        raise SystemExit(exit_codes.DEVICE_FAILED)
 
 
 def check_exports(settings: Settings) -> None:
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         serve(args)
     except (ExportError, ValidationError, ValueError, FileNotFoundError) as exc:
         print(f"dhrd serve: error: {exc}", file=sys.stderr)
-        return 2
+        return exit_codes.BAD_CONFIG
     except KeyboardInterrupt:
         return 130
     return 0

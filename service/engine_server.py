@@ -14,7 +14,7 @@ import signal
 import time
 from typing import Callable
 
-from . import ipc
+from . import exit_codes, ipc
 from .batcher import abandon, outcome
 from .engine import EngineCore, find_model
 from .errors import DeadlineExceeded, Disabled
@@ -23,7 +23,6 @@ from .metrics import Metrics
 from .settings import Settings
 
 log = logging.getLogger("dhrd.engine")
-EXIT_DEVICE_FAILED = 3  # the engine's exit code after a fatal device error (the supervisor logs it)
 
 
 class Request:
@@ -181,4 +180,4 @@ def main(settings: Settings, socket_path: str, log_level: str, verify_hashes: bo
         # The device context is dead: exit non-zero now (the supervisor then stops the service). os._exit
         # skips interpreter teardown, whose CUDA frees and thread joins could fail or hang on a dead device.
         logging.shutdown()
-        os._exit(EXIT_DEVICE_FAILED)
+        os._exit(exit_codes.DEVICE_FAILED)

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from prometheus_client import multiprocess
 
+from . import exit_codes
 from .settings import Settings
 
 log = logging.getLogger("dhrd.service")
@@ -109,13 +110,15 @@ def child_environment(settings: Settings, environ: Mapping[str, str]) -> dict[st
 
 def run(settings: Settings, log_level: str) -> int:
     """Bind the port, start the engine and the front ends, wait for a signal or a death, stop them in order.
-    Returns the exit status: 0 after a signal, 1 if a child died, 3 if the port could not be bound."""
+    Returns the exit status (exit_codes): OK after a signal, PORT_UNAVAILABLE if the port could not be bound,
+    DEVICE_FAILED if the engine died of a fatal device error, CHILD_DIED if it died otherwise or front ends
+    kept dying."""
     try:
         socks = listen(settings.host, settings.port, settings.front_ends, settings.socket_per_front_end)
     except OSError as exc:
         # Before any child exists, so nothing is left behind; 3 is what uvicorn exits with in one process.
         log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
-        return 3
+        return exit_codes.PORT_UNAVAILABLE
     stopping: list[int] = []
 
     def on_signal(signum: int, _) -> None:
@@ -164,7 +167,8 @@ def run(settings: Settings, log_level: str) -> int:
                 break  # a child that exited on the same signal is not a failure
             if engine.exitcode is not None:
                 log.error("%s exited with code %s; stopping the service", engine.name, engine.exitcode)
-                code = 1
+                # a dead device is told apart from a crash: the orchestrator may reschedule elsewhere
+                code = exit_codes.DEVICE_FAILED if engine.exitcode == exit_codes.DEVICE_FAILED else exit_codes.CHILD_DIED
             for i in stuck_front_ends(fronts, beats, settings.front_end_timeout_s, time.monotonic()):
                 log.warning("%s (pid %d) has not run its event loop for %.1f s; killing it", fronts[i].name,
                             fronts[i].pid, time.monotonic() - beats[i].value)
@@ -177,7 +181,7 @@ def run(settings: Settings, log_level: str) -> int:
                 if not budget.allow(time.monotonic()):
                     log.error("%s exited with code %s: more than %d front-end deaths within %.0f s; stopping "
                               "the service", p.name, p.exitcode, FRONT_END_RESTARTS, FRONT_END_RESTART_WINDOW_S)
-                    code = 1
+                    code = exit_codes.CHILD_DIED
                     break
                 log.warning("%s exited with code %s; starting a new one", p.name, p.exitcode)
                 # its live gauges (queue depth, readiness) would otherwise stay in every /metrics sum

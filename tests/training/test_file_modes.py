@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path
 
 from training import base_model
-from training.run_dir import plain_modes
+from training.file_modes import plain_modes
 
 
 def mode(path: Path) -> int:
