@@ -69,6 +69,12 @@ BASE_MODELS_ENV = "DHRD_BASE_MODELS"
 BASE_INFO_FILE = "dhrd_base.json"  # written by `dhrd base-model` (training/base_model.py)
 
 
+def dhrd_home() -> Path:
+    """$DHRD_HOME (unset or empty: ~/.cache/dhrd): the embedded backbone under base/, inductor's caches.
+    The one definition; `dhrd base-model`, this lookup and `--compile` all read it."""
+    return Path(os.environ.get("DHRD_HOME") or Path.home() / ".cache" / "dhrd")
+
+
 def base_model_candidates(base_model: dict) -> list[Path]:
     """Where an export's base model may be on this machine, in the order they are tried: the recorded
     path; `$DHRD_BASE_MODELS/<name>`; `$DHRD_HOME/base/<name>` (where `dhrd base-model` puts the
@@ -78,8 +84,7 @@ def base_model_candidates(base_model: dict) -> list[Path]:
     if name:
         if os.environ.get(BASE_MODELS_ENV):
             candidates.append(Path(os.environ[BASE_MODELS_ENV]) / name)
-        home = Path(os.environ.get("DHRD_HOME") or Path.home() / ".cache" / "dhrd")
-        candidates.append(home / "base" / name)
+        candidates.append(dhrd_home() / "base" / name)
     return candidates
 
 

@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from . import schemas
 from .classify import classify_answer, input_options, request_items, unless_disconnected
 from .cot import GenParams
-from .deps import BEARER, StateDep
+from .deps import BEARER, StateDep, state_of
 from .errors import ServiceError
 from .fast_path import FastClassify
 from .http_errors import error_response, http_status, install_handlers
@@ -77,7 +77,7 @@ def create_app(settings: Settings, runners: dict[str, ModelRunner] | None = None
     @app.get("/health", summary="Liveness: the process is up, and not stuck for 3 stall timeouts (503 then)",
              responses={503: {"model": schemas.ErrorResponse}})
     async def health(request: Request):
-        state = getattr(request.app.state, "dhrd", None)  # None before the lifespan: up is all it can say
+        state = state_of(request.app)  # None before the lifespan: up is all it can say
         try:
             if state is not None:
                 state.check_alive()

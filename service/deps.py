@@ -18,3 +18,9 @@ async def get_state(request: Request) -> AppState:
 
 
 StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def state_of(app) -> AppState | None:
+    """The lifespan's state of an ASGI app (`app.state.dhrd`), or None before the lifespan has started: the
+    one lookup for code that holds only the scope's app (middleware, the fast path, error counting)."""
+    return getattr(getattr(app, "state", None), "dhrd", None)

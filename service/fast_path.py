@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from .classify import classify_answer
+from .deps import state_of
 from .errors import ServiceError
 from .http_errors import http_exception_response, service_error_response
 from .schemas import ClassifyRequest
@@ -44,7 +45,7 @@ class FastClassify:
         # The cheap checks first: every other request passes through here too.
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in PATHS:
             return await self.app(scope, receive, send)
-        state = getattr(getattr(scope.get("app"), "state", None), "dhrd", None)  # None until the lifespan starts
+        state = state_of(scope.get("app"))  # None until the lifespan starts
         if state is None or not _json_body(scope):
             return await self.app(scope, receive, send)
         try:

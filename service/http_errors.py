@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .deps import state_of
 from .errors import Overloaded, ServiceError
 from .schemas import ErrorDetail, ErrorResponse
 
@@ -67,7 +68,7 @@ def _field_path(loc: tuple) -> str:
 def count_rejection(scope, kind: str) -> None:
     """The one place a refused or failed request is counted: `dhrd_rejected_requests_total{reason=kind}`.
     Takes the ASGI scope, since middleware answers before a Request exists."""
-    state = getattr(getattr(scope.get("app"), "state", None), "dhrd", None)
+    state = state_of(scope.get("app"))
     if state is not None:
         state.metrics.rejected.labels(kind).inc()
 

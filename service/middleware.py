@@ -8,6 +8,7 @@ import time
 
 from fastapi import HTTPException
 
+from .deps import state_of
 from .http_errors import count_rejection, error_response
 from .settings import Settings
 
@@ -49,8 +50,7 @@ class Observe:
 
     def _record(self, scope, status: int, seconds: float) -> None:
         path = scope["path"] if scope["path"] in TRACKED_PATHS else "other"
-        app_state = getattr(scope.get("app"), "state", None)
-        state = getattr(app_state, "dhrd", None)
+        state = state_of(scope.get("app"))
         if state is None or path in ("/metrics", "/health"):
             return
         model = (scope.get("state") or {}).get("model", "-")
@@ -66,7 +66,7 @@ class Observe:
 
 
 def _draining(scope) -> bool:
-    state = getattr(getattr(scope.get("app"), "state", None), "dhrd", None)
+    state = state_of(scope.get("app"))
     return state is not None and state.draining
 
 

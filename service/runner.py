@@ -223,8 +223,9 @@ def compiled(model: torch.nn.Module) -> torch.nn.Module:
     # Inductor's on-disk caches live beside the base models, not in /tmp, so they survive a reboot (in a
     # container, mount a volume at $DHRD_HOME or set TORCHINDUCTOR_CACHE_DIR). Measured, they save
     # little: 231 s cold, 213 s warm (BENCHMARKS.md, "--compile start-up").
-    home = Path(os.environ.get("DHRD_HOME") or Path.home() / ".cache" / "dhrd")
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(home / "inductor"))
+    from contract.export_reader import dhrd_home
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(dhrd_home() / "inductor"))
     import torch._inductor.config as inductor_config
 
     inductor_config.freezing = True  # process-wide; only compiled graphs read it

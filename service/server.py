@@ -10,6 +10,8 @@ import time
 import uvicorn
 from fastapi import FastAPI
 
+from .deps import state_of
+
 
 class DrainingServer(uvicorn.Server):
     """On shutdown, stop accepting and start the app's drain (`AppState.drain`); answer the connections
@@ -44,14 +46,14 @@ class DrainingServer(uvicorn.Server):
         supervisor watches (a loop that stops ticking is stuck: `supervisor.stuck_front_ends`)."""
         if self.beat is not None:
             self.beat.value = time.monotonic()
-        state = getattr(self.app.state, "dhrd", None)
+        state = state_of(self.app)
         if state is not None and state.engine_dead:
             self.engine_dead = True
             return True
         return await super().on_tick(counter)
 
     async def shutdown(self, sockets=None) -> None:
-        state = getattr(self.app.state, "dhrd", None)  # absent if the lifespan never started
+        state = state_of(self.app)  # absent if the lifespan never started
         if state is None:
             return await super().shutdown(sockets)
         started = time.monotonic()

@@ -82,3 +82,16 @@ def test_an_unreadable_recorded_path_is_passed_over(no_base_dirs, monkeypatch, t
     monkeypatch.setattr(Path, "is_file", is_file)
     assert locate_base_model({"name": "m", "path": "/root-only/.cache/dhrd/base/m"}) == home_base
     assert locate_base_model({"name": "other", "path": "/root-only/.cache/dhrd/base/other"}) is None
+
+
+def test_an_empty_dhrd_home_means_the_default_everywhere(monkeypatch):
+    """DHRD_HOME="" read as the current directory where `dhrd base-model` writes, and as the default where
+    exports look for it: the two copies of the default had drifted. One definition now."""
+    from pathlib import Path
+
+    from contract.export_reader import dhrd_home
+    from training.base_model import default_base_dir
+
+    monkeypatch.setenv("DHRD_HOME", "")
+    assert dhrd_home() == Path.home() / ".cache" / "dhrd"
+    assert default_base_dir().parent.parent == dhrd_home()

@@ -16,6 +16,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from contract.export_reader import dhrd_home
 from contract.manifest import file_sha256
 
 from .file_modes import plain_modes
@@ -34,10 +35,6 @@ EXPECTED_SPECIAL = {"bos": ("<|im_start|>", 1), "eos": ("<|im_end|>", 2), "pad":
 
 class BaseModelError(RuntimeError):
     pass
-
-
-def dhrd_home() -> Path:
-    return Path(os.environ.get("DHRD_HOME", Path.home() / ".cache" / "dhrd"))
 
 
 def default_base_dir() -> Path:
