@@ -4,7 +4,7 @@ port, see Prometheus scrape the service, run Locust through the `loadtest` profi
 The engine: whatever `docker info` reaches; else the one `../shared/tools/docker-here.sh` starts (our
 machines, where no registry can be reached: it builds the Debian base image from the apt mirror) when we
 are root or have passwordless sudo; otherwise the module is skipped, saying why. Builds are cached by the
-engine, so after the first run `up` costs about the service's start-up (README's Docker section).
+engine, so after the first run `up` costs about the service's start-up (DEPLOY.md, "Build and start times, image sizes").
 """
 from __future__ import annotations
 

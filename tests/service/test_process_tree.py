@@ -136,7 +136,7 @@ def test_only_runtime_directories_whose_supervisor_is_gone_are_swept(tmp_path):
 
 def test_during_a_drain_open_connections_get_a_503_from_ready_and_new_ones_are_refused():
     """Item 4: the drain closed every keep-alive connection at once, so a probe saw a refused connection,
-    never the 503 README and DEPLOY.md promise. Now the listener closes (a new connection is refused: a
+    never the 503 SERVING.md and DEPLOY.md promise. Now the listener closes (a new connection is refused: a
     proxy retries it elsewhere), but open connections are answered until the drain ends: /ready 503
     `shutting_down` with `Connection: close`, while the work in flight completes. DrainingServer is what
     the single process and every front end of `--workers` run; here it runs in this event loop."""
