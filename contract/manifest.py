@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -30,6 +31,19 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def seal_export(directory: Path, manifest: "Manifest") -> str:
+    """Seal an export: hash every file now in `directory` into `manifest.files`, write `manifest.json`, and
+    beside it `manifest.sha256` (the manifest's own hash, which its `files` cannot cover, in `sha256sum`
+    format). Files written afterwards are not covered. The one writer of both files (`dhrd export`, the GPU
+    kit); `export_reader.check_export` is their reader. Returns the manifest's sha256."""
+    directory = Path(directory)
+    manifest.files = {p.name: file_sha256(p) for p in sorted(directory.iterdir()) if p.is_file()}
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+    digest = file_sha256(directory / MANIFEST_FILE)
+    (directory / MANIFEST_DIGEST_FILE).write_text(f"{digest}  {MANIFEST_FILE}\n")
+    return digest
 
 
 @dataclass

@@ -180,7 +180,7 @@ def write_export(shape: str, out: Path, device: str, with_base: bool) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from contract import manifest as layout
-    from contract.manifest import HeadConfig, Manifest, file_sha256
+    from contract.manifest import HeadConfig, Manifest, seal_export
     from contract.model import ClassifierHead
     from contract.tasks import get_task
 
@@ -224,10 +224,7 @@ def write_export(shape: str, out: Path, device: str, with_base: bool) -> dict:
                     "source": "random init (loadtest.gpu)"},
         training={"random_init": True, "note": "not trained: serving speed does not depend on the weights"},
         dtype="bfloat16", created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    manifest.files = {p.name: file_sha256(p) for p in sorted(out.iterdir()) if p.is_file()}
-    (out / layout.MANIFEST_FILE).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
-    digest = file_sha256(out / layout.MANIFEST_FILE)
-    (out / layout.MANIFEST_DIGEST_FILE).write_text(f"{digest}  {layout.MANIFEST_FILE}\n")
+    seal_export(out, manifest)
     return {"export": str(out), "base": str(base) if base else None,
             "parameters": sum(p.numel() for p in lm.model.parameters()) + sum(p.numel() for p in head.parameters()),
             "weights_bytes": (out / layout.WEIGHTS_FILE).stat().st_size, "init_s": round(init_s, 1),

@@ -11,7 +11,7 @@ import torch
 
 from contract import manifest as layout
 from contract.export_reader import load_export
-from contract.manifest import Manifest, file_sha256
+from contract.manifest import Manifest, seal_export
 from contract.model import DTYPES, ClassifierHead, PooledClassifier
 
 from .data import load_examples
@@ -110,11 +110,7 @@ def export_run(run_dir: Path, out: Path, checkpoint: str = "best", dtype: str = 
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
     plain_modes(staged)  # safetensors writes 0600: a mounted export must be readable by the serving user
-    manifest.files = {p.name: file_sha256(p) for p in sorted(staged.iterdir()) if p.is_file()}
-    (staged / layout.MANIFEST_FILE).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
-    # The manifest's own hash, beside it (its `files` cannot cover itself), in `sha256sum` format.
-    digest = file_sha256(staged / layout.MANIFEST_FILE)
-    (staged / layout.MANIFEST_DIGEST_FILE).write_text(f"{digest}  {layout.MANIFEST_FILE}\n")
+    seal_export(staged, manifest)
     (staged / layout.MODEL_CARD_FILE).write_text(_model_card(manifest))
     if out.exists():
         shutil.rmtree(out)
