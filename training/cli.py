@@ -105,7 +105,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from .evaluate import evaluate_run
 
     result = evaluate_run(args.run, split=args.split, data_dir=args.data_dir, checkpoint=args.checkpoint,
-                          batch_size=args.batch_size, limit=args.limit)
+                          batch_size=args.batch_size, limit=args.limit, precision=args.precision)
     print(json.dumps(result["metrics"], indent=2))
 
 
@@ -189,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="only the first N examples (default: all)")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="data root (default: the run's, else $DHRD_DATA_DIR or ../shared/data)")
+    p.add_argument("--precision", default=None, choices=["auto", "bf16", "fp32"],
+                   help="compute precision of the scoring passes (default: the one the run trained in), to "
+                        "separate training precision from scoring precision")
     p.set_defaults(func=_evaluate)
 
     p = command("export", "Write a serving directory from a run: merged backbone without the LM head, the pooled "

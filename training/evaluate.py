@@ -65,15 +65,20 @@ def write_predictions(path: Path, task: Task, examples: Sequence[Example], logit
 
 
 def evaluate_run(run_dir: Path, split: str = "val", data_dir: Path | None = None, checkpoint: str = "best",
-                 batch_size: int = 16, limit: int | None = None) -> dict[str, Any]:
-    """Load a run's checkpoint, predict a split, write `eval/<split>.predictions.jsonl` and `.metrics.json`."""
+                 batch_size: int = 16, limit: int | None = None, precision: str | None = None) -> dict[str, Any]:
+    """Load a run's checkpoint, predict a split, write `eval/<split>.predictions.jsonl` and `.metrics.json`.
+    `precision` (default: the run's training precision) sets the scoring passes' autocast; the metrics
+    file records the precision used."""
     model, tokenizer, cfg, task = load_run_model(run_dir, checkpoint)
+    device = next(model.parameters()).device
+    scored_in = resolve_precision(precision or cfg.precision, device)
     examples = load_examples(task, split, data_dir or cfg.data_dir, limit=limit)
-    logits = predict_logits(model, tokenizer, task, examples, cfg.max_length, batch_size, cfg.precision)
+    logits = predict_logits(model, tokenizer, task, examples, cfg.max_length, batch_size, scored_in)
     out_dir = Path(run_dir) / EVAL_DIR
     out_dir.mkdir(exist_ok=True)
     write_predictions(out_dir / f"{split}.predictions.jsonl", task, examples, logits)
-    result: dict[str, Any] = {"task": task.name, "split": split, "checkpoint": checkpoint, "examples": len(examples)}
+    result: dict[str, Any] = {"task": task.name, "split": split, "checkpoint": checkpoint, "examples": len(examples),
+                              "precision": scored_in, "trained_precision": cfg.precision}
     if all(e.label is not None for e in examples):
         result["metrics"] = compute_metrics(task, examples, logits.argmax(-1).tolist())
     else:

@@ -308,3 +308,17 @@ def test_auto_precision_follows_the_device(monkeypatch, native, expected):
     assert evaluate.resolve_precision("auto", cpu) == expected
     assert evaluate.resolve_precision("fp32", cpu) == "fp32" and evaluate.resolve_precision("bf16", cpu) == "bf16"
     assert isinstance(evaluate.autocast("auto", cpu), torch.autocast) == native
+
+
+def test_evaluate_scores_in_another_precision_when_asked_and_says_which(trained_run):
+    """The precision study separates training precision from scoring precision: `--precision bf16` scores a
+    run trained in fp32 under bf16 autocast (probabilities move a little), and the metrics file says so."""
+    assert main(["evaluate", str(trained_run), "--limit", "8", "--precision", "fp32"]) == 0
+    fp32 = json.loads((trained_run / "eval" / "val.metrics.json").read_text())
+    probs32 = [json.loads(r)["probs"] for r in (trained_run / "eval" / "val.predictions.jsonl").read_text().splitlines()]
+    assert main(["evaluate", str(trained_run), "--limit", "8", "--precision", "bf16"]) == 0
+    bf16 = json.loads((trained_run / "eval" / "val.metrics.json").read_text())
+    probs16 = [json.loads(r)["probs"] for r in (trained_run / "eval" / "val.predictions.jsonl").read_text().splitlines()]
+    assert fp32["trained_precision"] == bf16["trained_precision"] in ("fp32", "bf16")  # 'auto' as resolved
+    assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16") and probs16 != probs32
+    assert max(abs(a - b) for p, q in zip(probs16, probs32) for a, b in zip(p, q)) < 0.2
