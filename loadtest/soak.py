@@ -84,10 +84,30 @@ def stall_later(log: Path, server_pid: int, name: str, at_s: float, seconds: flo
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
+    """Resident memory of `pid` and every process below it (the engine and front ends under --workers)."""
+    total = 0
+    for p in [pid, *descendants(pid)]:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:  # gone meanwhile (a replaced front end)
+            pass
+    return round(total / 1024, 1)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux: /proc/<pid>/task/*/children)."""
+    found, todo = [], [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += children
+            todo += children
+    return found
 
 
 def body(kind: str, rng: random.Random, too_many: int) -> tuple[bytes, float]:

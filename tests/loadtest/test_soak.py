@@ -50,3 +50,20 @@ def test_a_stall_stops_the_named_process_of_the_tree_for_its_seconds_then_resume
         assert Path(f"/proc/{sleeper.pid}/stat").read_text().split(")")[-1].split()[0] == "S"
     finally:
         sleeper.kill()
+
+
+def test_the_rss_column_counts_the_whole_process_tree():
+    import os
+
+    from loadtest.soak import descendants, rss_mb
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; x = bytes([1]) * (64 << 20); time.sleep(30)"])
+    try:
+        import time
+
+        time.sleep(1.5)  # the child has allocated its 64 MB
+        assert child.pid in descendants(os.getpid())
+        alone = float(Path(f"/proc/{os.getpid()}/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
+        assert rss_mb(os.getpid()) > alone + 60
+    finally:
+        child.kill()
