@@ -34,15 +34,19 @@ case "${1:-status}" in
     [ "$at" = "$(git rev-parse "$PIN^{commit}")" ] || { echo "confirmation: $TREE is at $at, not $PIN" >&2; exit 1; }
     [ -z "$(git -C "$TREE" status --porcelain --untracked-files=no)" ] || {
       echo "confirmation: $TREE has local changes; the runs must train from the pinned commit" >&2; exit 1; }
-    # main's .venv runs the worktree's packages: PYTHONPATH comes before the editable install's finder
+    # main's .venv runs the worktree's packages: PYTHONPATH comes before the editable install's finder. It is
+    # reached through a link inside the worktree (ignored there), so the commands a row records, which the
+    # study writes relative to its checkout, name no machine's paths.
+    ln -sfn "$MAIN/.venv" "$TREE/.venv"
+    PY="$TREE/.venv/bin/python"
     env=(PYTHONPATH="$TREE" DHRD_DATA_DIR="${DHRD_DATA_DIR:-$(cd "$MAIN/../shared/data" && pwd)}")
-    where=$(cd "$TREE" && env "${env[@]}" "$MAIN/.venv/bin/python" -c \
+    where=$(cd "$TREE" && env "${env[@]}" "$PY" -c \
       "import contract, training, dhrd; print(*{m.__file__.rsplit('/', 2)[0] for m in (contract, training, dhrd)})")
     [ "$where" = "$TREE" ] || { echo "confirmation: the packages load from $where, not $TREE" >&2; exit 1; }
-    "$MAIN/.venv/bin/dhrd" base-model >/dev/null
+    (cd "$TREE" && env "${env[@]}" "$PY" -m dhrd base-model >/dev/null)
     cd "$TREE"
-    env "${env[@]}" setsid nohup "$MAIN/.venv/bin/python" scripts/accuracy_study.py --confirmation --commit \
-      --no-report --rows "$MAIN/reports/accuracy/rows.jsonl" --runs "$MAIN/runs/confirmation" >>"$LOG" 2>&1 &
+    env "${env[@]}" setsid nohup "$PY" scripts/accuracy_study.py --confirmation --commit \
+      --no-report --rows "$MAIN/reports/accuracy/rows.jsonl" --runs runs/confirmation >>"$LOG" 2>&1 &
     echo $! >"$PIDFILE"
     echo "confirmation: running from $PIN (pid $!); log: $LOG"
     ;;
