@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -14,6 +15,19 @@ import pytest
 from loadtest.servers import free_port
 
 from .test_process_tree import PAIR, kill_group, pids_of_tree, serve, wait_ready
+
+
+@contextmanager
+def served_tree(tmp_path, *flags: str):
+    """`dhrd serve` on the fixture export with `flags`, ready: (process, log, base URL); whatever the test
+    did, nothing is left running afterwards."""
+    port = free_port()
+    proc, log = serve(tmp_path, port, *flags)
+    try:
+        wait_ready(proc, port, log)
+        yield proc, log, f"http://127.0.0.1:{port}"
+    finally:
+        kill_group(proc)
 
 
 def poll_ready(url: str, want: int, timeout: float, path: str = "/ready") -> httpx.Response | None:
@@ -57,11 +71,7 @@ class Clients:
 def test_a_replica_paused_for_several_request_timeouts_serves_again(tmp_path):
     """Item 1: one forward pass spanning a 6 s pause (6x --request-timeout-s) pushed the batcher's pass-time
     estimate past every deadline; every request was then answered 504 forever while /ready said 200."""
-    port = free_port()
-    proc, log = serve(tmp_path, port, "--request-timeout-s", "1")
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(proc, port, log)
+    with served_tree(tmp_path, "--request-timeout-s", "1") as (proc, log, url):
         clients = Clients(url)
         time.sleep(1.5)
         os.kill(proc.pid, signal.SIGSTOP)
@@ -74,19 +84,13 @@ def test_a_replica_paused_for_several_request_timeouts_serves_again(tmp_path):
         after = clients.codes
         assert after and after.count(200) >= 0.9 * len(after), f"{len(after)} answers, {after.count(200)} 200s"
         assert poll_ready(url, 200, 5) is not None
-    finally:
-        kill_group(proc)
 
 
 @pytest.mark.slow
 def test_a_stopped_engine_turns_ready_503_and_a_resumed_one_ready_again(tmp_path):
     """Item 2: with the engine process stopped, /ready answered 200 every second while every request got
     504; the front ends asked the engine its status only at start-up. Now a heartbeat bounds the silence."""
-    port = free_port()
-    proc, log = serve(tmp_path, port, "--workers", "2", "--stall-timeout-s", "1.5")
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(proc, port, log)
+    with served_tree(tmp_path, "--workers", "2", "--stall-timeout-s", "1.5") as (proc, log, url):
         engine = pids_of_tree(log)["dhrd-engine"]
         os.kill(engine, signal.SIGSTOP)
         try:
@@ -102,8 +106,6 @@ def test_a_stopped_engine_turns_ready_503_and_a_resumed_one_ready_again(tmp_path
         assert poll_ready(url, 200, 8, path="/health") is not None
         answer = httpx.post(url + "/classify", json={"model": "cb", "input": PAIR}, timeout=10)
         assert answer.status_code == 200, answer.text
-    finally:
-        kill_group(proc)
 
 
 def new_connection_requests(url: str, seconds: float, timeout: float = 3.0) -> list[int]:
@@ -123,11 +125,7 @@ def test_a_stuck_front_end_is_replaced_and_stops_swallowing_new_connections(tmp_
     its share of new connections and answered none (12 of 20 requests timed out). The supervisor now
     kills a front end that has not ticked for --front-end-timeout-s and takes its socket out of the port's
     group, so new connections go to the healthy one; the replacement joins once it is ready."""
-    port = free_port()
-    proc, log = serve(tmp_path, port, "--workers", "2", "--front-end-timeout-s", "1")
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(proc, port, log)
+    with served_tree(tmp_path, "--workers", "2", "--front-end-timeout-s", "1") as (proc, log, url):
         stuck = pids_of_tree(log)["dhrd-front-0"]
         os.kill(stuck, signal.SIGSTOP)
         end = time.monotonic() + 10
@@ -143,8 +141,6 @@ def test_a_stuck_front_end_is_replaced_and_stops_swallowing_new_connections(tmp_
         assert new_connection_requests(url, 3).count(0) == 0
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=40) == 0, log.read_text()[-3000:]
-    finally:
-        kill_group(proc)
 
 
 @pytest.mark.slow
@@ -152,11 +148,7 @@ def test_a_sigterm_to_the_process_group_answers_200_or_shutting_down_never_not_r
     """Item 9: the engine marked itself not ready as its signal came, so requests its front ends had read
     before theirs were answered 503 `not_ready` ("models are still loading"). Now it keeps computing what
     the front ends send until they have gone (within the grace period)."""
-    port = free_port()
-    proc, log = serve(tmp_path, port, "--workers", "2", "--shutdown-grace-s", "10")
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(proc, port, log)
+    with served_tree(tmp_path, "--workers", "2", "--shutdown-grace-s", "10") as (proc, log, url):
         kinds: list[str] = []
 
         def post() -> None:
@@ -179,8 +171,6 @@ def test_a_sigterm_to_the_process_group_answers_200_or_shutting_down_never_not_r
             t.join(30)
         assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
         assert kinds.count("ok") > 6 and set(kinds) <= {"ok", "shutting_down"}, kinds
-    finally:
-        kill_group(proc)
 
 
 @pytest.mark.slow
@@ -192,14 +182,11 @@ def test_a_sighup_drains_like_a_sigterm(tmp_path, workers):
     import tempfile
     from pathlib import Path
 
-    port = free_port()
-    proc, log = serve(tmp_path, port, "--workers", workers, "--shutdown-grace-s", "30", "--max-batch-size", "1",
-                      "--max-wait-ms", "0")
-    try:
-        wait_ready(proc, port, log)
+    with served_tree(tmp_path, "--workers", workers, "--shutdown-grace-s", "30", "--max-batch-size", "1",
+                      "--max-wait-ms", "0") as (proc, log, url):
 
         async def go():
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            async with httpx.AsyncClient(base_url=url, timeout=60) as client:
                 work = [asyncio.create_task(client.post("/classify", json={"model": "cb", "input": [PAIR] * 16}))
                         for _ in range(3)]
                 await asyncio.sleep(0.3)
@@ -209,5 +196,3 @@ def test_a_sighup_drains_like_a_sigterm(tmp_path, workers):
         assert asyncio.run(go()) == [200] * 3, log.read_text()[-3000:]
         assert proc.wait(timeout=60) in (0, -signal.SIGHUP), log.read_text()[-3000:]
         assert not list(Path(tempfile.gettempdir()).glob(f"dhrd-serve-{proc.pid}-*"))
-    finally:
-        kill_group(proc)
