@@ -14,5 +14,5 @@ fi
 export PYTHONPATH="$PWD/.gpu-site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
-python3 -c "import service.app, service.engine_server, loadtest.gpu"  # fail here, not in every serve stage
+python3 -c "import service.http.app, service.engine.process, loadtest.gpu"  # fail here, not in every serve stage
 python3 -m loadtest.gpu --out "${OUT:-loadtest/results/gpu}" "$@"

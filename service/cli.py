@@ -45,8 +45,8 @@ def serve(args: argparse.Namespace) -> None:
     """Check every export (before the port opens), then run uvicorn until SIGTERM, then drain."""
     import uvicorn
 
-    from .app import create_app
-    from .server import DrainingServer
+    from .http.app import create_app
+    from .http.server import DrainingServer
 
     settings = settings_from_args(args)
     if not settings.models:
@@ -61,7 +61,7 @@ def serve(args: argparse.Namespace) -> None:
             raise SystemExit(code)
         return
     app = create_app(settings, hashes_checked=settings.verify_hashes)
-    from .connections import uvicorn_options
+    from .http.connections import uvicorn_options
 
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level,
                             **uvicorn_options(settings, app),

@@ -1,5 +1,5 @@
 """One exception hierarchy that knows no HTTP (TEI's error enum): the engine process raises and ships
-these without importing a web framework; `http_errors.py` maps each `kind` to a status at the edge."""
+these without importing a web framework; `http/error_mapping.py` maps each `kind` to a status at the edge."""
 from __future__ import annotations
 
 

@@ -23,8 +23,8 @@ class Metrics:
         r = self.registry
         self.requests = Counter("dhrd_requests_total", "HTTP requests by endpoint, model and status code",
                                 ["endpoint", "model", "status"], registry=r)
-        # Counted once, where an error becomes an HTTP answer (http_errors.count_rejection, also for the
-        # connection-level 408/431/503 of connections.py); reason = error type.
+        # Counted once, where an error becomes an HTTP answer (error_mapping.count_rejection, also for the
+        # connection-level 408/431/503 of http/connections.py); reason = error type.
         self.rejected = Counter("dhrd_rejected_requests_total", "Requests answered with an error, by error type",
                                 ["reason"], registry=r)
         # Sequences the batcher skipped before a forward pass (their request is answered, and counted, above).
@@ -51,7 +51,7 @@ class Metrics:
         # With CUDA graphs captured, passes no graph bucket held; reason: "tokens" or "sequences" (over the limit).
         self.eager_passes = Counter("dhrd_eager_passes_total", "Forward passes run eager while CUDA graphs are "
                                     "captured, by reason", ["model", "reason"], registry=r)
-        # Eager passes run padded rather than packed; reason: "unpadded", "compiled" or "unsupported" (runner.py).
+        # Eager passes run padded rather than packed; reason: "unpadded", "compiled" or "unsupported" (device/runner.py).
         self.padded_passes = Counter("dhrd_padded_passes_total", "Eager forward passes run padded instead of "
                                      "packed, by reason", ["model", "reason"], registry=r)
         # The cyclic collector's stop-the-world pauses, per generation (gc_heap.py): a latency tail's suspect.

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     # ~200 ms per collection measured on a loaded process (gc_heap.py; BENCHMARKS.md, the tail).
     gc_freeze: bool = Field(True, description="freeze the start-up heap once ready, so cyclic garbage collections "
                                               "never walk it (shorter pauses)")
-    # FastAPI's request machinery cost more CPU per /classify request than the work (fast_path.py); the
+    # FastAPI's request machinery cost more CPU per /classify request than the work (http/fast_path.py); the
     # fast path answers valid bodies itself and leaves everything else to the FastAPI route.
     fast_path: bool = Field(True, description="answer valid POST /classify bodies without FastAPI's request "
                                               "machinery (same answers, less CPU); off: every request through it")

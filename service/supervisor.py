@@ -1,7 +1,7 @@
 """`dhrd serve --workers N`: one engine process and N front-end processes, supervised.
 
-    supervisor ─┬─ engine process     (engine_server.py: models, batching, forward passes)
-                │        ▲ Unix socket, token ids (ipc.py)
+    supervisor ─┬─ engine process     (engine/process.py: models, batching, forward passes)
+                │        ▲ Unix socket, token ids (engine/ipc.py)
                 └─ N front ends       (uvicorn + the app: HTTP, validation, tokenisation)
                          ▲ one listening TCP socket each, bound here on the same port (SO_REUSEPORT:
                            the kernel spreads new connections evenly over them)
@@ -71,11 +71,11 @@ def die_with_parent(parent: int) -> None:
 
 
 def engine_main(parent: int, *args) -> None:
-    """The engine process's entry point under the supervisor (engine_server.main, tied to its parent)."""
-    from . import engine_server
+    """The engine process's entry point under the supervisor (engine/process.main, tied to its parent)."""
+    from .engine import process as engine_process
 
     die_with_parent(parent)
-    engine_server.main(*args)
+    engine_process.main(*args)
 
 
 def frontend_main(parent: int, settings: Settings, socket_path: str, sock, log_level: str,
@@ -87,9 +87,9 @@ def frontend_main(parent: int, settings: Settings, socket_path: str, sock, log_l
 
     die_with_parent(parent)
 
-    from .app import create_app
-    from .connections import uvicorn_options
-    from .server import DrainingServer
+    from .http.app import create_app
+    from .http.connections import uvicorn_options
+    from .http.server import DrainingServer
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s[front]: %(message)s")
     app = create_app(settings, hashes_checked=True, engine_socket=socket_path, ready_before_serving=replacement)

@@ -50,9 +50,99 @@ def test_each_package_imports_only_what_it_may(package):
 
 def test_the_checker_sees_imports_inside_functions(tmp_path):
     module = tmp_path / "m.py"
-    module.write_text("def f():\n    from training.data import load_examples\n    import service.app\n")
+    module.write_text("def f():\n    from training.data import load_examples\n    import service.http.app\n")
     assert imported_packages(module) == {"training", "service"}
 
+
+
+# Inside service/: the HTTP edge, the engine (queues, batches, the engine process), the device (the only code
+# that runs torch). Imports go http -> engine -> device, never back and never around the engine; the
+# modules at the top of service/ are either shared below every room (settings, errors, metrics, ...) or the
+# entry points that assemble the rooms (cli, supervisor).
+ROOMS = ("http", "engine", "device")
+ENTRY_POINTS = {"service.cli", "service.supervisor"}
+MAY_IMPORT = {"http": {"http", "engine", "shared"}, "engine": {"engine", "device", "shared"},
+              "device": {"device", "shared"}, "shared": {"shared"}}
+
+
+def room_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in ROOMS else "shared"
+
+
+def service_imports(path: Path) -> set[str]:
+    """service.* modules a module imports, relative imports resolved, leaving out imports under
+    `if TYPE_CHECKING:` (type hints cross rooms; code does not)."""
+    tree = ast.parse(path.read_text(), str(path))
+    hints = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+             for child in node.body for n in ast.walk(child)}
+    package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in hints:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "service"}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            if module.split(".")[0] != "service":
+                continue
+            # `from .m import x`: module m.x where x is a module or package (`from . import graphs`,
+            # `from service import http`), else module m.
+            found |= {f"{module}.{a.name}" if is_module(f"{module}.{a.name}") else module for a in node.names}
+    return found
+
+
+def is_module(name: str) -> bool:
+    path = REPO.joinpath(*name.split("."))
+    return path.is_dir() or path.with_suffix(".py").is_file()
+
+
+def service_modules() -> dict[str, Path]:
+    return {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): p
+            for p in sorted((REPO / "service").rglob("*.py"))}
+
+
+def test_inside_service_imports_go_from_http_to_engine_to_device_never_back():
+    offences = []
+    for module, path in service_modules().items():
+        if module in ENTRY_POINTS:
+            continue
+        for imported in sorted(service_imports(path)):
+            if room_of(imported) not in MAY_IMPORT[room_of(module)]:
+                offences.append(f"{module} ({room_of(module)}) imports {imported} ({room_of(imported)})")
+    assert not offences, "rooms out of order:\n" + "\n".join(offences)
+
+
+def test_only_the_device_room_imports_torch():
+    offenders = [m for m, p in service_modules().items() if room_of(m) != "device" and "torch" in imported_names(p)]
+    assert not offenders, offenders
+
+
+def imported_names(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_room_checker_resolves_relative_imports_and_skips_type_hints(tmp_path, monkeypatch):
+    for module in ("device/m", "device/graphs", "engine/core", "http/app", "http/state", "errors"):
+        (tmp_path / "service" / module).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "service" / module).with_suffix(".py").touch()
+    (tmp_path / "service" / "device" / "m.py").write_text(
+        "from typing import TYPE_CHECKING\nfrom ..engine.core import X\nfrom . import graphs\n"
+        "from .. import errors\nif TYPE_CHECKING:\n    from ..http.app import Y\n"
+        "def f():\n    from service.http import state\n    from service import http\n")
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    found = service_imports(tmp_path / "service" / "device" / "m.py")
+    assert found == {"service.engine.core", "service.device.graphs", "service.errors", "service.http.state",
+                     "service.http"}
+    assert [room_of(m) for m in sorted(found)] == ["device", "engine", "shared", "http", "http"]
 
 TRAINING_ONLY = {"peft", "gguf", "accelerate"}
 
@@ -92,7 +182,7 @@ def test_serving_runs_without_the_training_side_or_its_extras(tiny_export, tmp_p
         assert "--max-batch-size" in out.getvalue()
 
         import httpx
-        from service.app import create_app
+        from service.http.app import create_app
         from service.settings import Settings
 
         async def go():

@@ -38,7 +38,7 @@ def live_url():
     import uvicorn
 
     from loadtest.servers import free_port, wait_until_ok
-    from service.app import create_app
+    from service.http.app import create_app
     from service.settings import Settings
 
     port = free_port()

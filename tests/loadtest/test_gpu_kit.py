@@ -18,7 +18,7 @@ from loadtest import REPO, gpu_deps
 SERVE_PATH = [REPO / "service", REPO / "contract", REPO / "dhrd", *(REPO / "loadtest" / f for f in (
     "__init__.py", "gpu.py", "servers.py", "provenance.py", "rawclient.py", "gpu_deps.py"))]
 FIRST_PARTY = {"service", "contract", "dhrd", "loadtest", "training"}  # training: `dhrd train`, not the serve path
-IMPORTS = ["service.app", "service.engine_server", "service.cli", "service.supervisor", "dhrd.cli", "loadtest.gpu"]
+IMPORTS = ["service.http.app", "service.engine.process", "service.cli", "service.supervisor", "dhrd.cli", "loadtest.gpu"]
 
 
 def imported_modules(paths: list[Path]) -> set[str]:

@@ -10,7 +10,7 @@ import httpx
 
 from contract.tasks import Task
 
-from service.app import create_app
+from service.http.app import create_app
 from service.settings import Settings
 
 
@@ -46,16 +46,12 @@ class FakeRunner:
     """
 
     def __init__(self, delay: float = 0.0, gate: threading.Event | None = None):
-        from service.runner import ModelRunner
-
         self.manifest = FakeManifest()
         self.task = FAKE_TASK
         self.tokenizer = FakeTokenizer()
         self.delay = delay
         self.gate = gate
         self.batches: list[int] = []
-        self.encode = lambda item, index, truncate, limit=None: ModelRunner.encode(self, item, index, truncate, limit)
-        self.format = lambda item, index: ModelRunner.format(self, item, index)
 
     def predict(self, batch):
         self.batches.append(len(batch))

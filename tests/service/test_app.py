@@ -69,7 +69,7 @@ def test_real_export_serves_structured_fields_with_training_side_logits(tiny_exp
 
 
 def test_served_model_has_no_lm_head(tiny_export):
-    from service.runner import ModelRunner
+    from service.device.runner import ModelRunner
 
     runner = ModelRunner.from_export(tiny_export, dtype="float32")
     names = [n for n, _ in runner.model.named_parameters()]

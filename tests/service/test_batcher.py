@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from service.batcher import BatchConfig, Batcher
+from service.engine.batcher import BatchConfig, Batcher, DecodeBatcher, PipelinedBatcher
 from service.errors import DeadlineExceeded, EngineDead, Overloaded, ShuttingDown, TooLarge
-from service.http_errors import http_headers, http_status
+from service.http.error_mapping import http_headers, http_status
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -289,8 +289,8 @@ def pipelined(device, **kw) -> Batcher:
     defaults = Settings()
     knobs = {name: kw[name] if name in kw else getattr(defaults, name) for name in BatchConfig.__dataclass_fields__
              if name in kw or hasattr(defaults, name)}
-    return Batcher("m", lambda batch: pytest.fail("predict must not be called when pipelined"), BatchConfig(**knobs),
-                   ThreadPoolExecutor(1), Metrics(), launch=device.launch, finisher=ThreadPoolExecutor(1))
+    return PipelinedBatcher("m", device.launch, ThreadPoolExecutor(1), BatchConfig(**knobs), ThreadPoolExecutor(1),
+                            Metrics())
 
 
 def test_pipelined_batches_launch_the_next_one_before_the_last_finished():
@@ -392,8 +392,8 @@ def test_generation_still_gathers_for_max_wait_ms_on_an_idle_device():
     """A CoT batch decodes for seconds and cannot take requests mid-pass: its batcher waits to fill."""
     async def go():
         rec = Recorder()
-        b = Batcher("m:cot", rec, make(rec, max_batch_size=8, max_wait_ms=100).config, ThreadPoolExecutor(1),
-                    Metrics(), gather_when_idle=True)
+        b = DecodeBatcher("m:cot", lambda batch, gone: rec(batch), make(rec, max_batch_size=8, max_wait_ms=100).config,
+                          ThreadPoolExecutor(1), Metrics())
         b.start()
         first = b.submit([[1]], far())
         await asyncio.sleep(0.03)
@@ -407,7 +407,7 @@ def test_generation_still_gathers_for_max_wait_ms_on_an_idle_device():
 
 # --- the torch thread: a long job (a decode) runs the short ones (classification) between its steps ---------
 def test_the_torch_thread_runs_short_jobs_between_a_long_jobs_steps_never_a_long_one():
-    from service.torch_thread import TorchThread
+    from service.engine.torch_thread import TorchThread
 
     thread, log = TorchThread("test-fwd"), []
     step_reached, release = __import__("threading").Event(), __import__("threading").Event()
@@ -434,7 +434,7 @@ def test_the_torch_thread_runs_short_jobs_between_a_long_jobs_steps_never_a_long
 
 def test_a_generation_batcher_stops_asking_once_every_caller_left():
     """The batcher's `gone` says which callers left; a decode that sees all gone stops (cot.py)."""
-    from service.torch_thread import TorchThread
+    from service.engine.torch_thread import TorchThread
 
     seen: list[list[bool]] = []
 
@@ -448,8 +448,7 @@ def test_a_generation_batcher_stops_asking_once_every_caller_left():
 
     async def go():
         thread = TorchThread("t")
-        b = Batcher("m:cot", decode, make(Recorder(), max_batch_size=2, max_wait_ms=0).config, thread, Metrics(),
-                    decode=True)
+        b = DecodeBatcher("m:cot", decode, make(Recorder(), max_batch_size=2, max_wait_ms=0).config, thread, Metrics())
         b.start()
         futures = b.submit([[1], [2]], far())
         while not seen:

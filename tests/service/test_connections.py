@@ -1,4 +1,4 @@
-"""The guarded HTTP protocol (service/connections.py) over raw sockets, against the app with a fake model under a
+"""The guarded HTTP protocol (service/http/connections.py) over raw sockets, against the app with a fake model under a
 real uvicorn: header bytes measured per request however the bytes arrive, refusals answered in order and in the
 one JSON shape, and closing connections that do not lose the answer to a reset."""
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 import uvicorn
 
 from loadtest.servers import free_port, wait_until_ok
-from service.app import create_app
-from service.connections import uvicorn_options
+from service.http.app import create_app
+from service.http.connections import uvicorn_options
 from service.settings import Settings
 
 from .conftest import FakeRunner

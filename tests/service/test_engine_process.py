@@ -17,11 +17,11 @@ import httpx
 import pytest
 
 from loadtest.servers import free_port
-from service import ipc
-from service.engine_server import EngineServer
+from service.engine import ipc
+from service.engine.process import EngineServer
 from service.errors import Overloaded, ServiceError
-from service.http_errors import http_headers, http_status
-from service.runner import ModelRunner
+from service.http.error_mapping import http_headers, http_status
+from service.device.runner import ModelRunner
 from service.settings import Settings
 
 from .conftest import serving
@@ -328,7 +328,7 @@ def test_if_the_engine_dies_the_supervisor_stops_the_service_and_exits_nonzero(t
 FAULT = '''
 """Injected into every process of the service under test: after warm-up, the forward pass fails as a
 dead CUDA context does."""
-import service.runner as runner
+import service.device.runner as runner
 
 _warmup, _predict = runner.ModelRunner.warmup, runner.ModelRunner.predict
 
@@ -385,7 +385,7 @@ def test_a_fatal_device_error_stops_the_service_nonzero(tmp_path, workers):
 @asynccontextmanager
 async def engine_and_client(tmp_path, delay: float, **settings):
     """An engine server and a bare `EngineClient` (no HTTP) in this event loop, over a real socket."""
-    from service.engine_client import EngineClient
+    from service.engine.client import EngineClient
 
     s = Settings(models={"cb": FIXTURE}, dtype="float32", **settings)
     runner = SlowRunner.from_export(FIXTURE, dtype="float32")

@@ -1,4 +1,4 @@
-"""The /classify fast path (service/fast_path.py): valid bodies skip FastAPI's request machinery, and
+"""The /classify fast path (service/http/fast_path.py): valid bodies skip FastAPI's request machinery, and
 every answer, good or bad, is what the FastAPI route gives (the service with `--no-fast-path`)."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import json
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import service.fast_path as fast_path
-from service.schemas import ClassifyResponse
+import service.http.fast_path as fast_path
+from service.http.schemas import ClassifyResponse
 from service.settings import Settings
 
 from .conftest import FakeRunner, serving
@@ -100,7 +100,7 @@ def test_a_valid_request_takes_the_fast_path_and_its_answer_fits_the_documented_
 @pytest.mark.parametrize("fast", [True, False])
 def test_a_client_that_leaves_mid_body_gets_no_answer_and_breaks_nothing(fast):
     """The disconnect is handed to FastAPI with the bytes already read, as the route always handled it."""
-    from service.app import create_app
+    from service.http.app import create_app
 
     async def go():
         app = create_app(Settings(models={}, fast_path=fast), {"fake": FakeRunner()})

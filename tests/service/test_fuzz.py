@@ -17,7 +17,7 @@ from schemathesis.checks import positive_data_acceptance
 from schemathesis.generation import GenerationMode
 
 from loadtest.servers import free_port, wait_until_ok
-from service.app import create_app
+from service.http.app import create_app
 from service.settings import Settings
 
 from .conftest import FakeRunner

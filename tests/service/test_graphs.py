@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from service.graphs import CudaGraphClassifier, StaticShapeClassifier, smallest_holding, token_buckets
-from service.runner import ModelRunner
+from service.device.graphs import CudaGraphClassifier, StaticShapeClassifier, smallest_holding, token_buckets
+from service.device.runner import ModelRunner
 
 FIXTURE = "tests/fixtures/export-v1-cb"
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -57,7 +57,7 @@ def test_largest_bucket_holds_the_budget_or_one_longest_sequence_and_no_more_tha
 
 
 def _pending(n: int):
-    from service.batcher import _Pending
+    from service.engine.batcher import _Pending
 
     return _Pending([7] * n, None, 0.0)
 
@@ -70,7 +70,7 @@ SETTINGS = [(32, 1024, 512), (64, 8192, 512), (128, 16384, 512), (256, 32768, 20
 def test_every_batch_the_batcher_cuts_fits_a_captured_bucket(max_batch_size, max_batch_tokens, max_length):
     """Random request streams (what `_collect` hands `_cut`: up to max_batch_size sequences of 1..max_length
     tokens, short-heavy or long-heavy): no batch `_cut` makes may fall to an eager pass."""
-    from service.batcher import BatchConfig, Batcher
+    from service.engine.batcher import BatchConfig, Batcher
     from service.metrics import Metrics
 
     config = BatchConfig(max_batch_size, max_batch_tokens, 5.0, 4096)

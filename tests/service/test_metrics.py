@@ -15,7 +15,7 @@ SERVICE = Path(__file__).resolve().parents[2] / "service"
 def test_every_declared_metric_is_observed_in_the_service_code():
     metrics = Metrics(CollectorRegistry())
     declared = [name for name, value in vars(metrics).items() if isinstance(value, MetricWrapperBase)]
-    code = "\n".join(p.read_text() for p in SERVICE.glob("*.py") if p.name != "metrics.py")
+    code = "\n".join(p.read_text() for p in SERVICE.rglob("*.py") if p.name != "metrics.py")
     unobserved = [name for name in declared if not re.search(rf"metrics\.{name}\.", code)]
     assert declared and not unobserved, f"declared but never observed: {unobserved}"
 

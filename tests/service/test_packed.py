@@ -58,7 +58,7 @@ def test_packed_forward_equals_the_padded_forward_on_random_lengths(family, pool
 
 @torch.inference_mode()
 def test_packed_forward_of_the_fixture_export_gives_the_runner_probabilities():
-    from service.runner import ModelRunner
+    from service.device.runner import ModelRunner
 
     runner = ModelRunner.from_export("tests/fixtures/export-v1-cb", dtype="float32")
     for batch in random_batches(1):

@@ -144,8 +144,8 @@ def test_during_a_drain_open_connections_get_a_503_from_ready_and_new_ones_are_r
 
     import uvicorn
 
-    from service.app import create_app
-    from service.server import DrainingServer
+    from service.http.app import create_app
+    from service.http.server import DrainingServer
     from service.settings import Settings
 
     from .conftest import FakeRunner

@@ -112,7 +112,7 @@ def test_the_one_process_server_exits_when_its_engine_died():
 
     import uvicorn
 
-    from service.server import DrainingServer
+    from service.http.server import DrainingServer
 
     app = SimpleNamespace(state=SimpleNamespace(dhrd=SimpleNamespace(engine_dead=True)))
     server = DrainingServer(uvicorn.Config(app=None), app)  # type: ignore[arg-type]
@@ -249,7 +249,7 @@ def test_an_out_of_range_cot_seed_is_a_422_and_the_request_beside_it_is_served(t
 def test_a_generation_group_that_fails_fails_only_its_own_request(tiny_export, monkeypatch):
     """Defence in depth: whatever makes `generate()` raise for one request's parameters, requests with
     other parameters in the same batch are still answered."""
-    from service.cot import CotRunner
+    from service.device.generator import CotRunner
 
     original = CotRunner._generate_group
 
@@ -270,7 +270,7 @@ def slow_cot(monkeypatch, seconds: float) -> list[float]:
     a decode of N tokens lasts N x that, whatever the machine; returns when each pass ran (monotonic)."""
     import time
 
-    from service.cot import CotRunner
+    from service.device.generator import CotRunner
 
     passes: list[float] = []
     original = CotRunner.__init__
@@ -365,14 +365,18 @@ def test_a_cot_decode_whose_callers_all_left_stops_and_frees_the_torch_thread(ti
 def test_a_decode_that_lets_classification_run_between_its_steps_decodes_the_same_tokens(tiny_export):
     """Yielding changes nothing a caller sees: the same seed samples the same tokens with a classifier
     pass after every step (what the torch thread now does) as with nothing between the steps."""
-    from service.cot import CotItem, CotRunner, GenParams
-    from service.runner import ModelRunner
+    from service.device.generator import CotRunner
+    from service.device.runner import ModelRunner
+    from service.engine.cot_prompt import CotPrompt
+    from service.engine.encoder import InputEncoder
+    from service.generation import CotItem, GenParams
 
     classifier = ModelRunner.from_export(tiny_export, dtype="float32")
-    cot = CotRunner("cb", classifier.manifest, torch_dtype("float32"))
-    ids = [classifier.encode(text, 0, True).ids for text in ("a b", "the premise says")]
+    cot, prompt = CotRunner("cb", classifier.manifest, torch_dtype("float32")), CotPrompt("cb", classifier.manifest)
+    encoder = InputEncoder(classifier.manifest, classifier.task, classifier.tokenizer)
+    ids = [encoder.encode(text, 0, True).ids for text in ("a b", "the premise says")]
     sampled, greedy = GenParams(0.7, 0.9, 24, seed=3, min_new_tokens=24), GenParams(0.0, 1.0, 12, seed=None)
-    items = [CotItem(cot.prompt_ids(i), p) for i in ids for p in (sampled, greedy)]
+    items = [CotItem(prompt.prompt_ids(i), p) for i in ids for p in (sampled, greedy)]
     passes = []
 
     def step():
@@ -388,13 +392,17 @@ def test_a_decode_that_lets_classification_run_between_its_steps_decodes_the_sam
 
 def test_a_group_whose_callers_left_stops_without_touching_the_group_beside_it(tiny_export):
     """Item 8's rule for item 9's stop: one caller leaving stops only a group nobody else waits for."""
-    from service.cot import CotItem, CotResult, CotRunner, GenParams
+    from service.device.generator import CotRunner
+    from service.device.runner import ModelRunner
+    from service.engine.cot_prompt import CotPrompt
+    from service.engine.encoder import InputEncoder
     from service.errors import DeadlineExceeded
-    from service.runner import ModelRunner
+    from service.generation import CotItem, CotResult, GenParams
 
     classifier = ModelRunner.from_export(tiny_export, dtype="float32")
     cot = CotRunner("cb", classifier.manifest, torch_dtype("float32"))
-    prompt = cot.prompt_ids(classifier.encode("a b", 0, True).ids)
+    encoder = InputEncoder(classifier.manifest, classifier.task, classifier.tokenizer)
+    prompt = CotPrompt("cb", classifier.manifest).prompt_ids(encoder.encode("a b", 0, True).ids)
     items = [CotItem(prompt, GenParams(0.7, 0.9, 16, seed=5, min_new_tokens=16)),  # its caller left
              CotItem(prompt, GenParams(0.0, 1.0, 16, seed=None, min_new_tokens=16)),
              CotItem(prompt, GenParams(0.0, 1.0, 16, seed=None, min_new_tokens=16))]  # one of two left
@@ -426,7 +434,7 @@ def test_a_huge_one_word_input_is_encoded_in_bounded_time():
     import time
 
     from contract.encoding import load_tokenizer
-    from service.runner import InputEncoder
+    from service.engine.encoder import InputEncoder
 
     from .conftest import FAKE_TASK, FakeManifest
 
@@ -586,7 +594,8 @@ def test_idle_connections_are_closed_and_huge_or_slow_headers_get_json(tmp_path)
 
 def test_admission_counts_the_requests_own_tokenising_time_against_its_deadline():
     """The honest queue refuses work that would finish past its deadline; tokenising is part of that work."""
-    from service.served import InputOptions, ServedModel
+    from service.engine.encoder import InputEncoder
+    from service.engine.served import InputOptions, ServedModel
 
     class Queue:
         def __init__(self):
@@ -599,7 +608,8 @@ def test_admission_counts_the_requests_own_tokenising_time_against_its_deadline(
             return [[0.5, 0.5] for _ in sequences]
 
     queue = Queue()
-    served = ServedModel("fake", FakeRunner(), queue)
+    fake = FakeRunner()
+    served = ServedModel("fake", InputEncoder(fake.manifest, fake.task, fake.tokenizer), queue)
     big = "word " * 40_000  # 200 K characters: tokenised off the loop, and counted up to what is read
     run(served.classify([big], InputOptions(), deadline=100.0))
     assert served._seconds_per_char > 0

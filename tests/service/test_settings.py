@@ -128,7 +128,7 @@ def test_dtype_auto_is_bfloat16_only_where_the_device_runs_it_natively(monkeypat
 
 
 def test_the_access_log_and_the_fast_path_can_be_turned_off_and_uvicorn_is_told():
-    from service.connections import uvicorn_options
+    from service.http.connections import uvicorn_options
 
     on = settings_from_args(build_parser().parse_args(["serve", "--model", "cb=exports/cb"]))
     off = settings_from_args(build_parser().parse_args(["serve", "--model", "cb=exports/cb", "--no-access-log",

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence, Sized
 
+from ..errors import DeadlineExceeded, ServiceError, ShuttingDown, TooLarge
 from . import ipc
-from .errors import DeadlineExceeded, ServiceError, ShuttingDown, TooLarge
 
 log = logging.getLogger("dhrd.service")
 

@@ -13,7 +13,7 @@ Behaviour is the same by construction, not by imitation:
 - the work and the answer are `classify.classify_answer`, which the FastAPI route calls too;
 - a body that does not validate is handed to FastAPI (the bytes already read are replayed), so its 422
   names the field exactly as it always did; so is a content type other than JSON;
-- a service error or a body-guard refusal becomes the same JSON as FastAPI's handlers give (http_errors);
+- a service error or a body-guard refusal becomes the same JSON as FastAPI's handlers give (error_mapping);
   any other exception propagates to Starlette's outermost middleware, which logs it and answers the
   JSON 500 (the app's `Exception` handler), as for the route.
 Admission, the body guard and the request metrics sit outside this handler and see every request.
@@ -25,10 +25,10 @@ from collections import deque
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
+from ..errors import ServiceError
 from .classify import classify_answer
 from .deps import state_of
-from .errors import ServiceError
-from .http_errors import http_exception_response, service_error_response
+from .error_mapping import http_exception_response, service_error_response
 from .schemas import ClassifyRequest
 
 PATHS = frozenset({"/classify", "/v1/classify"})

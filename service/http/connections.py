@@ -35,8 +35,8 @@ from typing import Any, Callable
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from .http_errors import count_rejection
-from .settings import Settings
+from ..settings import Settings
+from .error_mapping import count_rejection, error_content
 
 REASONS = {400: "Bad Request", 408: "Request Timeout", 431: "Request Header Fields Too Large",
            503: "Service Unavailable"}
@@ -45,7 +45,7 @@ REASONS = {400: "Bad Request", 408: "Request Timeout", 431: "Request Header Fiel
 def error_bytes(status: int, kind: str, message: str, field: str | None = None,
                 headers: dict[str, str] | None = None) -> bytes:
     """A whole HTTP/1.1 answer in the service's error shape, for the protocol to write itself."""
-    body = json.dumps({"error": {"type": kind, "message": message, "field": field}}).encode()
+    body = json.dumps(error_content(kind, message, field)).encode()
     lines = [f"HTTP/1.1 {status} {REASONS[status]}", "content-type: application/json",
              f"content-length: {len(body)}", "connection: close", *(f"{k}: {v}" for k, v in (headers or {}).items())]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
@@ -317,6 +317,6 @@ def protocol_class(settings: Settings, on_refusal: Callable[[str], None] | None 
 
 def uvicorn_options(settings: Settings, app=None) -> dict[str, Any]:
     """What `uvicorn.Config` takes from the settings at the connection level (one place for every process);
-    with `app`, the protocol's refusals are counted on its metrics, as its own are (http_errors)."""
+    with `app`, the protocol's refusals are counted on its metrics, as its own are (error_mapping)."""
     on_refusal = None if app is None else (lambda kind: count_rejection({"app": app}, kind))
     return {"http": protocol_class(settings, on_refusal), "limit_concurrency": None, "access_log": settings.access_log}

@@ -8,9 +8,9 @@ import time
 
 from fastapi import HTTPException
 
+from ..settings import Settings
 from .deps import state_of
-from .http_errors import count_rejection, error_response
-from .settings import Settings
+from .error_mapping import count_rejection, error_response
 
 TRACKED_PATHS = {"/classify", "/v1/classify", "/classify/cot", "/v1/models", "/health", "/ready", "/metrics"}
 MODEL_PATHS = {"/classify", "/v1/classify", "/classify/cot", "/v1/models"}

@@ -1,7 +1,7 @@
 """`EngineCore`: what runs the models. It loads each export, warms it up, and gives every model a
 `Batcher` whose forward passes run on one torch thread; with `--cot`, each model's base causal LM gets
 its own batcher, whose decodes let classification passes run between their steps (torch_thread.py). It knows nothing of HTTP: the app drives it in-process (`--workers 0`), and the
-engine process (`engine_server.py`) drives it for front-end processes over a local socket.
+engine process (`process.py`) drives it for front-end processes over a local socket.
 """
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ from typing import Mapping, TypeVar
 
 from contract.model import DTYPES, resolve_dtype
 
-from .batcher import BatchConfig, Batcher
-from .cot import CotRunner
-from .errors import EngineDead, NotReady, UnknownModel
-from .metrics import Metrics
-from .runner import ModelRunner
-from .settings import Settings
+from ..device.generator import CotRunner
+from ..device.runner import ModelRunner, set_threads
+from ..errors import EngineDead, NotReady, UnknownModel
+from ..metrics import Metrics
+from ..settings import Settings
+from .batcher import BatchConfig, Batcher, DecodeBatcher, PipelinedBatcher
+from .cot_prompt import CotPrompt
+from .encoder import InputEncoder
 from .torch_thread import TorchThread
 
 log = logging.getLogger("dhrd.engine")
@@ -38,12 +40,15 @@ def find_model(models: Mapping[str, M], name: str, ready: bool, load_error: str 
 
 @dataclass
 class EngineModel:
-    """One model as the engine runs it."""
+    """One model as the engine runs it, with what an in-process front end needs to feed it: the input
+    encoder (request items to ids) and, with --cot, the prompt around them."""
 
     runner: ModelRunner
     batcher: Batcher
+    encoder: InputEncoder
     cot: CotRunner | None = None
     cot_batcher: Batcher | None = None
+    cot_prompt: CotPrompt | None = None
 
 
 class EngineCore:
@@ -69,9 +74,7 @@ class EngineCore:
         s = self.settings
         loop = asyncio.get_running_loop()
         if s.threads:  # OpenMP thread counts are per calling thread: set it where torch runs
-            import torch
-
-            await loop.run_in_executor(self.executor, torch.set_num_threads, s.threads)
+            await loop.run_in_executor(self.executor, set_threads, s.threads)
         runners = dict(runners or {})
         dtype = resolve_dtype(s.dtype, s.device)
         if dtype != s.dtype:
@@ -88,29 +91,34 @@ class EngineCore:
             await loop.run_in_executor(self.executor, runner.warmup)
             if hasattr(runner, "observe_with"):  # after warm-up: its passes are not traffic
                 runner.observe_with(self.metrics, name)
-            pipelined = getattr(runner, "graphs", None) is not None
-            self.models[name] = EngineModel(runner, self._batcher(name, runner.predict, s.max_batch_size,
-                                                                   s.max_batch_tokens,
-                                                                   runner.launch if pipelined else None,
-                                                                   packed=getattr(runner, "packing_off", None) is None))
+            # The export's tokenizer and task, shared with the runner: one load serves both.
+            self.models[name] = EngineModel(runner, self._classify_batcher(name, runner),
+                                            InputEncoder(runner.manifest, runner.task, runner.tokenizer))
         if s.cot:
             for name, model in self.models.items():
                 cot = await loop.run_in_executor(self.executor, CotRunner, name, model.runner.manifest,
                                                  DTYPES[dtype], s.device, s.cot_cache)
-                # Generation batches are bounded by count; their metrics carry the label "<model>:cot".
                 model.cot = cot
-                model.cot_batcher = self._batcher(f"{name}:cot", cot.generate, s.cot_max_batch_size, 10**9,
-                                                  gather_when_idle=True, decode=True)
+                model.cot_prompt = await loop.run_in_executor(self.executor, CotPrompt, name, model.runner.manifest)
+                # Generation batches are bounded by count; their metrics carry the label "<model>:cot".
+                model.cot_batcher = DecodeBatcher(f"{name}:cot", cot.generate, self._config(s.cot_max_batch_size, 10**9),
+                                                  self.executor, self.metrics, on_fatal=self._device_failed)
+                model.cot_batcher.start()
 
-    def _batcher(self, name: str, predict, max_batch_size: int, max_batch_tokens: int, launch=None,
-                 gather_when_idle: bool = False, packed: bool = True, decode: bool = False) -> Batcher:
+    def _classify_batcher(self, name: str, runner: ModelRunner) -> Batcher:
         s = self.settings
-        batcher = Batcher(name, predict, BatchConfig(max_batch_size, max_batch_tokens, s.max_wait_ms, s.max_queue,
-                                                     packed),
-                          self.executor, self.metrics, launch=launch, finisher=self.finisher if launch else None,
-                          on_fatal=self._device_failed, gather_when_idle=gather_when_idle, decode=decode)
+        config = self._config(s.max_batch_size, s.max_batch_tokens, packed=getattr(runner, "packing_off", None) is None)
+        if getattr(runner, "graphs", None) is not None:  # CUDA graphs: launch the next pass while one runs
+            batcher = PipelinedBatcher(name, runner.launch, self.finisher, config, self.executor, self.metrics,
+                                       on_fatal=self._device_failed)
+        else:
+            batcher = Batcher(name, runner.predict, config, self.executor, self.metrics, on_fatal=self._device_failed)
         batcher.start()
         return batcher
+
+    def _config(self, max_batch_size: int, max_batch_tokens: int, packed: bool = True) -> BatchConfig:
+        s = self.settings
+        return BatchConfig(max_batch_size, max_batch_tokens, s.max_wait_ms, s.max_queue, packed)
 
     def _device_failed(self, exc: BaseException) -> None:
         """A fatal device error (vLLM's EngineDeadError): stop taking work, answer what is queued, and

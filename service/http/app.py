@@ -4,25 +4,27 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request, Response, Security
 from fastapi_swagger import patch_fastapi
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from ..engine.served import check_generation_params
+from ..errors import ServiceError
+from ..generation import GenParams
+from ..metrics import Metrics, exposition
+from ..settings import Settings
 from . import schemas
 from .classify import classify_answer, input_options, request_items, unless_disconnected
-from .cot import GenParams
 from .deps import BEARER, StateDep, state_of
-from .errors import ServiceError
+from .error_mapping import error_response, http_status, install_handlers
 from .fast_path import FastClassify
-from .http_errors import error_response, http_status, install_handlers
-from .metrics import Metrics, exposition
 from .middleware import Admission, BodyGuard, Observe
-from .runner import ModelRunner
-from .served import check_generation_params
-from .settings import Settings
 from .state import AppState
+
+if TYPE_CHECKING:  # the HTTP edge names the device's runner in hints only; the engine loads it
+    from ..device.runner import ModelRunner
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": schemas.ErrorResponse} for code in (401, 404, 408, 413, 422, 429, 500, 503, 504)}

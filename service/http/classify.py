@@ -13,10 +13,10 @@ import json
 import time
 import uuid
 
+from ..engine.served import InputOptions
+from ..errors import ClientGone, InvalidInput, TooLarge
+from ..settings import Settings
 from . import schemas
-from .errors import ClientGone, InvalidInput, TooLarge
-from .served import InputOptions
-from .settings import Settings
 from .state import AppState
 
 

@@ -9,8 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..errors import Overloaded, ServiceError
 from .deps import state_of
-from .errors import Overloaded, ServiceError
 from .schemas import ErrorDetail, ErrorResponse
 
 STATUS = {
@@ -49,11 +49,15 @@ def echo(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     return safe if len(safe) <= limit else safe[:limit] + f"... ({len(safe)} characters)"
 
 
+def error_content(kind: str, message: str, field: str | None = None) -> dict:
+    """The one error shape, `{"error": {"type", "message", "field"}}` (`schemas.ErrorResponse`), with the
+    caller's text made safe to echo: every error answer is built here, whoever writes it."""
+    return ErrorResponse(error=ErrorDetail(type=kind, message=echo(message), field=field and echo(field, 200))).model_dump()
+
+
 def error_response(status: int, kind: str, message: str, field: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
-    """The one error shape: `{"error": {"type", "message", "field"}}`."""
-    body = ErrorResponse(error=ErrorDetail(type=kind, message=echo(message), field=field and echo(field, 200)))
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+    return JSONResponse(error_content(kind, message, field), status_code=status, headers=headers)
 
 
 _TYPE_TAG = re.compile(r"(str|int|float|bool|dict|list|union|literal|function-\w+|constrained-\w+)(\[.*\])?",

@@ -14,13 +14,14 @@ import signal
 import time
 from typing import Callable
 
-from . import exit_codes, ipc
+from .. import exit_codes
+from ..errors import DeadlineExceeded, Disabled
+from ..gc_heap import GcWatch
+from ..metrics import Metrics
+from ..settings import Settings
+from . import ipc
 from .batcher import abandon, outcome
-from .engine import EngineCore, find_model
-from .errors import DeadlineExceeded, Disabled
-from .gc_heap import GcWatch
-from .metrics import Metrics
-from .settings import Settings
+from .core import EngineCore, find_model
 
 log = logging.getLogger("dhrd.engine")
 

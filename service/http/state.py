@@ -7,15 +7,19 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .engine import EngineCore, find_model
-from .engine_client import EngineClient, RemoteQueue
-from .errors import EngineDead, NotReady, ShuttingDown
-from .gc_heap import GcWatch
-from .metrics import Metrics
-from .runner import InputEncoder, ModelRunner
-from .served import ServedModel
-from .settings import Settings
+from ..engine.client import EngineClient, RemoteQueue
+from ..engine.core import EngineCore, find_model
+from ..engine.encoder import InputEncoder
+from ..engine.served import ServedModel
+from ..errors import EngineDead, NotReady, ShuttingDown
+from ..gc_heap import GcWatch
+from ..metrics import Metrics
+from ..settings import Settings
+
+if TYPE_CHECKING:  # the HTTP edge names the device's runner in hints only; the engine loads it
+    from ..device.runner import ModelRunner
 
 log = logging.getLogger("dhrd.service")
 LIVENESS_STALLS = 3  # /health fails once a stall has lasted this many --stall-timeout-s
@@ -109,11 +113,11 @@ class AppState:
         self.engine = EngineCore(self.settings, self.metrics)
         await self.engine.load(runners, verify_hashes)
         for name, m in self.engine.models.items():
-            self.models[name] = ServedModel(name, m.runner, m.batcher, m.cot.prompt if m.cot else None, m.cot_batcher)
+            self.models[name] = ServedModel(name, m.encoder, m.batcher, m.cot_prompt, m.cot_batcher)
 
     async def _connect(self, engine_socket: str | Path) -> None:
         """Front-end process: tokenizers and manifests here, weights and forward passes in the engine."""
-        from .cot import CotPrompt
+        from ..engine.cot_prompt import CotPrompt
 
         s = self.settings
         loop = asyncio.get_running_loop()

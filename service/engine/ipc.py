@@ -25,7 +25,7 @@ import asyncio
 import pickle
 import struct
 
-from .errors import ServiceError, error_class
+from ..errors import ServiceError, error_class
 
 HEADER = struct.Struct("!I")
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # a corrupt length must not make a reader allocate without bound

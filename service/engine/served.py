@@ -16,9 +16,10 @@ from typing import Any, Protocol, Sequence, Sized
 from contract.encoding import BOUNDARY_TOKENS, CHARS_PER_TOKEN_GUESS
 from contract.text import COT_ENDPOINT_PROMPT_VERSION
 
-from .cot import CotItem, CotPrompt, GenParams
-from .errors import Disabled, InvalidInput
-from .runner import Encoded, InputEncoder
+from ..errors import Disabled, InvalidInput
+from ..generation import CotItem, GenParams
+from .cot_prompt import CotPrompt
+from .encoder import Encoded, InputEncoder
 
 Item = str | dict[str, Any]
 
@@ -31,7 +32,7 @@ _TOKENISER = ThreadPoolExecutor(1, thread_name_prefix="dhrd-tok")
 
 class WorkQueue(Protocol):
     """What a served model needs from the forward pass: `batcher.Batcher` in-process, or
-    `engine_client.RemoteQueue` to the engine process."""
+    `client.RemoteQueue` to the engine process."""
 
     def admit(self, n: int, deadline: float) -> None: ...
 
@@ -72,10 +73,10 @@ class Generation:
 class ServedModel:
     """A served classifier: the pooled head through dynamic batching, and (with --cot) CoT decoding."""
 
-    def __init__(self, name: str, runner: InputEncoder, batcher: WorkQueue, cot: CotPrompt | None = None,
+    def __init__(self, name: str, encoder: InputEncoder, batcher: WorkQueue, cot: CotPrompt | None = None,
                  cot_batcher: WorkQueue | None = None):
         self.name = name
-        self.runner = runner  # an encoder; in-process it is the whole ModelRunner
+        self.encoder = encoder
         self.batcher = batcher
         self.cot = cot
         self.cot_batcher = cot_batcher
@@ -83,24 +84,24 @@ class ServedModel:
 
     @property
     def labels(self) -> list[str]:
-        return list(self.runner.manifest.labels)
+        return list(self.encoder.manifest.labels)
 
     def describe(self) -> dict[str, Any]:
         """What `GET /v1/models` says about this model."""
-        m = self.runner.manifest
-        return {"task": m.task, "labels": self.labels, "fields": list(self.runner.task.fields),
-                "template": template_preview(self.runner.task),
+        m = self.encoder.manifest
+        return {"task": m.task, "labels": self.labels, "fields": list(self.encoder.task.fields),
+                "template": template_preview(self.encoder.task),
                 "max_length": m.max_length, "pooling": m.pooling, "base_model": m.base_model.get("name"),
                 "contract_version": m.contract_version, "metrics": m.metrics,
                 "cot_prompt_version": COT_ENDPOINT_PROMPT_VERSION if self.cot is not None else None}
 
     def encode(self, items: Sequence[Item], options: InputOptions) -> list[Encoded]:
         """Token ids of every item; raises InvalidInput naming the item's field."""
-        return [self.runner.encode(item, i, options.truncate, options.limit) for i, item in enumerate(items)]
+        return [self.encoder.encode(item, i, options.truncate, options.limit) for i, item in enumerate(items)]
 
     def _work(self, items: Sequence[Item]) -> int:
         """Characters the tokenizer will see: each item's text, up to what `encode_bounded` first reads."""
-        cap = CHARS_PER_TOKEN_GUESS * (self.runner.manifest.max_length + BOUNDARY_TOKENS)
+        cap = CHARS_PER_TOKEN_GUESS * (self.encoder.manifest.max_length + BOUNDARY_TOKENS)
         return sum(min(cap, _chars(item)) for item in items)
 
     def _admit(self, queue: WorkQueue, items: Sequence[Item], deadline: float) -> int:

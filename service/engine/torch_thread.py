@@ -3,12 +3,12 @@ ones (classification passes) run between its steps.
 
 Why one thread and not a second one for decoding: on CPU each thread that runs torch ops gets an OpenMP
 team of its own, and two teams on the same cores fight (the forward ran ~20 % slower with a second team
-alive, engine.py); on a 2-core machine a classification pass beside a decode would slow both. So the
+alive, core.py); on a 2-core machine a classification pass beside a decode would slow both. So the
 decode loop yields instead: after each decode step it calls `between_steps()`, which runs, on this same
 thread, every short job queued meanwhile. A classification request then waits for at most one decode
 step (or the prefill), not for the whole decode (issue 23, item 9: 8.6 s behind an 8 x 120-token batch).
 vLLM's engine core likewise schedules its work one step at a time; here the step is what `generate()`
-exposes: its stopping-criteria hook, called once per decode step (cot.py).
+exposes: its stopping-criteria hook, called once per decode step (device/generator.py).
 """
 from __future__ import annotations
 

@@ -1,78 +1,20 @@
-"""Request items → token ids (`InputEncoder`, what a front end needs), and the pooled classifier on a
-batch (`ModelRunner`, what the engine needs). Synchronous; no asyncio, no HTTP."""
+"""The pooled classifier on a batch of token ids (`ModelRunner`): the device work of a classification.
+Synchronous; no asyncio, no HTTP. Turning request items into ids is the engine's (engine/encoder.py)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Callable, Sequence
 
 import torch
 
-from contract.encoding import encode_bounded, load_tokenizer
-from contract.export_reader import LoadedModel, check_export, load_export
+from contract.export_reader import LoadedModel, load_export
 from contract.model import DTYPES, pack_batch, pad_batch
-from contract.tasks import TaskError
-from contract.tasks.base import text_problem
-
-from .errors import InvalidInput
 
 log = logging.getLogger("dhrd.engine")
 
 
-@dataclass
-class Encoded:
-    ids: list[int]
-    truncated: bool
-
-
-class InputEncoder:
-    """An export's task, template and tokenizer: request items → token ids. No weights: a front-end
-    process holds only this, and sends the ids to the engine."""
-
-    def __init__(self, manifest, task, tokenizer):
-        self.manifest = manifest
-        self.task = task
-        self.tokenizer = tokenizer
-        self.pad_id = tokenizer.pad_token_id
-
-    @classmethod
-    def from_export(cls, path: Path, verify_hashes: bool = False) -> "InputEncoder":
-        manifest, task = check_export(Path(path), verify_hashes)
-        return cls(manifest, task, load_tokenizer(path))
-
-    def format(self, item: str | dict[str, Any], index: int) -> str:
-        """Pre-formatted text passes through; a fields object is checked against the task's declaration
-        and formatted by its template. Raises InvalidInput naming `input.<index>[.<field>]`."""
-        if isinstance(item, str):
-            problem = "is empty" if not item.strip() else text_problem(item)
-            if problem:
-                raise InvalidInput(f"input[{index}] {problem}", field=f"input.{index}")
-            return item
-        try:
-            self.task.check_fields(item)
-            return self.task.format(item)
-        except TaskError as exc:
-            where = f"input.{index}" + (f".{exc.field}" if exc.field else "")
-            raise InvalidInput(f"input[{index}] (task {self.task.name!r}): {exc}", field=where) from exc
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:  # a template's own check
-            raise InvalidInput(f"input[{index}] (task {self.task.name!r}): {exc}", field=f"input.{index}") from exc
-
-    def encode(self, item: str | dict[str, Any], index: int, truncate: bool, limit: int | None = None) -> Encoded:
-        """Token ids of one request item; raises InvalidInput naming the item."""
-        text = self.format(item, index)
-        max_length = min(limit or self.manifest.max_length, self.manifest.max_length)
-        # Bounded by max_length, not by the text (a 1.9 MB input must not cost a second of tokenising),
-        # and tokenised once: a refusal below reuses the count when the whole text was tokenised.
-        ids, truncated, count = encode_bounded(self.tokenizer, text, max_length)
-        if truncated and not truncate:
-            size = f"{count} tokens" if count is not None else f"more than {max_length} tokens ({len(text)} characters)"
-            raise InvalidInput(f"input[{index}] has {size}, over the model's limit of {max_length}; "
-                               "send truncate=true to cut its beginning", field=f"input.{index}")
-        return Encoded(ids, truncated)
-
-
-class ModelRunner(InputEncoder):
+class ModelRunner:
     """One served classifier: backbone + pooled head from an export (never an LM head).
 
     A forward pass runs one of three ways. With CUDA graphs captured, a batch is packed into a token
@@ -82,8 +24,17 @@ class ModelRunner(InputEncoder):
     that reason (`dhrd_padded_passes_total`) and logged once per reason.
     """
 
+    # A measuring tool's stand-in for the forward pass, or None (always, in the service): called as
+    # `forward_stub(runner, batch)` in place of every pass, warm-up included. Class-wide and set at import,
+    # before any runner exists, so an engine process spawned later gets it too (loadtest.stub_serve: the
+    # serving code alone, without the model's arithmetic).
+    forward_stub: Callable[["ModelRunner", Sequence[Sequence[int]]], list[list[float]]] | None = None
+
     def __init__(self, loaded: LoadedModel, device: str = "cpu", compile: bool = False):
-        super().__init__(loaded.manifest, loaded.task, loaded.tokenizer)
+        # What the engine builds this model's input encoder from (engine/encoder.py), and what warm-up and
+        # packing need: the pad id and the export's max_length.
+        self.manifest, self.task, self.tokenizer = loaded.manifest, loaded.task, loaded.tokenizer
+        self.pad_id = loaded.tokenizer.pad_token_id
         self.model = compiled(loaded.model) if compile else loaded.model
         self.device = torch.device(device)
         self.graphs = None  # a CudaGraphClassifier once captured (use_cuda_graphs)
@@ -127,7 +78,7 @@ class ModelRunner(InputEncoder):
 
     def launch(self, batch: Sequence[Sequence[int]]):
         """Start a forward pass and return without waiting for the device (CUDA graphs only): an object
-        whose `result()` gives what `predict` gives. The batcher pipelines with it (batcher.py)."""
+        whose `result()` gives what `predict` gives. The batcher pipelines with it (engine/batcher.py)."""
         from .graphs import Ready
 
         launched = self.graphs.launch(batch) if self.graphs is not None else None
@@ -139,6 +90,8 @@ class ModelRunner(InputEncoder):
     @torch.inference_mode()
     def predict(self, batch: Sequence[Sequence[int]]) -> list[list[float]]:
         """Class probabilities for a batch of token id lists: a graph replay, else packed, else padded."""
+        if self.forward_stub is not None:
+            return self.forward_stub(batch)
         if self.graphs is not None:
             probs = self.graphs.predict(batch)
             if probs is not None:
@@ -146,17 +99,29 @@ class ModelRunner(InputEncoder):
                 return probs
             self._eager_pass(self.graphs.miss_reason(batch))
         reason = self.padded_reason(batch)
-        if reason is None:
+        if reason is not None:
+            self._padded_pass(reason)
+        return self._eager(batch, packed=reason is None)
+
+    @torch.inference_mode()
+    def predict_as(self, batch: Sequence[Sequence[int]], packed: bool) -> list[list[float]]:
+        """One eager pass in the layout asked for, whatever `padded_reason` would pick and uncounted: for a
+        benchmark that compares the two on the same batches (loadtest.packing)."""
+        return self._eager(batch, packed, count=False)
+
+    def _eager(self, batch: Sequence[Sequence[int]], packed: bool, count: bool = True) -> list[list[float]]:
+        if packed:
             p = pack_batch(batch, self.pad_id)
             logits = self.model.forward_packed(p.input_ids.to(self.device), p.position_ids.to(self.device),
                                                p.cu_seqlens.to(self.device), p.last_index.to(self.device),
                                                p.max_seqlen)
-            self._count_tokens(batch, p.input_ids.shape[0])
+            computed = p.input_ids.shape[0]
         else:
-            self._padded_pass(reason)
             ids, mask = pad_batch(batch, self.pad_id)
             logits = self.model(ids.to(self.device), mask.to(self.device))
-            self._count_tokens(batch, ids.numel())
+            computed = ids.numel()
+        if count:
+            self._count_tokens(batch, computed)
         return logits.float().softmax(-1).cpu().tolist()
 
     def padded_reason(self, batch: Sequence[Sequence[int]]) -> str | None:
@@ -212,6 +177,11 @@ class ModelRunner(InputEncoder):
             except Exception:
                 log.warning("the packed forward pass failed on this model; serving it padded", exc_info=True)
                 self.packing_off = "unsupported"
+
+
+def set_threads(n: int) -> None:
+    """torch's intra-op thread count for the calling thread's OpenMP team (call it on the torch thread)."""
+    torch.set_num_threads(n)
 
 
 def compiled(model: torch.nn.Module) -> torch.nn.Module:

@@ -6,7 +6,6 @@ model is loaded only when the endpoint is enabled; classification never touches 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
 from typing import Callable, Sequence
@@ -16,70 +15,10 @@ from transformers import StoppingCriteria
 
 from contract.encoding import load_tokenizer
 from contract.manifest import Manifest
-from contract.text import cot_instruction, parse_answer
+from contract.text import parse_answer
 
-from .errors import DeadlineExceeded
-
-# Stands in for the input while the prompt template is rendered once; never a real input.
-_SLOT = "\x00DHRD-INPUT\x00"
-
-
-@dataclass(frozen=True)
-class GenParams:
-    temperature: float
-    top_p: float
-    max_new_tokens: int
-    seed: int | None
-    min_new_tokens: int = 0
-
-
-@dataclass
-class CotItem:
-    """One sequence to decode; `len()` is its prompt length so the batcher can budget tokens."""
-
-    ids: list[int]
-    params: GenParams
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-@dataclass
-class CotResult:
-    label: int | None  # index into the manifest's labels; None when the text names no answer
-    text: str
-    generated_tokens: int
-
-
-class CotPrompt:
-    """The CoT prompt around a classifier input, from the base model's tokenizer only (no weights):
-    what a front-end process needs to turn a request into the ids the engine decodes."""
-
-    def __init__(self, name: str, manifest: Manifest):
-        path = base_model_path(name, manifest)
-        self.tokenizer = load_tokenizer(path)
-        self.tokenizer.padding_side = "left"
-        self.prefix, self.suffix = self._prompt_around_input(manifest)
-
-    def _prompt_around_input(self, manifest: Manifest) -> tuple[list[int], list[int]]:
-        """Token ids before and after the input in the CoT prompt (chat template when the model has one),
-        tokenised once, so each request's input ids are reused as the classifier encoded them."""
-        content = cot_instruction(_SLOT, manifest.label_words)
-        chat = bool(getattr(self.tokenizer, "chat_template", None))
-        text = self.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                                  add_generation_prompt=True) if chat else content
-        before, _, after = text.partition(_SLOT)
-        # A rendered template spells its special tokens out (the tokenizer maps them back to their ids);
-        # plain text gets the tokenizer's own special tokens, as the classifier's input does.
-        prefix = self.tokenizer(before, add_special_tokens=not chat)["input_ids"]
-        return prefix, self.tokenizer(after, add_special_tokens=False)["input_ids"]
-
-    def prompt_ids(self, input_ids: list[int]) -> list[int]:
-        """The CoT prompt around one classifier input, given as the ids the classifier's tokenizer made
-        (the export's tokenizer is the base model's); a leading BOS is dropped, the prefix has its own."""
-        bos = self.tokenizer.bos_token_id
-        body = input_ids[1:] if input_ids and bos is not None and input_ids[0] == bos else input_ids
-        return self.prefix + list(body) + self.suffix
+from ..errors import DeadlineExceeded
+from ..generation import CotItem, CotResult, GenParams
 
 
 def base_model_path(name: str, manifest: Manifest) -> Path:
@@ -108,14 +47,11 @@ class CotRunner:
         if cache not in CACHE_MODES:
             raise ValueError(f"CoT cache must be one of {CACHE_MODES}, got {cache!r}")
         self.name, self.manifest, self.cache = name, manifest, cache
-        self.prompt = CotPrompt(name, manifest)
-        self.tokenizer = self.prompt.tokenizer
         path = base_model_path(name, manifest)
+        self.tokenizer = load_tokenizer(path)
+        self.tokenizer.padding_side = "left"  # prompts end where decoding starts
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
         self.device = torch.device(device)
-
-    def prompt_ids(self, input_ids: list[int]) -> list[int]:
-        return self.prompt.prompt_ids(input_ids)
 
     @torch.inference_mode()
     def generate(self, items: Sequence[CotItem], step: Callable[[], list[bool]] | None = None

@@ -15,8 +15,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, Sized
 
-from .errors import DeadlineExceeded, EngineDead, Overloaded, ShuttingDown, TooLarge, is_fatal_device_error
-from .metrics import Metrics
+from ..errors import DeadlineExceeded, EngineDead, Overloaded, ShuttingDown, TooLarge, is_fatal_device_error
+from ..metrics import Metrics
 
 # A payload is anything whose len() is its token count: a list of token ids for classification,
 # a `cot.CotItem` for generation. The predict function returns one result per payload; a result that is
@@ -41,13 +41,13 @@ STALL_PASSES = 4.0
 
 @dataclass
 class BatchConfig:
-    """The batching knobs; their defaults live in `Settings` (state.py builds this from it)."""
+    """The batching knobs; their defaults live in `Settings` (http/state.py builds this from it)."""
 
     max_batch_size: int
     max_batch_tokens: int
     max_wait_ms: float
     max_queue: int
-    # What max_batch_tokens counts: the real tokens of packed passes (runner.py: what they compute), or
+    # What max_batch_tokens counts: the real tokens of packed passes (device/runner.py: what they compute), or
     # count x longest for a model that runs padded (compiled, or a backbone packing cannot run).
     packed: bool = True
 
@@ -67,25 +67,41 @@ def budget_tokens(count: int, longest: int, real: int, packed: bool) -> int:
     return real if packed else count * longest
 
 
+def cut_round(lengths: Sequence[int], max_batch_tokens: int, packed: bool) -> list[list[int]]:
+    """How one round of queued sequences (at most max_batch_size, taken in arrival order) is cut into
+    forward passes: sorted by length (so a padded pass carries less padding), then split so each pass
+    stays within max_batch_tokens as `budget_tokens` counts it (real tokens packed, count x longest
+    padded). Returns indices into `lengths`. The service's one rule, also what loadtest.packing runs."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    real = 0
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):  # stable: equal lengths keep their order
+        n = lengths[i]
+        if current and budget_tokens(len(current) + 1, n, real + n, packed) > max_batch_tokens:  # n is the longest
+            batches.append(current)
+            current, real = [], 0
+        current.append(i)
+        real += n
+    return batches + ([current] if current else [])
+
+
+def rounds(count: int, max_batch_size: int) -> list[range]:
+    """The rounds a saturated batcher takes `count` queued sequences in: consecutive, max_batch_size each."""
+    return [range(start, min(start + max_batch_size, count)) for start in range(0, count, max_batch_size)]
+
+
 class Batcher:
+    """A model's queue and its forward passes, one at a time on the torch thread: continuous batching of
+    classification. Two kinds differ in how a round is gathered and computed: `PipelinedBatcher` (CUDA
+    graphs) and `DecodeBatcher` (CoT generation); each overrides `_gathers` and `_compute`."""
+
     def __init__(self, name: str, predict: PredictFn, config: BatchConfig, executor: Executor, metrics: Metrics,
-                 launch: LaunchFn | None = None, finisher: Executor | None = None,
-                 on_fatal: Callable[[BaseException], None] | None = None, gather_when_idle: bool = False,
-                 decode: bool = False):
+                 on_fatal: Callable[[BaseException], None] | None = None):
         self.name = name
-        # Generation: `predict` is a DecodeFn, run as a long job that yields the torch thread between steps
-        # and stops once every caller in its batch has left (issue 23, item 9).
-        self.decode = decode
-        # Generation (CoT) decodes a static batch for seconds: a request that started alone would hold
-        # every later one for a whole decode, so such a batcher still gathers for max_wait_ms when idle.
-        self.gather_when_idle = gather_when_idle
-        # Called once a forward pass raises a fatal device error: the engine must then stop (engine.py).
+        # Called once a forward pass raises a fatal device error: the engine must then stop (core.py).
         self.on_fatal = on_fatal
         self.predict = predict
-        # With `launch` (CUDA graphs), batch N+1 is padded, copied and launched while batch N still runs
-        # on the device; `finisher` (its own thread) waits for each batch's results.
-        self.launch, self.finisher = launch, finisher
-        self._finishing: set[asyncio.Task] = set()
+        self._finishing: set[asyncio.Task] = set()  # passes still on the device (PipelinedBatcher only)
         self.config = config
         self.executor = executor
         self.metrics = metrics
@@ -161,7 +177,7 @@ class Batcher:
     def stalled_for(self, limit: float) -> float:
         """Seconds this batcher has had work and finished no pass, when that exceeds `limit` and several
         usual pass times; else 0. A generation batcher's decodes are long by nature: never stalled."""
-        if self.decode or not self.busy or not self._passes:
+        if not self.busy or not self._passes:
             return 0.0
         stuck = time.monotonic() - self._progress
         return stuck if stuck > max(limit, STALL_PASSES * self._batch_seconds) else 0.0
@@ -224,15 +240,13 @@ class Batcher:
         """Wait for one live sequence, then take what is already queued into `items`, up to max_batch_size.
 
         Continuous batching (TEI, vLLM): an idle device never waits for company, since a timer there only
-        adds latency; requests gather while a pass runs, because the batcher is busy awaiting it. With the
-        pipeline (`launch`), a batch may still be on the device now: then arrivals gather for up to
-        max_wait_ms, until the batch is full or the device has finished, before the next launch.
-        (`gather_when_idle`, generation only: up to max_wait_ms on an idle device too.)
+        adds latency; requests gather while a pass runs, because the batcher is busy awaiting it. Where
+        `_gathers()` says so, arrivals also gather for up to max_wait_ms, until the batch is full.
         """
         while not items:
             items += self._live([await self._queue.get()])
         self._take_queued(items)
-        if (self._finishing or self.gather_when_idle) and len(items) < self.config.max_batch_size:
+        if self._gathers() and len(items) < self.config.max_batch_size:
             await self._gather(items)
         for item in items:
             self._unqueue(item)
@@ -241,11 +255,14 @@ class Batcher:
         while len(items) < self.config.max_batch_size and not self._queue.empty():
             items += self._live([self._queue.get_nowait()])
 
+    def _gathers(self) -> bool:
+        """Whether a round still waits for arrivals (up to max_wait_ms) before it is cut: never here."""
+        return False
+
     async def _gather(self, items: list[_Pending]) -> None:
-        """Let arrivals join the next batch for at most max_wait_ms: while a launched batch runs (stop
-        early when the device has none left), or always with `gather_when_idle`; stop when full."""
+        """Let arrivals join the next batch for at most max_wait_ms while `_gathers()` holds; stop when full."""
         deadline = time.perf_counter() + self.config.max_wait_ms / 1000
-        while (self._finishing or self.gather_when_idle) and len(items) < self.config.max_batch_size:
+        while self._gathers() and len(items) < self.config.max_batch_size:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break
@@ -280,22 +297,8 @@ class Batcher:
         return budget_tokens(len(lengths), max(lengths), sum(lengths), self.config.packed)
 
     def _cut(self, items: list[_Pending]) -> list[list[_Pending]]:
-        """Sort by length (less padding) and split so each batch stays under max_batch_tokens: real tokens
-        when passes are packed, padded tokens (count x longest) otherwise."""
-        batches: list[list[_Pending]] = []
-        current: list[_Pending] = []
-        real = 0
-        for item in sorted(items, key=lambda p: len(p.payload)):
-            n = len(item.payload)
-            tokens = budget_tokens(len(current) + 1, n, real + n, self.config.packed)  # sorted: n is the longest
-            if current and tokens > self.config.max_batch_tokens:
-                batches.append(current)
-                current, real = [], 0
-            current.append(item)
-            real += n
-        if current:
-            batches.append(current)
-        return batches
+        return [[items[i] for i in batch] for batch in cut_round([len(p.payload) for p in items],
+                                                                  self.config.max_batch_tokens, self.config.packed)]
 
     async def _forward(self, batch: list[_Pending]) -> None:
         started = time.perf_counter()
@@ -303,15 +306,13 @@ class Batcher:
             self.metrics.queue_wait.labels(self.name).observe(started - item.enqueued)
         self.metrics.batch_size.labels(self.name).observe(len(batch))
         self.metrics.batch_tokens.labels(self.name).observe(self._budget_tokens(batch))
-        if self.launch is not None and self.finisher is not None:
-            return await self._launch(batch, started)
-        loop = asyncio.get_running_loop()
+        await self._compute(batch, started)
+
+    async def _compute(self, batch: list[_Pending], started: float) -> None:
+        """One forward pass on the torch thread; its results (or its failure) go to the batch's futures."""
         self._computing = len(batch)
         try:
-            if self.decode:
-                results = await self._decode(batch)
-            else:
-                results = await loop.run_in_executor(self.executor, self.predict, [p.payload for p in batch])
+            results = await self._run_pass(batch)
         except Exception as exc:  # a failed forward pass fails its requests, not the batcher
             self._fail(batch, self._failure(exc))
             return
@@ -319,48 +320,9 @@ class Batcher:
             self._computing = 0
         self._done(batch, results, started)
 
-    async def _decode(self, batch: list[_Pending]) -> list[Any]:
-        """Run a generation batch as a long job: between decode steps the torch thread runs queued
-        classification passes, and `gone` tells the decoder which callers have left."""
-        def gone() -> list[bool]:
-            # On the torch thread: `between_steps` first (it takes time, during which callers may leave).
-            # A future is done here only when its caller no longer waits for it (cancelled, failed by a
-            # drain or stop); reading its state from this thread is a plain attribute read under the GIL.
-            between_steps()
-            now = time.monotonic()
-            return [p.future.done() or p.deadline <= now for p in batch]
-
-        between_steps = getattr(self.executor, "between_steps", lambda: 0)
-        submit = getattr(self.executor, "submit_long", self.executor.submit)
-        return await asyncio.wrap_future(submit(self.predict, [p.payload for p in batch], gone))
-
-    async def _launch(self, batch: list[_Pending], started: float) -> None:
-        """Pipelined: launch this batch, hand its completion to the finisher thread, and return to
-        collect the next one; at most PIPELINE_DEPTH batches are in flight."""
-        loop = asyncio.get_running_loop()
-        while len(self._finishing) >= PIPELINE_DEPTH:
-            await asyncio.wait(self._finishing, return_when=asyncio.FIRST_COMPLETED)
-        self._computing += len(batch)
-        try:
-            pending = await loop.run_in_executor(self.executor, self.launch, [p.payload for p in batch])
-        except Exception as exc:
-            self._computing -= len(batch)
-            self._fail(batch, self._failure(exc))
-            return
-        task = asyncio.create_task(self._finish(batch, pending, started))
-        self._finishing.add(task)
-        task.add_done_callback(self._finishing.discard)
-
-    async def _finish(self, batch: list[_Pending], pending: Any, started: float) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            results = await loop.run_in_executor(self.finisher, pending.result)
-        except Exception as exc:
-            self._fail(batch, self._failure(exc))
-            return
-        finally:
-            self._computing -= len(batch)
-        self._done(batch, results, started)
+    async def _run_pass(self, batch: list[_Pending]) -> list[Any]:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self.predict,
+                                                                [p.payload for p in batch])
 
     def _failure(self, exc: Exception) -> Exception:
         """What a failed pass's requests are answered with. An ordinary error is that batch's alone; a
@@ -395,8 +357,6 @@ class Batcher:
                 item.future.set_exception(exc)
 
     def _done(self, batch: list[_Pending], results: list[Any], started: float) -> None:
-        if self.decode and all(item.future.done() for item in batch):
-            return  # every caller left, so the decode stopped early: its time would skew the estimates
         elapsed = time.perf_counter() - started
         self._progress = time.monotonic()
         self._learn(elapsed, len(batch))
@@ -407,6 +367,83 @@ class Batcher:
                     item.future.set_exception(result)
                 else:
                     item.future.set_result(result)
+
+
+
+class PipelinedBatcher(Batcher):
+    """CUDA graphs: batch N+1 is packed, copied and launched while batch N still runs on the device;
+    `finisher` (its own thread) waits for each batch's results. While a batch is still on the device,
+    arrivals gather for up to max_wait_ms (stopping early when the device has none left)."""
+
+    def __init__(self, name: str, launch: LaunchFn, finisher: Executor, config: BatchConfig, executor: Executor,
+                 metrics: Metrics, on_fatal: Callable[[BaseException], None] | None = None):
+        super().__init__(name, launch, config, executor, metrics, on_fatal)
+        self.launch, self.finisher = launch, finisher
+
+    def _gathers(self) -> bool:
+        return bool(self._finishing)
+
+    async def _compute(self, batch: list[_Pending], started: float) -> None:
+        """Launch this batch, hand its completion to the finisher thread, and return to collect the next
+        one; at most PIPELINE_DEPTH batches are in flight."""
+        loop = asyncio.get_running_loop()
+        while len(self._finishing) >= PIPELINE_DEPTH:
+            await asyncio.wait(self._finishing, return_when=asyncio.FIRST_COMPLETED)
+        self._computing += len(batch)
+        try:
+            pending = await loop.run_in_executor(self.executor, self.launch, [p.payload for p in batch])
+        except Exception as exc:
+            self._computing -= len(batch)
+            self._fail(batch, self._failure(exc))
+            return
+        task = asyncio.create_task(self._finish(batch, pending, started))
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
+    async def _finish(self, batch: list[_Pending], pending: Any, started: float) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self.finisher, pending.result)
+        except Exception as exc:
+            self._fail(batch, self._failure(exc))
+            return
+        finally:
+            self._computing -= len(batch)
+        self._done(batch, results, started)
+
+
+class DecodeBatcher(Batcher):
+    """CoT generation: `predict` is a DecodeFn, run as a long job that yields the torch thread between
+    decode steps and stops once every caller in its batch has left (issue 23, item 9). A static batch
+    decodes for seconds, so a request that started alone would hold every later one for a whole decode:
+    this batcher gathers for max_wait_ms on an idle device too. Its passes are long by nature: it never
+    reports a stall."""
+
+    def _gathers(self) -> bool:
+        return True
+
+    def stalled_for(self, limit: float) -> float:
+        return 0.0
+
+    async def _run_pass(self, batch: list[_Pending]) -> list[Any]:
+        """Between decode steps the torch thread runs queued classification passes, and `gone` tells the
+        decoder which callers have left."""
+        def gone() -> list[bool]:
+            # On the torch thread: `between_steps` first (it takes time, during which callers may leave).
+            # A future is done here only when its caller no longer waits for it (cancelled, failed by a
+            # drain or stop); reading its state from this thread is a plain attribute read under the GIL.
+            between_steps()
+            now = time.monotonic()
+            return [p.future.done() or p.deadline <= now for p in batch]
+
+        between_steps = getattr(self.executor, "between_steps", lambda: 0)
+        submit = getattr(self.executor, "submit_long", self.executor.submit)
+        return await asyncio.wrap_future(submit(self.predict, [p.payload for p in batch], gone))
+
+    def _done(self, batch: list[_Pending], results: list[Any], started: float) -> None:
+        if all(item.future.done() for item in batch):
+            return  # every caller left, so the decode stopped early: its time would skew the estimates
+        super()._done(batch, results, started)
 
 
 async def wait_all(futures: list[asyncio.Future], deadline: float) -> list:
