@@ -4,7 +4,7 @@ the CPU time of the process is divided by the requests. Three ways, interleaved 
 drifting VM affects each alike:
 
 - `route`: every request through FastAPI's route (`--no-fast-path`);
-- `fast-path`: the service as shipped (service/fast_path.py);
+- `fast-path`: the service as shipped (service/http/fast_path.py);
 - `work-only`: `ServedModel.classify` called directly, no HTTP layer at all (tokenising, admission, the
   queue round trip, the answer's objects): the floor that a leaner HTTP layer could reach.
 
@@ -20,12 +20,11 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 from . import REPO
-from .provenance import commit, machine
+from .provenance import report_header
 
 EXPORT = REPO / "tests" / "fixtures" / "export-v1-cb"
 FIELDS = {"premise": "It rained all day and the streets were wet.", "hypothesis": "The ground got wet."}
@@ -60,7 +59,7 @@ async def post(app) -> None:
 
 
 async def direct(app) -> None:
-    from service.served import InputOptions
+    from service.engine.served import InputOptions
 
     served = app.state.dhrd.model("cb")
     await served.classify([FIELDS], InputOptions(), time.monotonic() + 30)
@@ -68,7 +67,7 @@ async def direct(app) -> None:
 
 async def serve_stubbed(fast_path: bool):
     """A started app whose forward pass returns fixed probabilities at once (the front end's cost alone)."""
-    from service.app import create_app
+    from service.http.app import create_app
     from service.settings import Settings
 
     from . import stub_serve  # noqa: F401  (importing it stubs the forward pass, before any runner exists)
@@ -122,14 +121,13 @@ def main() -> int:
     args = parser.parse_args()
     found = asyncio.run(run(args.rounds, args.requests, args.concurrency))
     medians = {mode: statistics.median(v) for mode, v in found.items()}
-    report = {"machine": machine(), "commit": commit(), "date": time.strftime("%Y-%m-%d"),
-              "command": "python -m loadtest.asgi_cost " + " ".join(sys.argv[1:]), "export": str(EXPORT.relative_to(REPO)),
+    report = {**report_header(), "export": str(EXPORT.relative_to(REPO)),
               "requests_per_round": args.requests, "concurrency": args.concurrency,
               "cpu_us_per_request": found, "median_cpu_us_per_request": medians,
               "http_layer_us": {"route": round(medians["route"] - medians["work-only"], 1),
                                 "fast-path": round(medians["fast-path"] - medians["work-only"], 1)}}
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{time.strftime('%Y-%m-%d-%H%M')}-{machine()['node']}.json"
+    path = args.out / f"{time.strftime('%Y-%m-%d-%H%M')}-{report['machine']['node']}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report[k] for k in ("median_cpu_us_per_request", "http_layer_us")}))
     print(f"[asgi-cost] wrote {path}")

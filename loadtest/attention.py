@@ -18,6 +18,8 @@ import time
 
 import torch
 
+from .provenance import report_header
+
 # (name, sequences, token lengths): the kit's 68-token request at several batch sizes, and mixed lengths.
 SHAPES = [("kit-68 x1", 1, (68, 68)), ("kit-68 x4", 4, (68, 68)), ("kit-68 x15", 15, (68, 68)),
           ("mixed x8", 8, (8, 200)), ("mixed x32", 32, (8, 60)), ("one-long+short x8", 8, None)]
@@ -117,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = measure(args.layers, args.dtype, args.seconds)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"layers": args.layers, "dtype": args.dtype, "threads": torch.get_num_threads(),
+            json.dump({**report_header(None if argv is None else ["python", "-m", "loadtest.attention", *argv]),
+                       "layers": args.layers, "dtype": args.dtype, "threads": torch.get_num_threads(),
                        "rows": rows}, fh, indent=1)
     return 0
 

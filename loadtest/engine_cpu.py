@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 
 from . import REPO
+from .provenance import commit, report_header
 from .servers import free_port, stop, wait_until_ok
 
 FIXTURE = REPO / "tests" / "fixtures" / "export-v1-cb"
@@ -122,12 +123,7 @@ def measure(export: Path, workers: int, requests: int, connections: int, warmup:
             "requests": requests, "connections": connections, "workers": workers, "wall_s": round(wall, 2),
             "hog_processes": hog, "flags": flags, "stub_forward": stub_forward,
             "client": f"raw, {raw_seconds:g} s" if raw_seconds else "httpx", "statuses": statuses,
-            "commit": _commit()}
-
-
-def _commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    return out.stdout.strip()
+            "commit": commit()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -151,8 +147,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be >= 1: with 0 there is no engine process to measure")
-    print(json.dumps(measure(args.export, args.workers, args.requests, args.connections, args.warmup,
-                             args.flags.split(), args.hog, args.stub_forward, args.raw_seconds)))
+    header = report_header(None if argv is None else ["python", "-m", "loadtest.engine_cpu", *argv])
+    print(json.dumps({**header, **measure(args.export, args.workers, args.requests, args.connections, args.warmup,
+                                          args.flags.split(), args.hog, args.stub_forward, args.raw_seconds)}))
 
 
 if __name__ == "__main__":

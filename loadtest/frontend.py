@@ -26,7 +26,7 @@ from pathlib import Path
 from contract.model import resolve_dtype
 
 from . import REPO
-from .provenance import commit, machine
+from .provenance import report_header
 from .servers import BIN, free_port, spawn_until_ready, start_peer, stop
 
 TINY_EXPORT = REPO / "tests" / "fixtures" / "export-v1-cb"  # 2 layers, 64 wide: the forward pass is ~free
@@ -176,8 +176,7 @@ def main() -> int:
         finally:
             stop(proc)
         print(f"[frontend] infinity-emb: {json.dumps(peer)}", flush=True)
-    report = {"machine": machine(), "commit": commit(), "date": time.strftime("%Y-%m-%d"),
-              "command": "python -m loadtest.frontend " + " ".join(sys.argv[1:]), "connections": args.connections,
+    report = {**report_header(), "connections": args.connections,
               "seconds": args.seconds, "serve_flags": args.flags, "log_level": args.log_level,
               "export": str(args.export.resolve().relative_to(REPO)) if args.export.resolve().is_relative_to(REPO)
               else "a fresh tiny export (--peer)" if args.peer else str(args.export),

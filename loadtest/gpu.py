@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from . import REPO
-from .provenance import commit, machine
+from .provenance import report_header
 from .servers import free_port, spawn_until_ready, stop
 
 TOKENIZER = REPO / "loadtest" / "assets" / "smollm2"  # SmolLM2's tokenizer (a few MB), used for every shape
@@ -243,7 +243,7 @@ def write_stage(shape: str, work: Path, device: str, with_base: bool, timeout: f
 def forward_ceiling(export: Path, device: str, batches: list[int], tokens: int, seconds: float) -> dict:
     import torch
 
-    from service.runner import ModelRunner
+    from service.device.runner import ModelRunner
 
     # verify_hashes=False: this call's write stage hashed these files as it wrote them (write_export).
     runner = ModelRunner.from_export(export, dtype="bfloat16", device=device, verify_hashes=False)
@@ -588,8 +588,7 @@ def run(args) -> int:
     batches = [1, 8] if quick else [int(b) for b in args.batches.split(",") if not big or int(b) <= 256]
     concurrencies = [int(c) for c in args.concurrencies.split(",")]
     work = Path(tempfile.mkdtemp(prefix="dhrd-gpu-"))
-    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "commit": commit(), "call": args.call,
-              "command": "python -m loadtest.gpu " + " ".join(sys.argv[1:]), "device": args.device,
+    report = {**report_header(), "call": args.call, "device": args.device,
               "device_name": device_name(args.device), "budget_s": budget_s, "plan": budgets,
               "complete": False, "stages": {}, "shapes": {}}
     stem = f"{time.strftime('%Y-%m-%d-%H%M')}-call{args.call}-{args.device.replace(':', '')}"

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from .provenance import report_header
+
 
 def timed(fn, seconds: float, min_runs: int = 3) -> float:
     """Mean seconds per call of `fn` over at least `seconds` (after one warm-up call)."""
@@ -30,9 +32,10 @@ def timed(fn, seconds: float, min_runs: int = 3) -> float:
 
 def profile(export: Path, tokens: int, batch_sizes: list[int], seconds: float, compile: bool = False,
             dtype: str = "bfloat16") -> dict:
-    from service.runner import ModelRunner
-    from contract.model import pad_batch
     from contract.data import load_examples
+    from contract.model import pad_batch
+    from service.device.runner import ModelRunner
+    from service.engine.encoder import InputEncoder
 
     started = time.perf_counter()
     runner = ModelRunner.from_export(export, dtype=dtype, compile=compile)
@@ -41,10 +44,11 @@ def profile(export: Path, tokens: int, batch_sizes: list[int], seconds: float, c
     runner.warmup()
     warmup_s = time.perf_counter() - started
     fields = [e.fields for e in load_examples(runner.task, "val")][:200]
+    encoder = InputEncoder(runner.manifest, runner.task, runner.tokenizer)
 
     def tokenise_all():
         for i, f in enumerate(fields):
-            runner.encode(f, i, truncate=True)
+            encoder.encode(f, i, truncate=True)
 
     per_input_tokenise = timed(tokenise_all, seconds) / len(fields)
     ids = [runner.tokenizer("x" * 4 * tokens)["input_ids"][:tokens]] * max(batch_sizes)
@@ -70,7 +74,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args()
-    result = profile(args.export, args.tokens, args.batch_sizes, args.seconds, args.compile, args.dtype)
+    result = {**report_header(), **profile(args.export, args.tokens, args.batch_sizes, args.seconds, args.compile,
+                                           args.dtype)}
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -1,18 +1,86 @@
-"""Where a measurement was taken: the machine and the commit (with `-dirty` for uncommitted changes)."""
+"""Where and how a measurement was taken: the machine, the commit (with `-dirty` for uncommitted changes),
+the UTC time and the command line. `report_header()` is the one header every benchmark and report writes."""
 from __future__ import annotations
 
 import os
 import platform
+import shlex
 import subprocess
+import sys
+import time
+from importlib import metadata
 from pathlib import Path
 
 from . import REPO
 
+# The CPU flags our speed depends on: AVX2/FMA (fp32 matmuls), AVX-512 and its BF16/VNNI extensions and
+# AMX (bf16 and int8 in hardware; without them PyTorch emulates bf16 and `auto` picks fp32).
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile")
 
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "node": platform.node()}
+
+def _cpuinfo() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:  # not Linux
+        return []
+
+
+def _field(lines: list[str], name: str) -> str | None:
+    return next((line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() == name), None)
+
+
+def cpu_flags(lines: list[str] | None = None) -> dict[str, bool]:
+    """Each of CPU_FLAGS: present (True) or absent (False) on this CPU, as /proc/cpuinfo lists them."""
+    have = set((_field(_cpuinfo() if lines is None else lines, "flags") or "").split())
+    return {flag: flag in have for flag in CPU_FLAGS}
+
+
+def torch_version() -> str | None:
+    """The installed torch's version, read without importing it (None where torch is not installed)."""
+    if "torch" in sys.modules:
+        return getattr(sys.modules["torch"], "__version__", None)
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine(flags: bool = True) -> dict:
+    """The CPU's model name, cores, Python, the host's name (`node`), torch's version (None: not installed)
+    and, with `flags`, which of CPU_FLAGS the CPU has. The accuracy study's rows take it without the flags:
+    their schema is fixed."""
+    lines = _cpuinfo()
+    found = {"cpu": _field(lines, "model name") or platform.processor() or "unknown", "cores": os.cpu_count(),
+             "python": platform.python_version(), "node": platform.node(), "torch": torch_version()}
+    return {**found, "cpu_flags": cpu_flags(lines)} if flags else found
+
+
+def command_line(command: list[str] | str | None = None) -> str:
+    """The command that produced a result, as typed from the repository root: a string as given, a list
+    shell-quoted, and by default this process's own (`python -m loadtest.x ...` or `python scripts/x.py ...`)."""
+    if isinstance(command, str):
+        return command
+    if command is None:
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if spec is not None and spec.name not in (None, "__main__"):
+            head = ["python", "-m", spec.name.removesuffix(".__main__")]
+        else:
+            script = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+            head = ["python", (script.relative_to(REPO).as_posix() if script and script.is_relative_to(REPO)
+                               else sys.argv[0] if sys.argv else "python")]
+        command = [*head, *sys.argv[1:]]
+    return shlex.join(command)
+
+
+def utc_now() -> str:
+    """The UTC date and time, ISO 8601 to the second: 2026-12-08T14:03:59Z."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def report_header(command: list[str] | str | None = None) -> dict:
+    """What every measured result records first: the machine (with its CPU flags), the commit, the UTC
+    date and time, and the command line (see command_line)."""
+    return {"machine": machine(), "commit": commit(), "date": utc_now(), "command": command_line(command)}
 
 
 def commit() -> str:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from .provenance import report_header
+
 
 def matmul_gflops(dtype: torch.dtype, m: int = 2048, k: int = 576, n: int = 1536, seconds: float = 2.0) -> float:
     """Sustained GFLOP/s of (m×k)@(k×n) in `dtype`, the shape of an MLP projection over a batch."""
@@ -62,7 +64,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, nargs="+", default=[64])
     parser.add_argument("--seconds", type=float, default=2.0)
     args = parser.parse_args()
-    print(json.dumps(roofline(args.export, args.tokens, args.seconds), indent=2))
+    print(json.dumps({**report_header(), **roofline(args.export, args.tokens, args.seconds)}, indent=2))
 
 
 if __name__ == "__main__":

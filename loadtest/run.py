@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shlex
 import sys
 import tempfile
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from . import REPO
 from .measure import measure
-from .provenance import commit, machine
+from .provenance import report_header
 from .report import markdown, write
 from .scenarios import Scenario, fixed_length_inputs, scenarios
 from .summary import derive
@@ -82,8 +81,7 @@ def build_report(args: argparse.Namespace, results: list[dict]) -> dict:
 
     skipped = [] if args.peer_hf else ["peer-infinity: no --peer-hf export given (needs a --head linear model "
                                        "exported with --hf-seqcls, and loadtest/setup_peer.sh)"]
-    report = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": commit(), "machine": machine(),
-              "command": shlex.join(["python", "-m", "loadtest.run", *sys.argv[1:]]),
+    report = {**report_header(),
               "export": str(args.export), "scenarios": results, "skipped": skipped,
               "serving_dtype": resolve_dtype("auto", "cpu"),  # what `dhrd serve` (--dtype auto) ran in
               "tokens": args.tokens or "validation texts (mixed lengths)",

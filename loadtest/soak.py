@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 
 from . import REPO
-from .provenance import commit, machine
+from .provenance import report_header
 from .servers import free_port, start_server
 
 # What each simulated client sends, by weight: most requests are ordinary; the rest are the faults
@@ -222,12 +222,11 @@ def main() -> int:
     finally:
         if proc.poll() is None:
             proc.kill()
-    report = {"machine": machine(), "commit": commit(), "date": time.strftime("%Y-%m-%d"),
-              "command": "python -m loadtest.soak " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
-                                                                vars(args).items() if k != "out"),
+    report = {**report_header("python -m loadtest.soak " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
+                                                                     vars(args).items() if k != "out")),
               "serve_flags": flags, "mix": MIX, "rows": rows, "stalls": events, "ready_after_soak": alive,
               "sigterm": shutdown, "exit_code": exit_code}
-    stem = f"{report['date']}-{time.strftime('%H%M')}-{report['machine']['node']}"  # a later run never overwrites an earlier one
+    stem = f"{time.strftime('%Y-%m-%d-%H%M')}-{report['machine']['node']}"  # a later run never overwrites an earlier one
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / f"{stem}.md").write_text(markdown(report))
     print(markdown(report))

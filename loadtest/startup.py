@@ -10,13 +10,12 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from . import REPO
-from .provenance import commit, machine
+from .provenance import report_header
 from .servers import BIN, free_port, wait_until_ok
 
 
@@ -50,9 +49,7 @@ def main() -> int:
     for i in range(args.starts):
         seconds.append(one_start(args.export, args.flags.split(), env, home / f"start-{i}.log", args.timeout))
         print(f"[startup] start {i + 1}: ready after {seconds[-1]} s", flush=True)
-    report = {"machine": machine(), "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M"),
-              "command": "python -m loadtest.startup " + " ".join(f"'{a}'" if " " in a else a for a in sys.argv[1:]),
-              "export": str(args.export), "flags": args.flags, "ready_seconds": seconds}
+    report = {**report_header(), "export": str(args.export), "flags": args.flags, "ready_seconds": seconds}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{time.strftime('%Y-%m-%d-%H%M')}-{report['machine']['node']}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from service import cli
-from service.runner import ModelRunner
+from service.device.runner import ModelRunner
 
 
 def fixed_probabilities(self: ModelRunner, batch) -> list[list[float]]:
@@ -19,9 +19,8 @@ def fixed_probabilities(self: ModelRunner, batch) -> list[list[float]]:
 
 
 # At import, not in main(): with --workers the supervisor spawns the engine as a fresh interpreter, which
-# imports this main module again (as __mp_main__) before it runs, so the engine's runners get the stub
-# too. Before any runner exists, so every batcher is built on it.
-ModelRunner.predict = fixed_probabilities
+# imports this main module again (as __mp_main__) before it runs, so the engine's runners get the stub too.
+ModelRunner.forward_stub = fixed_probabilities
 
 if __name__ == "__main__":
     raise SystemExit(cli.main(sys.argv[1:]))

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from . import REPO
-from .provenance import commit, machine
+from .provenance import report_header
 from .servers import BIN, free_port, spawn_until_ready
 
 PAIR = {"premise": "It rained all day.", "hypothesis": "The streets were wet."}
@@ -91,9 +91,8 @@ def main() -> int:
     args = parser.parse_args()
     layouts = {"socket per front end (default)": [], "one shared socket": ["--no-socket-per-front-end"]}
     results = {name: one_layout(args.export, flags, args.stop_s, args.timeout) for name, flags in layouts.items()}
-    report = {"machine": machine(), "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M"),
-              "command": f"python -m loadtest.stuck_front_end --export {args.export} --stop-s {args.stop_s} "
-                         f"--timeout {args.timeout}", "layouts": results}
+    report = {**report_header(f"python -m loadtest.stuck_front_end --export {args.export} --stop-s {args.stop_s} "
+                              f"--timeout {args.timeout}"), "layouts": results}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"{time.strftime('%Y-%m-%d-%H%M')}-{report['machine']['node']}"
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")

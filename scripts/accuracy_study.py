@@ -25,8 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 # a script run as `python scripts/...`: the repo's packages (loadtest, contract) and the study package
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 from study.report import plot, report, superglue_table  # noqa: E402
-from study.runs import (DEFAULT_ROWS, commit_row, confirmation_plan, esnli_rows_scored, machine, merge_rows,  # noqa: E402
-                        padding_waste, read_rows, row_device, row_precision, run_one)
+from study.runs import (DEFAULT_ROWS, commit_row, confirmation_plan, esnli_rows_scored, merge_rows,  # noqa: E402
+                        padding_waste, read_rows, row_device, row_machine, row_precision, run_one)
 from study.tracks import TRACKS  # noqa: E402
 
 
@@ -49,6 +49,9 @@ def main() -> int:
     parser.add_argument("--commit", action="store_true",
                         help="git-commit each finished run's row and predictions in the repository holding --rows")
     parser.add_argument("--no-report", action="store_true", help="do not rebuild report.md and gains.png")
+    parser.add_argument("--precision", choices=["bf16", "fp32"], default=None,
+                        help="train and score every run in this precision (tracks that name their own keep it) "
+                             "and count only rows in it as done; default: `dhrd train`'s auto")
     parser.add_argument("--scored-esnli", action="store_true",
                         help="print which e-SNLI test rows the committed rows and predictions have scored, and exit")
     args = parser.parse_args()
@@ -64,10 +67,10 @@ def main() -> int:
         for r in merge_rows(args.merge, args.rows):
             print(f"[study] merged {r['track']} {r['arm']} seed {r['seed']} on {r['machine']['device']}", flush=True)
     elif not args.report_only:
-        here = row_device({"machine": machine()})  # a GPU's runs are its own: CPU rows don't count as done
-        # a track that names its precision (the confirmation) counts only rows in that precision as done
+        here = row_device({"machine": row_machine()})  # a GPU's runs are its own: CPU rows don't count as done
+        # a track that names its precision (the confirmation), or --precision, counts only rows in it as done
         done = {(r["track"], r["arm"], r["seed"]) for r in read_rows(args.rows) if row_device(r) == here
-                and row_precision(r) == TRACKS.get(r["track"], {}).get("precision", row_precision(r))}
+                and row_precision(r) == TRACKS.get(r["track"], {}).get("precision", args.precision or row_precision(r))}
         plan = confirmation_plan() if args.confirmation else [
             (t, a, int(s)) for s in args.seeds.split(",") for t in args.tracks.split(",")
             for a in args.arms.split(",")]  # seed-major: every arm gets seed 0 before any gets seed 1
@@ -75,7 +78,7 @@ def main() -> int:
             if (track, arm, seed) in done:
                 continue
             print(f"[study] {i}/{len(plan)}: {track} {arm} seed {seed}", flush=True)
-            row = run_one(track, arm, seed, args.runs, args.rows)
+            row = run_one(track, arm, seed, args.runs, args.rows, args.precision)
             print(f"[study] {track} {arm} seed {seed}: accuracy {row['metrics']['accuracy']:.4f} "
                   f"({row['train_wall_s']:.0f} s training)", flush=True)
             if args.commit:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import tempfile
 import time
@@ -19,7 +18,7 @@ from contract.data import load_examples
 from contract.metrics import compute_metrics
 from contract.tasks import get_task
 from loadtest.accuracy import predict_split
-from loadtest.provenance import commit, machine
+from loadtest.provenance import report_header
 from loadtest.servers import free_port, spawn_until_ready, stop
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,8 +52,7 @@ def main() -> int:
     finally:
         stop(server)
     metrics = compute_metrics(task, examples, preds)
-    report = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": commit(), "machine": machine(),
-              "command": shlex.join(["scripts/check_service.py", *sys.argv[1:]]), "export": str(args.export),
+    report = {**report_header(), "export": str(args.export),
               "served_dtype": "bfloat16 (service default)", "export_dtype": manifest["dtype"],
               "ready_seconds": round(ready_seconds, 2), "examples": len(examples), "split": args.split,
               "classify_seconds": round(classify_seconds, 2), "served_metrics": metrics,

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from collections import Counter
@@ -31,7 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as `python scripts/...`: the repo's packages
-from loadtest.provenance import commit, machine  # noqa: E402
+from loadtest.provenance import report_header  # noqa: E402
 
 RATIONALES = REPO / "data" / "rationales"
 
@@ -154,11 +153,8 @@ def main() -> int:
         results.append(check_set(judge, name, sets[name], args.limit, args.data_dir))
         print(json.dumps(results[-1]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    command = ["scripts/rationale_consistency.py", *sys.argv[1:]]
     args.out.write_text(json.dumps({"judge": Path(judge_path).name, "limit": args.limit, "results": results,
-                                    "machine": machine(), "commit": commit(),
-                                    "date": time.strftime("%Y-%m-%d %H:%M"),
-                                    "command": ".venv/bin/python " + shlex.join(command)}, indent=2) + "\n")
+                                    **report_header()}, indent=2) + "\n")
     print(table(results))
     return 0
 

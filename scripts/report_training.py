@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -20,28 +19,15 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as `python scripts/...`: this checkout's packages
+from loadtest.provenance import report_header  # noqa: E402
 
 
-def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+def cuda() -> str | None:
+    """The GPU the runs could use (None: CPU only); the rest of the machine is report_header's."""
     import torch
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
-def commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
-                           text=True).stdout.strip()
-    return out.stdout.strip() + ("-dirty" if dirty else "")
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
 def run_setting(task: str, name: str, flags: list[str], runs_dir: Path, extra: list[str]) -> dict:
@@ -101,8 +87,8 @@ def main() -> int:
     for setting in args.setting:
         name, _, flags = setting.partition("=")
         results.append(run_setting(args.task, name, [f for f in flags.split(",") if f], args.runs_dir, args.extra))
-    report = {"task": args.task, "date": time.strftime("%Y-%m-%d"), "commit": commit(), "machine": machine(),
-              "command": shlex.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "results": results}
+    report = {"task": args.task, **report_header(), "results": results}
+    report["machine"]["cuda"] = cuda()
     out = args.out or REPO / "reports" / f"training-{args.task}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

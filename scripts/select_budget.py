@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]  # repo + study
-from study.runs import (REPO, append_row, commit, dhrd_train, machine, read_rows, relative,  # noqa: E402
+from study.runs import (REPO, append_row, commit, dhrd_train, read_rows, relative, row_machine,  # noqa: E402
                         training_seconds)
 from study.tracks import ARMS, TRACKS  # noqa: E402
 
@@ -56,7 +56,7 @@ def run_one(track: str, arm: str, lr: str, seed: int, epochs: int, runs: Path, r
            "curve": [{"epoch": h["epoch"] + 1, "step": h["step"], **h["val"]} for h in summary["history"]],
            "steps": summary["steps"], "train_tokens": summary["tokens"],
            "train_wall_s": training_seconds(run, time.time() - started),
-           "train_command": shlex.join(relative(cmd)), "machine": machine(), "commit": commit(),
+           "train_command": shlex.join(relative(cmd)), "machine": row_machine(), "commit": commit(),
            "date": time.strftime("%Y-%m-%d %H:%M")}
     append_row(rows_path, row)
     (run / "checkpoints" / "last.pt").unlink(missing_ok=True)  # ~1.4 GB each; the row holds the curve

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from loadtest.provenance import commit
+from loadtest.provenance import commit, machine
 
 from .tracks import ARMS, CONFIRMATION, TRACKS
 
@@ -32,16 +32,16 @@ def at_repo(path: str | Path) -> Path:
     return REPO / path
 
 
-def machine() -> dict:
-    """loadtest.provenance's machine, plus what trained: torch, the device, and whether that device runs bf16
-    matmuls natively (on a CPU without AVX-512 BF16 or AMX they are emulated, and `auto` picks fp32)."""
+def row_machine() -> dict:
+    """A row's `machine`: loadtest.provenance's machine (without its CPU flags: the rows' schema is fixed),
+    plus what trained: torch, the device, and whether that device runs bf16 matmuls natively (on a CPU
+    without AVX-512 BF16 or AMX they are emulated, and `auto` picks fp32)."""
     import torch
 
     from contract.model import native_bf16
-    from loadtest.provenance import machine as host
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return {**host(), "torch": torch.__version__,
+    return {**machine(flags=False), "torch": torch.__version__,
             "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
             "bf16_native": native_bf16(device)}
 
@@ -123,7 +123,7 @@ def track_rationales(name: str, run: Path, alt: bool) -> list[str]:
     return ["--rationales", str(main)]
 
 
-def train_args(name: str, arm: str, seed: int, run: Path) -> list[str]:
+def train_args(name: str, arm: str, seed: int, run: Path, precision: str | None = None) -> list[str]:
     track = TRACKS[name]
     flags = list(ARMS[arm])
     alt = "--alt-rationales" in flags
@@ -141,6 +141,8 @@ def train_args(name: str, arm: str, seed: int, run: Path) -> list[str]:
     # in-training validation on a small slice only (it costs time and picks nothing: 'last' is scored)
     if "precision" in track:  # the confirmation names its precision (Amendment 1): never left to `auto`
         flags += ["--precision", track["precision"]]
+    elif precision is not None:  # the precision study (TRAINING.md, "Precision"): the same run in each
+        flags += ["--precision", precision]
     return dhrd_train(track, run, seed, epochs, "--eval-limit", "64", *flags)
 
 
@@ -151,10 +153,15 @@ def dhrd_train(track: dict, run: Path, seed: int, epochs: int, *flags: str) -> l
             "--eval-batch-size", "32", "--no-progress", "--resume", *flags]
 
 
-def run_one(name: str, arm: str, seed: int, runs: Path, rows_path: Path) -> dict:
-    run = runs / name / f"{arm}-s{seed}"
+def run_one(name: str, arm: str, seed: int, runs: Path, rows_path: Path, precision: str | None = None) -> dict:
+    """Train and score one run; its row is appended to `rows_path`. `precision` (bf16, fp32) is passed to
+    `dhrd train` for a track that names none, and then also names the run directory and the kept
+    predictions, which sit beside the same run in the precision `auto` picked."""
     track = TRACKS[name]
-    cmd = train_args(name, arm, seed, run)
+    precision = None if "precision" in track else precision
+    tag = f"-{precision}" if precision else ""
+    run = runs / name / f"{arm}-s{seed}{tag}"
+    cmd = train_args(name, arm, seed, run, precision)
     trained_from = commit()
     check_planned(name, cmd, trained_from)
     started = time.time()
@@ -164,9 +171,9 @@ def run_one(name: str, arm: str, seed: int, runs: Path, rows_path: Path) -> dict
     evaluate = [*DHRD, "evaluate", str(run), "--split", split, "--checkpoint", "last",
                 "--batch-size", "32", *(["--limit", str(track["eval_limit"])] if track["eval_limit"] else [])]
     subprocess.run(evaluate, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
-    where = machine()
+    where = row_machine()
     predictions = keep_predictions(run / "eval" / f"{split}.predictions.jsonl", rows_path.parent / "predictions" / name
-                                   / f"{arm}-s{seed}.{row_device({'machine': where})}.jsonl.gz")
+                                   / f"{arm}-s{seed}{tag}.{row_device({'machine': where})}.jsonl.gz")
     summary = json.loads((run / "summary.json").read_text())
     # `dhrd train` writes the precision it resolved ('auto' included) into config.json; evaluate scores in it
     precision = json.loads((run / "config.json").read_text())["precision"]

@@ -307,6 +307,17 @@ def test_the_confirmation_gives_its_verdict_only_when_every_planned_seed_has_run
     args = study.train_args(plan["track"], "a1-2x-suffix-shuffled", 10, tmp_path / "esnli-confirm" / "x-s10")
     assert args[args.index("--lm-span") + 1] == "suffix" and "shuffled-s10.jsonl" in args[args.index("--rationales") + 1]
     assert args[-2:] == ["--precision", "fp32"]  # passed explicitly, never left to `auto` (Amendment 1)
+    # the precision study's --precision cannot move the confirmation off fp32
+    again = study.train_args(plan["track"], "a0-2x", 10, tmp_path / "esnli-confirm" / "a0-2x-s10", "bf16")
+    assert again[-2:] == ["--precision", "fp32"] and again.count("--precision") == 1
+
+
+def test_the_precision_study_passes_its_precision_only_where_a_track_names_none(tmp_path):
+    """`accuracy_study.py --precision bf16` trains the selection track's runs in bf16 whatever `auto` would pick."""
+    plain = study.train_args("esnli", "a0-2x", 0, tmp_path / "a0-2x-s0")
+    bf16 = study.train_args("esnli", "a0-2x", 0, tmp_path / "a0-2x-s0-bf16", "bf16")
+    assert "--precision" not in plain and bf16[-2:] == ["--precision", "bf16"]
+    assert bf16[:-2] == [a.replace("a0-2x-s0-bf16", "a0-2x-s0") for a in plain]  # nothing else changes
 
 
 def test_the_primary_pairs_table_row_and_the_verdict_line_apply_one_rule(tmp_path, monkeypatch):
@@ -385,8 +396,10 @@ def test_a_row_names_its_predictions_relative_to_the_repository_that_holds_the_r
 def test_the_machine_record_says_whether_bf16_is_native():
     from contract.model import native_bf16
 
-    where = study.machine()
+    where = study.row_machine()
     assert where["bf16_native"] is native_bf16("cpu") and where["torch"] and where["device"] == "cpu"
+    # the rows' schema is fixed: the shared machine() less its CPU flags, plus what trained
+    assert list(where) == ["cpu", "cores", "python", "node", "torch", "device", "bf16_native"]
 
 
 def test_the_confirmation_runs_in_its_amended_order():
