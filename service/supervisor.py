@@ -108,6 +108,12 @@ def child_environment(settings: Settings, environ: Mapping[str, str]) -> dict[st
     return {}
 
 
+# How long a stop waits before SIGKILL: the front ends get the drain's grace period and this margin, then
+# the engine this long (its queues are empty by then). DEPLOY.md's terminationGracePeriodSeconds covers both.
+FRONT_END_STOP_MARGIN_S = 15
+ENGINE_STOP_S = 15
+
+
 def run(settings: Settings, log_level: str) -> int:
     """Bind the port, start the engine and the front ends, wait for a signal or a death, stop them in order.
     Returns the exit status (exit_codes): OK after a signal, PORT_UNAVAILABLE if the port could not be bound,
@@ -119,87 +125,121 @@ def run(settings: Settings, log_level: str) -> int:
         # Before any child exists, so nothing is left behind; 3 is what uvicorn exits with in one process.
         log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
         return exit_codes.PORT_UNAVAILABLE
+    stopping = stop_on_signals(socks)
+    for stale in sweep_stale_runtime_dirs():
+        log.info("removed %s, left by a supervisor that is gone", stale)
+    tree = ProcessTree(settings, socks, log_level)
+    code = exit_codes.OK
+    # Whatever happens from here on (a child failing to start included), stop() stops every child: a
+    # non-daemon child left running would also keep multiprocessing's exit hook joining it forever.
+    try:
+        tree.start()
+        while not stopping and not code:
+            code = tree.watch(stopping)
+    finally:
+        tree.stop()
+    return code
+
+
+def stop_on_signals(socks: list[socket.socket]) -> list[int]:
+    """SIGTERM, SIGINT and SIGHUP (drained as SIGTERM, not a cut) stop the tree: the returned list gets the
+    signal, and the listening sockets close at once, not when the watch loop notices: when the signal went
+    to the whole process group, the front ends have closed their copies already, and a connection left in
+    the backlog of ours would be reset when it closes instead of being refused now."""
     stopping: list[int] = []
 
     def on_signal(signum: int, _) -> None:
         stopping.append(signum)
-        # At once, not when the loop below notices: when the signal went to the whole process group, the
-        # front ends have closed their copies already, and a connection left in the backlog of ours would
-        # be reset when it closes instead of being refused now.
         for sock in socks:
             sock.close()
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: drained as SIGTERM, not a cut
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, on_signal)
-    for stale in sweep_stale_runtime_dirs():
-        log.info("removed %s, left by a supervisor that is gone", stale)
-    # mode 0700: only this user reaches the socket; the pid in the name tells a later start whose it is
-    runtime = Path(tempfile.mkdtemp(prefix=f"{RUNTIME_PREFIX}{os.getpid()}-"))
-    socket_path = str(runtime / "engine.sock")
-    metrics_dir = runtime / "metrics"
-    metrics_dir.mkdir()
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)  # inherited by every child (spawned)
-    os.environ.update(child_environment(settings, os.environ))  # read by each child's OpenMP runtime as it loads
-    ctx = multiprocessing.get_context("spawn")
-    me = os.getpid()
-    engine = ctx.Process(target=engine_main, name="dhrd-engine",
-                         args=(me, settings, socket_path, log_level, False))  # hashes: checked before the start
-    # Each front end's heartbeat: CLOCK_MONOTONIC is one clock for every process of the machine (Linux).
-    beats = [ctx.Value("d", 0.0, lock=False) for _ in range(settings.front_ends)]
-    fronts = [ctx.Process(target=frontend_main, name=f"dhrd-front-{i}",
-                          args=(me, settings, socket_path, socks[i], log_level, False, beats[i]))
-              for i in range(settings.front_ends)]
-    budget = RestartBudget(FRONT_END_RESTARTS, FRONT_END_RESTART_WINDOW_S)
-    code = 0
-    # Whatever happens from here on (a child failing to start included), the finally stops every child:
-    # a non-daemon child left running would also keep multiprocessing's exit hook joining it forever.
-    try:
-        for p in (engine, *fronts):
+    return stopping
+
+
+class ProcessTree:
+    """The engine process and the front ends, spawned with a runtime directory of their own (mode 0700: only
+    this user reaches the engine's socket; the pid in its name tells a later start whose it is)."""
+
+    def __init__(self, settings: Settings, socks: list[socket.socket], log_level: str):
+        self.settings, self.socks, self.log_level = settings, socks, log_level
+        self.runtime = Path(tempfile.mkdtemp(prefix=f"{RUNTIME_PREFIX}{os.getpid()}-"))
+        self.socket_path = str(self.runtime / "engine.sock")
+        self.metrics_dir = self.runtime / "metrics"
+        self.metrics_dir.mkdir()
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)  # inherited by every child (spawned)
+        os.environ.update(child_environment(settings, os.environ))  # read by each child's OpenMP runtime as it loads
+        self.ctx = multiprocessing.get_context("spawn")
+        self.engine = self.ctx.Process(target=engine_main, name="dhrd-engine",  # hashes: checked before the start
+                                       args=(os.getpid(), settings, self.socket_path, log_level, False))
+        # Each front end's heartbeat: CLOCK_MONOTONIC is one clock for every process of the machine (Linux).
+        self.beats = [self.ctx.Value("d", 0.0, lock=False) for _ in range(settings.front_ends)]
+        self.fronts = [self._front_end(i, f"dhrd-front-{i}", replacing=False) for i in range(settings.front_ends)]
+        self.budget = RestartBudget(FRONT_END_RESTARTS, FRONT_END_RESTART_WINDOW_S)
+
+    def _front_end(self, i: int, name: str, replacing: bool):
+        return self.ctx.Process(target=frontend_main, name=name, args=(os.getpid(), self.settings, self.socket_path,
+                                                                       self.socks[i], self.log_level, replacing,
+                                                                       self.beats[i]))
+
+    def start(self) -> None:
+        for p in (self.engine, *self.fronts):
             p.start()
             log.info("%s started (pid %d)", p.name, p.pid)
         # The sockets stay open here too, for replacements: while a front end is down, the connections the
         # kernel sent to its socket wait in that socket's backlog for the replacement, rather than being refused.
-        log.info("serving on http://%s:%d with %d front-end process(es) and one engine (pid %d)", settings.host,
-                 settings.port, settings.front_ends, engine.pid)
-        while not stopping and not code:
-            wait([p.sentinel for p in (engine, *fronts)], timeout=0.5)
-            if stopping:
-                break  # a child that exited on the same signal is not a failure
-            if engine.exitcode is not None:
-                log.error("%s exited with code %s; stopping the service", engine.name, engine.exitcode)
-                # a dead device is told apart from a crash: the orchestrator may reschedule elsewhere
-                code = exit_codes.DEVICE_FAILED if engine.exitcode == exit_codes.DEVICE_FAILED else exit_codes.CHILD_DIED
-            for i in stuck_front_ends(fronts, beats, settings.front_end_timeout_s, time.monotonic()):
-                log.warning("%s (pid %d) has not run its event loop for %.1f s; killing it", fronts[i].name,
-                            fronts[i].pid, time.monotonic() - beats[i].value)
-                fronts[i].kill()
-                fronts[i].join(5)
-                socks[i] = fresh_socket(socks, i, settings)
-            for i, p in enumerate(fronts):
-                if p.exitcode is None or code:
-                    continue
-                if not budget.allow(time.monotonic()):
-                    log.error("%s exited with code %s: more than %d front-end deaths within %.0f s; stopping "
-                              "the service", p.name, p.exitcode, FRONT_END_RESTARTS, FRONT_END_RESTART_WINDOW_S)
-                    code = exit_codes.CHILD_DIED
-                    break
-                log.warning("%s exited with code %s; starting a new one", p.name, p.exitcode)
-                # its live gauges (queue depth, readiness) would otherwise stay in every /metrics sum
-                multiprocess.mark_process_dead(p.pid, str(metrics_dir))
-                if stopping:  # the signal came meanwhile: the sockets are closed
-                    break
-                beats[i].value = 0.0
-                fronts[i] = ctx.Process(target=frontend_main, name=p.name,
-                                        args=(me, settings, socket_path, socks[i], log_level, True, beats[i]))
-                fronts[i].start()
-                log.info("%s started (pid %d)", fronts[i].name, fronts[i].pid)
-    finally:
-        for sock in socks:  # front ends close theirs as their drain starts: the port is free once they all have
+        log.info("serving on http://%s:%d with %d front-end process(es) and one engine (pid %d)", self.settings.host,
+                 self.settings.port, self.settings.front_ends, self.engine.pid)
+
+    def watch(self, stopping: list[int]) -> int:
+        """Wait up to 0.5 s for a child to exit; then act on what happened. Returns the exit status to stop
+        with, or OK to go on."""
+        wait([p.sentinel for p in (self.engine, *self.fronts)], timeout=0.5)
+        if stopping:
+            return exit_codes.OK  # a child that exited on the same signal is not a failure
+        if self.engine.exitcode is not None:
+            log.error("%s exited with code %s; stopping the service", self.engine.name, self.engine.exitcode)
+            # a dead device is told apart from a crash: the orchestrator may reschedule elsewhere
+            return exit_codes.DEVICE_FAILED if self.engine.exitcode == exit_codes.DEVICE_FAILED else exit_codes.CHILD_DIED
+        self._kill_stuck()
+        return self._replace_dead(stopping)
+
+    def _kill_stuck(self) -> None:
+        for i in stuck_front_ends(self.fronts, self.beats, self.settings.front_end_timeout_s, time.monotonic()):
+            log.warning("%s (pid %d) has not run its event loop for %.1f s; killing it", self.fronts[i].name,
+                        self.fronts[i].pid, time.monotonic() - self.beats[i].value)
+            self.fronts[i].kill()
+            self.fronts[i].join(5)
+            self.socks[i] = fresh_socket(self.socks, i, self.settings)
+
+    def _replace_dead(self, stopping: list[int]) -> int:
+        for i, p in enumerate(self.fronts):
+            if p.exitcode is None:
+                continue
+            if not self.budget.allow(time.monotonic()):
+                log.error("%s exited with code %s: more than %d front-end deaths within %.0f s; stopping "
+                          "the service", p.name, p.exitcode, FRONT_END_RESTARTS, FRONT_END_RESTART_WINDOW_S)
+                return exit_codes.CHILD_DIED
+            log.warning("%s exited with code %s; starting a new one", p.name, p.exitcode)
+            # its live gauges (queue depth, readiness) would otherwise stay in every /metrics sum
+            multiprocess.mark_process_dead(p.pid, str(self.metrics_dir))
+            if stopping:  # the signal came meanwhile: the sockets are closed
+                break
+            self.beats[i].value = 0.0
+            self.fronts[i] = self._front_end(i, p.name, replacing=True)
+            self.fronts[i].start()
+            log.info("%s started (pid %d)", self.fronts[i].name, self.fronts[i].pid)
+        return exit_codes.OK
+
+    def stop(self) -> None:
+        """Front ends first (each drains within the grace period), then the engine; the runtime directory
+        goes last."""
+        for sock in self.socks:  # front ends close theirs as their drain starts: the port is free once they all have
             sock.close()
-        _stop(fronts, settings.grace_s + 15)
-        _stop([engine], 15)
-        shutil.rmtree(runtime, ignore_errors=True)
-    return code
+        _stop(self.fronts, self.settings.grace_s + FRONT_END_STOP_MARGIN_S)
+        _stop([self.engine], ENGINE_STOP_S)
+        shutil.rmtree(self.runtime, ignore_errors=True)
 
 
 def stuck_front_ends(fronts: list, beats: list, timeout_s: float, now: float) -> list[int]:

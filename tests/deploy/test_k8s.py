@@ -190,11 +190,9 @@ def shutdown_margin_s(workers: int) -> float:
         found = re.search(r"timeout_graceful_shutdown\s*=\s*settings\.grace_s\s*\+\s*([\d.]+)", source)
         assert found, "service/cli.py no longer sets timeout_graceful_shutdown = grace_s + N: re-check the drain timing"
         return float(found.group(1))
-    source = (REPO / "service" / "supervisor.py").read_text()
-    fronts = re.search(r"_stop\(fronts,\s*settings\.grace_s\s*\+\s*([\d.]+)\)", source)
-    engine = re.search(r"_stop\(\[engine\],\s*([\d.]+)\)", source)
-    assert fronts and engine, "service/supervisor.py's stop timeouts changed: re-check the drain timing"
-    return float(fronts.group(1)) + float(engine.group(1))
+    from service import supervisor
+
+    return supervisor.FRONT_END_STOP_MARGIN_S + supervisor.ENGINE_STOP_S
 
 
 def check_drain_timing(deployment: dict) -> None:
