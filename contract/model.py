@@ -169,7 +169,7 @@ def varlen_attention_repad(query: torch.Tensor, key: torch.Tensor, value: torch.
 
     Chosen over a dense (N, N) block-diagonal mask (what transformers builds from packed position_ids: N²
     work and memory) and a per-sequence loop (one call per sequence and layer, host-read boundaries);
-    `python -m loadtest.attention` measures the three (BENCHMARKS.md, "Packed forward passes").
+    `python -m loadtest.forward attention` measures the three (BENCHMARKS.md, "Packed forward passes").
 
     Args:
         query: (N, Hq, D); key, value: (N, Hkv, D) with Hq a multiple of Hkv.

@@ -20,4 +20,4 @@ if [ ! -f "$PEER_HF/config.json" ]; then
   [ -f "$PEER_RUN/summary.json" ] || $DHRD train --task cb --head linear --epochs 1 --out "$PEER_RUN" $resume
   $DHRD export "$PEER_RUN" --out "$PEER_EXPORT" --hf-seqcls "$PEER_HF"
 fi
-.venv/bin/python -m loadtest.run --export "$EXPORT" --peer-hf "$PEER_HF" --benchmarks BENCHMARKS.md "$@"
+.venv/bin/python -m loadtest.bench --export "$EXPORT" --peer-hf "$PEER_HF" --benchmarks BENCHMARKS.md "$@"

@@ -17,7 +17,7 @@ from pathlib import Path
 from contract.data import load_examples
 from contract.metrics import compute_metrics
 from contract.tasks import get_task
-from loadtest.accuracy import predict_split
+from loadtest.bench.accuracy import predict_split
 from loadtest.provenance import report_header
 from loadtest.servers import free_port, spawn_until_ready, stop
 

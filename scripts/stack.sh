@@ -34,7 +34,7 @@ for _ in $(seq 1 240); do
 done
 curl -fs "http://127.0.0.1:$PORT/ready" >/dev/null || { echo "stack.sh: service never became ready" >&2; tail -20 "$OUT/service.log" >&2; exit 1; }
 
-DHRD_LOAD_MODEL=$MODEL .venv/bin/locust -f loadtest/locustfile.py --headless --host "http://127.0.0.1:$PORT" \
+DHRD_LOAD_MODEL=$MODEL .venv/bin/locust -f loadtest/bench/locustfile.py --headless --host "http://127.0.0.1:$PORT" \
   --users "$USERS" --spawn-rate "$USERS" --run-time "${SECONDS_RUN}s" --csv "$OUT/locust" --only-summary \
   ClassifyUser > "$OUT/locust.log" 2>&1 || true
 

@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     # --- dynamic batching -------------------------------------------------------------------
     max_batch_size: int = Field(32, ge=1, le=1024, description="sequences per forward pass")
     # On CPU, throughput peaks near 1,024 tokens per pass and falls beyond ~2,000 (activations leave the
-    # cache): `python -m loadtest.profile` measures it. On a GPU, raise it. Passes are packed (no padding
+    # cache): `python -m loadtest.forward profile` measures it. On a GPU, raise it. Passes are packed (no padding
     # computed), so this counts real tokens; for a model served padded (--compile) it counts padded ones.
     max_batch_tokens: int = Field(1024, ge=16, description="tokens per forward pass (CPU optimum ~1024)")
     # Continuous batching: an idle device takes a classification request at once, and what arrives during

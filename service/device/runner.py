@@ -26,7 +26,7 @@ class ModelRunner:
 
     # A measuring tool's stand-in for the forward pass, or None (always, in the service): called as
     # `forward_stub(runner, batch)` in place of every pass, warm-up included. Class-wide and set at import,
-    # before any runner exists, so an engine process spawned later gets it too (loadtest.stub_serve: the
+    # before any runner exists, so an engine process spawned later gets it too (loadtest.frontend.stub_serve: the
     # serving code alone, without the model's arithmetic).
     forward_stub: Callable[["ModelRunner", Sequence[Sequence[int]]], list[list[float]]] | None = None
 
@@ -106,7 +106,7 @@ class ModelRunner:
     @torch.inference_mode()
     def predict_as(self, batch: Sequence[Sequence[int]], packed: bool) -> list[list[float]]:
         """One eager pass in the layout asked for, whatever `padded_reason` would pick and uncounted: for a
-        benchmark that compares the two on the same batches (loadtest.packing)."""
+        benchmark that compares the two on the same batches (`loadtest.forward packing`)."""
         return self._eager(batch, packed, count=False)
 
     def _eager(self, batch: Sequence[Sequence[int]], packed: bool, count: bool = True) -> list[list[float]]:
@@ -128,7 +128,7 @@ class ModelRunner:
         """Why `batch` runs padded, or None (packed). "compiled" / "unsupported": packing is off for this
         model. "unpadded": every sequence has the same length, so padding removes nothing and the padded
         forward does the same work without packing's scatter and gather of attention rows (our rule;
-        loadtest/attention.py measures both)."""
+        `loadtest.forward attention` measures both)."""
         if self.packing_off is not None:
             return self.packing_off
         if all(len(s) == len(batch[0]) for s in batch):

@@ -71,7 +71,7 @@ def cut_round(lengths: Sequence[int], max_batch_tokens: int, packed: bool) -> li
     """How one round of queued sequences (at most max_batch_size, taken in arrival order) is cut into
     forward passes: sorted by length (so a padded pass carries less padding), then split so each pass
     stays within max_batch_tokens as `budget_tokens` counts it (real tokens packed, count x longest
-    padded). Returns indices into `lengths`. The service's one rule, also what loadtest.packing runs."""
+    padded). Returns indices into `lengths`. The service's one rule, also what `loadtest.forward packing` runs."""
     batches: list[list[int]] = []
     current: list[int] = []
     real = 0

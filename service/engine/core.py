@@ -59,7 +59,7 @@ class EngineCore:
         # One worker thread runs all torch work (loading, warm-up, every forward pass): two forward passes
         # at once would only fight over the cores, and on CPU each thread that runs torch ops gets an
         # OpenMP team of its own; with a second team alive the forward ran ~20 % slower here
-        # (python -m loadtest.profile vs the service, BENCHMARKS.md). A CoT decode is a long job on it that
+        # (python -m loadtest.forward profile vs the service, BENCHMARKS.md). A CoT decode is a long job on it that
         # runs the queued classification passes between its steps, so it cannot hold them for seconds.
         self.executor = TorchThread("dhrd-fwd")
         # With CUDA graphs the forward thread only launches; this thread waits for the device's results.

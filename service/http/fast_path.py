@@ -4,7 +4,7 @@ valid request; everything else goes on to the FastAPI route, which answers exact
 Why: FastAPI's request machinery (routing, dependency solving, its exception, body-limit and telemetry
 middleware, the Request object, `model_construct` for the answer) cost ~430 µs of CPU per request on
 the 2-core VM, more than the work itself (~225 µs: tokenising and the queue round trip; measured by
-`python -m loadtest.asgi_cost`, BENCHMARKS.md). A front end's CPU per request is what caps HTTP
+`python -m loadtest.frontend asgi`, BENCHMARKS.md). A front end's CPU per request is what caps HTTP
 throughput where the forward pass is cheap: four front ends at ~660 µs each serve at most ~6,000 req/s,
 near the GPU target itself. TEI's router and vLLM's API server likewise keep
 the hot endpoint's path short.

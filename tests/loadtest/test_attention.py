@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from loadtest.attention import SHAPES, main
+from loadtest.forward.attention import SHAPES, main
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import pytest
 
 @pytest.mark.slow
 def test_frontend_proxy_measures_both_servers_in_one_run(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "loadtest.frontend", "--seconds", "1", "--connections", "8",
+    proc = subprocess.run([sys.executable, "-m", "loadtest.frontend", "proxy", "--seconds", "1", "--connections", "8",
                            "--stub-forward", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(next(tmp_path.glob("*.json")).read_text())
@@ -29,11 +29,11 @@ def test_the_stubbed_server_answers_fixed_probabilities_in_one_process_and_from_
     engine's CPU measured with --stub-forward would be the real forward pass's."""
     import httpx
 
-    from loadtest.frontend import BODY, TINY_EXPORT
+    from loadtest.frontend.proxy import BODY, TINY_EXPORT
     from loadtest.servers import free_port, spawn_until_ready, stop
 
     port = free_port()
-    proc = spawn_until_ready([sys.executable, "-m", "loadtest.stub_serve", "serve", "--model", f"cb={TINY_EXPORT}",
+    proc = spawn_until_ready([sys.executable, "-m", "loadtest.frontend.stub_serve", "serve", "--model", f"cb={TINY_EXPORT}",
                               "--port", str(port), "--workers", workers, "--log-level", "warning"],
                              f"http://127.0.0.1:{port}/ready", tmp_path / "serve.log", timeout=120, poll=0.2)
     try:
@@ -45,7 +45,7 @@ def test_the_stubbed_server_answers_fixed_probabilities_in_one_process_and_from_
 
 
 def test_the_asgi_cost_benchmark_reports_each_way_and_the_http_layer(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "loadtest.asgi_cost", "--rounds", "1", "--requests", "64",
+    proc = subprocess.run([sys.executable, "-m", "loadtest.frontend", "asgi", "--rounds", "1", "--requests", "64",
                            "--concurrency", "8", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(next(tmp_path.glob("*.json")).read_text())

@@ -13,8 +13,11 @@ import time
 
 import pytest
 
-from loadtest import REPO, gpu
-from loadtest.gpu import Stages, judge
+from loadtest import REPO
+from loadtest.gpu import serving
+from loadtest.gpu.plan import CALLS, QUICK_BUDGETS, WATCHDOG_GRACE_S, plan, plan_lines
+from loadtest.gpu.report import judge
+from loadtest.gpu.stages import Stages
 
 REHEARSAL = [sys.executable, "-m", "loadtest.gpu", "--device", "cpu", "--shape", "tiny", "--quick",
              "--workers", "1", "--client-processes", "2", "--concurrencies", "1,8"]
@@ -30,8 +33,8 @@ def test_call_1_runs_end_to_end_on_cpu_within_its_budget_and_reports_every_stage
     started = time.monotonic()
     proc, report = rehearse(tmp_path, "--call", "1", "--budget-s", "240")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert time.monotonic() - started < 240 + gpu.WATCHDOG_GRACE_S
-    assert report["complete"] is True and list(report["plan"]) == list(gpu.CALLS["1"]["budgets"])
+    assert time.monotonic() - started < 240 + WATCHDOG_GRACE_S
+    assert report["complete"] is True and list(report["plan"]) == list(CALLS["1"]["budgets"])
     assert [s["status"] for s in report["stages"].values()] == ["ok"] * 5
     assert all(s["seconds"] <= s["budget_s"] for s in report["stages"].values())
     tiny = report["shapes"]["tiny"]
@@ -99,19 +102,19 @@ def test_a_stage_whose_budget_exceeds_what_is_left_is_skipped_though_time_remain
 
 
 def test_the_plan_is_two_calls_within_the_run_tools_limits():
-    calls = gpu.plan()
-    assert [c["command"] for c in calls] == ["bash loadtest/gpu_run.sh --call 1", "bash loadtest/gpu_run.sh --call 2"]
+    calls = plan()
+    assert [c["command"] for c in calls] == ["bash loadtest/gpu/run.sh --call 1", "bash loadtest/gpu/run.sh --call 2"]
     for c in calls:
         assert c["timeout_s"] <= 300 and c["carry"] == [".gpu-wheels"]
         assert sum(c["stages"].values()) <= c["budget_s"] < c["timeout_s"]
-    assert set(gpu.CALLS["1"]["budgets"]) == {"write", "ceiling", "null", "classify", "cot"}
-    assert set(gpu.CALLS["2"]["budgets"]) == {"write", "ceiling", "classify"}
-    assert sum(gpu.QUICK_BUDGETS[s] for s in gpu.CALLS["1"]["budgets"]) <= 240  # the rehearsal's budget
+    assert set(CALLS["1"]["budgets"]) == {"write", "ceiling", "null", "classify", "cot"}
+    assert set(CALLS["2"]["budgets"]) == {"write", "ceiling", "classify"}
+    assert sum(QUICK_BUDGETS[s] for s in CALLS["1"]["budgets"]) <= 240  # the rehearsal's budget
 
 
 def test_benchmarks_md_gives_the_calls_the_kit_plans():
     text = (REPO / "BENCHMARKS.md").read_text()
-    assert all(line in text for line in gpu.plan_lines())
+    assert all(line in text for line in plan_lines())
     assert "7 min" not in text
 
 
@@ -121,7 +124,7 @@ def test_the_cot_round_is_cut_at_its_seconds_and_says_how_many_did_not_finish():
         server = await asyncio.start_server(lambda r, w: asyncio.sleep(3600), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         try:
-            return await gpu._cot_round(port, requests=3, new_tokens=8, seconds=0.5)
+            return await serving._cot_round(port, requests=3, new_tokens=8, seconds=0.5)
         finally:
             server.close()
 
@@ -179,9 +182,9 @@ def test_a_run_killed_after_its_first_stage_leaves_a_valid_partial_report(tmp_pa
 
 def test_the_watchdog_ends_an_overrunning_run_with_its_report_saved(tmp_path):
     """A stage that ignores its budget: the watchdog records it as timed out, saves, and exits 3."""
-    code = ("import time; from pathlib import Path; from loadtest import gpu\n"
+    code = ("import time; from pathlib import Path; from loadtest.gpu import stages\n"
             "report = {'stages': {'a': {'status': 'ok'}}, 'running': 'b', 'complete': False}\n"
-            f"gpu.watchdog(report, gpu.saver(Path({str(tmp_path / 'r.json')!r})), 0.3)\n"
+            f"stages.watchdog(report, stages.saver(Path({str(tmp_path / 'r.json')!r})), 0.3)\n"
             "time.sleep(30)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3, proc.stderr[-2000:]

@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from loadtest import REPO, gpu_deps
+from loadtest import REPO
+from loadtest.gpu import deps as gpu_deps
 
 # What runs on the device: the service, the dispatcher, and the kit with the modules it imports or spawns.
 SERVE_PATH = [REPO / "service", REPO / "contract", REPO / "dhrd", *(REPO / "loadtest" / f for f in (
-    "__init__.py", "gpu.py", "servers.py", "provenance.py", "rawclient.py", "gpu_deps.py"))]
+    "__init__.py", "gpu", "servers.py", "provenance.py", "rawclient.py", "null_server.py"))]
 FIRST_PARTY = {"service", "contract", "dhrd", "loadtest", "training"}  # training: `dhrd train`, not the serve path
-IMPORTS = ["service.http.app", "service.engine.process", "service.cli", "service.supervisor", "dhrd.cli", "loadtest.gpu"]
+IMPORTS = ["service.http.app", "service.engine.process", "service.cli", "service.supervisor", "dhrd.cli", "loadtest.gpu.cli"]
 
 
 def imported_modules(paths: list[Path]) -> set[str]:
@@ -87,7 +88,7 @@ def device_site(target: Path) -> Path:
 
 def wheels(dest: Path, version: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHON": sys.executable, "GPU_PYTHON_VERSION": version, "GPU_WHEELS_DIR": str(dest)}
-    return subprocess.run(["bash", str(REPO / "loadtest" / "gpu_wheels.sh")], capture_output=True, text=True,
+    return subprocess.run(["bash", str(REPO / "loadtest" / "gpu" / "wheels.sh")], capture_output=True, text=True,
                           env=env, timeout=600)
 
 

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 PROBE = """
 import json, sys
-import loadtest.locustfile as lf
+import loadtest.bench.locustfile as lf
 heavy = sorted(m for m in ("training", "torch", "transformers") if m in sys.modules)
 print(json.dumps({"inputs": lf.INPUTS, "heavy": heavy}))
 """

@@ -2,7 +2,7 @@
 function in each mode, both modes on the same inputs, and a padding share that packing removes."""
 from __future__ import annotations
 
-from loadtest.packing import batches_by_mode, measure
+from loadtest.forward.packing import batches_by_mode, measure
 
 
 def test_each_round_is_cut_as_the_batcher_cuts_it_in_each_mode():

@@ -42,7 +42,7 @@ def test_a_changed_source_file_marks_it_dirty(repo):
 
 def test_the_report_header_names_the_machine_its_cpu_flags_the_commit_the_utc_time_and_the_command(repo):
     before = datetime.now(timezone.utc).replace(microsecond=0)
-    header = provenance.report_header(["python", "-m", "loadtest.run", "--export", "exports/my cb"])
+    header = provenance.report_header(["python", "-m", "loadtest.bench", "--export", "exports/my cb"])
     assert set(header) == {"machine", "commit", "date", "command"}
     m = header["machine"]
     assert m["cpu"] and m["cores"] >= 1 and m["python"] and "node" in m and "torch" in m
@@ -52,7 +52,7 @@ def test_the_report_header_names_the_machine_its_cpu_flags_the_commit_the_utc_ti
     assert header["commit"] == head.strip()
     date = datetime.strptime(header["date"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)  # ISO 8601, UTC
     assert before <= date <= datetime.now(timezone.utc)
-    assert header["command"] == "python -m loadtest.run --export 'exports/my cb'"
+    assert header["command"] == "python -m loadtest.bench --export 'exports/my cb'"
 
 
 def test_cpu_flags_are_read_present_or_absent():
@@ -66,9 +66,9 @@ def test_the_default_command_is_this_process_as_typed_from_the_repository(monkey
     monkeypatch.setattr(sys, "argv", [str(REPO / "scripts" / "check_service.py"), "--export", "exports/my cb"])
     assert provenance.command_line() == "python scripts/check_service.py --export 'exports/my cb'"
     module = types.ModuleType("__main__")
-    module.__spec__ = importlib.machinery.ModuleSpec("loadtest.soak", None)
+    module.__spec__ = importlib.machinery.ModuleSpec("loadtest.bench.__main__", None)  # python -m loadtest.bench
     monkeypatch.setitem(sys.modules, "__main__", module)
-    assert provenance.command_line() == "python -m loadtest.soak --export 'exports/my cb'"
+    assert provenance.command_line() == "python -m loadtest.bench --export 'exports/my cb'"
     assert provenance.command_line("as given") == "as given"
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from loadtest.roofline import flops_per_sequence
+from loadtest.forward.roofline import flops_per_sequence
 
 
 def test_flops_are_two_per_weight_per_token_plus_attention(tiny_backbone):

@@ -14,9 +14,9 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_smoke_run_writes_json_markdown_and_plot(tiny_export, tmp_path):
     benchmarks = tmp_path / "BENCHMARKS.md"
-    benchmarks.write_text("# prose kept\n<!-- measured:start (loadtest/run.py writes this block) -->\nold\n"
+    benchmarks.write_text("# prose kept\n<!-- measured:start (python -m loadtest.bench writes this block) -->\nold\n"
                           "<!-- measured:end -->\nmore prose\n")
-    proc = subprocess.run([sys.executable, "-m", "loadtest.run", "--export", str(tiny_export), "--smoke",
+    proc = subprocess.run([sys.executable, "-m", "loadtest.bench", "--export", str(tiny_export), "--smoke",
                            "--only", "dhrd-batched", "naive-unbatched", "cot-batched", "--tokens", "16",
                            "--out", str(tmp_path), "--benchmarks", str(benchmarks)],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -70,7 +70,7 @@ def test_peer_scenario_serves_the_hf_export_with_infinity(tmp_path, tiny_backbon
                  "--eval-limit", "4", "--batch-size", "4", "--no-progress"]) == 0
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "ours"), "--hf-seqcls",
                  str(tmp_path / "hf"), "--verify-examples", "4"]) == 0
-    proc = subprocess.run([sys.executable, "-m", "loadtest.run", "--export", str(tmp_path / "ours"), "--smoke",
+    proc = subprocess.run([sys.executable, "-m", "loadtest.bench", "--export", str(tmp_path / "ours"), "--smoke",
                            "--only", "peer-infinity", "--peer-hf", str(tmp_path / "hf"), "--tokens", "16",
                            "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -13,7 +13,7 @@ FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "export-v1-cb"
 
 @pytest.mark.slow
 def test_a_short_soak_reports_rows_and_sees_no_server_errors(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "loadtest.soak", "--export", str(FIXTURE), "--minutes", "0.1",
+    proc = subprocess.run([sys.executable, "-m", "loadtest.reliability", "soak", "--export", str(FIXTURE), "--minutes", "0.1",
                            "--interval", "2", "--clients", "8", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -32,7 +32,7 @@ def test_a_short_soak_reports_rows_and_sees_no_server_errors(tmp_path):
 def test_a_stall_stops_the_named_process_of_the_tree_for_its_seconds_then_resumes_it(tmp_path):
     import time
 
-    from loadtest.soak import stall_later, tree_pids
+    from loadtest.reliability.soak import stall_later, tree_pids
 
     sleeper = subprocess.Popen(["sleep", "30"])
     log = tmp_path / "serve.log"
@@ -55,7 +55,7 @@ def test_a_stall_stops_the_named_process_of_the_tree_for_its_seconds_then_resume
 def test_the_rss_column_counts_the_whole_process_tree():
     import os
 
-    from loadtest.soak import descendants, rss_mb
+    from loadtest.reliability.soak import descendants, rss_mb
 
     child = subprocess.Popen([sys.executable, "-c", "import time; x = bytes([1]) * (64 << 20); time.sleep(30)"])
     try:

@@ -10,7 +10,7 @@ FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "export-v1-cb"
 
 
 def test_startup_times_each_start_until_ready(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "loadtest.startup", "--export", str(FIXTURE), "--flags", "",
+    proc = subprocess.run([sys.executable, "-m", "loadtest.reliability", "startup", "--export", str(FIXTURE), "--flags", "",
                            "--starts", "2", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(next(tmp_path.glob("*.json")).read_text())

@@ -62,7 +62,7 @@ def _pending(n: int):
     return _Pending([7] * n, None, 0.0)
 
 
-# (max_batch_size, max_batch_tokens, max_length): the defaults, and GPU settings (loadtest/gpu.py, DEPLOY.md).
+# (max_batch_size, max_batch_tokens, max_length): the defaults, and GPU settings (loadtest/gpu/, DEPLOY.md).
 SETTINGS = [(32, 1024, 512), (64, 8192, 512), (128, 16384, 512), (256, 32768, 2048), (16, 256, 512)]
 
 

@@ -3,7 +3,7 @@
 roofline QPS = sustained GFLOP/s ÷ GFLOP per sequence (forward pass of the backbone + pooled head at
 the tested input length; no LM head, no generation). Scenarios are reported as a % of it.
 
-    .venv/bin/python -m loadtest.roofline --export exports/cb --tokens 64
+    .venv/bin/python -m loadtest.forward roofline --export exports/cb --tokens 64
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .provenance import report_header
+from ..provenance import report_header
 
 
 def matmul_gflops(dtype: torch.dtype, m: int = 2048, k: int = 576, n: int = 1536, seconds: float = 2.0) -> float:
@@ -58,12 +58,12 @@ def roofline(export: Path, tokens: list[int], seconds: float = 2.0) -> dict:
     return {"threads": torch.get_num_threads(), "matmul_gflops": peaks, "by_length": rows}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--export", type=Path, required=True)
     parser.add_argument("--tokens", type=int, nargs="+", default=[64])
     parser.add_argument("--seconds", type=float, default=2.0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print(json.dumps({**report_header(), **roofline(args.export, args.tokens, args.seconds)}, indent=2))
 
 

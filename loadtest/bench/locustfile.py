@@ -12,7 +12,7 @@ Environment:
     DHRD_API_KEY        bearer token, when the service requires one
     DHRD_LOAD_INPUTS    a JSON file of inputs to send instead (e.g. texts cut to a fixed token length)
     DHRD_LOAD_PACE      requests/s per ClassifyUser (default: none, closed loop: send as soon as answered)
-Run: locust -f loadtest/locustfile.py --host http://127.0.0.1:8000 ClassifyUser
+Run: locust -f loadtest/bench/locustfile.py --host http://127.0.0.1:8000 ClassifyUser
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from locust import FastHttpUser, between, constant, constant_throughput, task
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # the checkout (the Locust image: /app)
 sys.path.insert(0, str(REPO))
 # Pure Python (no torch needed in a Locust image). Splits are read by the contract's reader, the one
 # training uses: a copy here once opened `flan/<task>_train.tsv#val` as a file name.

@@ -1,7 +1,7 @@
 """Packed vs padded forward passes on CPU, and which attention a packed pass should use there.
 
-    .venv/bin/python -m loadtest.attention                       # SmolLM2-135M's shape, random weights
-    .venv/bin/python -m loadtest.attention --layers 4 --seconds 0.5 --json /tmp/attention.json
+    .venv/bin/python -m loadtest.forward attention             # SmolLM2-135M's shape, random weights
+    .venv/bin/python -m loadtest.forward attention --layers 4 --seconds 0.5 --json /tmp/attention.json
 
 For each batch shape it times the padded forward (what `dhrd serve` ran before packing) and the packed
 forward with three CPU attention kernels: `repad` (contract.model.varlen_attention_repad: scatter into a
@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from .provenance import report_header
+from ..provenance import report_header
 
 # (name, sequences, token lengths): the kit's 68-token request at several batch sizes, and mixed lengths.
 SHAPES = [("kit-68 x1", 1, (68, 68)), ("kit-68 x4", 4, (68, 68)), ("kit-68 x15", 15, (68, 68)),
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = measure(args.layers, args.dtype, args.seconds)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({**report_header(None if argv is None else ["python", "-m", "loadtest.attention", *argv]),
+            json.dump({**report_header(None if argv is None else ["python", "-m", "loadtest.forward", "attention", *argv]),
                        "layers": args.layers, "dtype": args.dtype, "threads": torch.get_num_threads(),
                        "rows": rows}, fh, indent=1)
     return 0

@@ -8,17 +8,17 @@ from pathlib import Path
 
 import httpx
 
-from . import REPO
+from .. import REPO
+from ..servers import BIN, free_port, start_peer, start_server, stop
 from .accuracy import accuracy
 from .parsing import counters, locust_stats, server_side
 from .scenarios import ACCURACY_OF, Scenario
-from .servers import BIN, free_port, start_peer, start_server, stop
 
 HALF_LOAD_USERS = 16
 
 
 def run_locust(port: int, user: str, users: int, seconds: int, env: dict, out_prefix: Path) -> dict:
-    cmd = [str(BIN / "locust"), "-f", str(REPO / "loadtest" / "locustfile.py"), "--headless",
+    cmd = [str(BIN / "locust"), "-f", str(REPO / "loadtest" / "bench" / "locustfile.py"), "--headless",
            "--host", f"http://127.0.0.1:{port}", "--users", str(users), "--spawn-rate", str(users),
            "--run-time", f"{seconds}s", "--csv", str(out_prefix), "--only-summary", "--stop-timeout", "60", user]
     subprocess.run(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

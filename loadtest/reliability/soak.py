@@ -1,8 +1,8 @@
 """Soak test: sustained overload of `dhrd serve` with deadlines, disconnects and bad inputs mixed in;
 status counts, p99 and the server's RSS every interval; then SIGTERM under load. Not in CI.
 
-    .venv/bin/python -m loadtest.soak --export exports/cb --minutes 5        # writes loadtest/results/soak/
-    .venv/bin/python -m loadtest.soak --export exports/cb --minutes 15 --interval 60 --workers 2 \
+    .venv/bin/python -m loadtest.reliability soak --export exports/cb --minutes 5        # writes loadtest/results/soak/
+    .venv/bin/python -m loadtest.reliability soak --export exports/cb --minutes 15 --interval 60 --workers 2 \
         --stall engine@300 --stall front-0@600 --stall-s 20      # stalls: SIGSTOP, then SIGCONT
 
 A stall stops one process of the tree (`engine` or `front-N` under --workers, `server` in one process)
@@ -27,9 +27,9 @@ from pathlib import Path
 
 import httpx
 
-from . import REPO
-from .provenance import report_header
-from .servers import free_port, start_server
+from .. import REPO
+from ..provenance import report_header
+from ..servers import free_port, start_server
 
 # What each simulated client sends, by weight: most requests are ordinary; the rest are the faults
 # an operator sees (clients that give up, bodies that are not JSON, text that is not Unicode,
@@ -185,7 +185,7 @@ async def sigterm_under_load(url: str, proc, clients: int) -> dict:
         return dict(Counter(await asyncio.gather(*tasks)))
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--export", type=Path, required=True)
     parser.add_argument("--minutes", type=float, default=5.0)
@@ -198,7 +198,7 @@ def main() -> int:
                         help="SIGSTOP process NAME (engine, front-N, server) at SECOND of the soak, for --stall-s")
     parser.add_argument("--stall-s", type=float, default=20.0)
     parser.add_argument("--out", type=Path, default=REPO / "loadtest" / "results" / "soak")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     port = free_port()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -222,8 +222,8 @@ def main() -> int:
     finally:
         if proc.poll() is None:
             proc.kill()
-    report = {**report_header("python -m loadtest.soak " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
-                                                                     vars(args).items() if k != "out")),
+    typed = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out")
+    report = {**report_header("python -m loadtest.reliability soak " + typed),
               "serve_flags": flags, "mix": MIX, "rows": rows, "stalls": events, "ready_after_soak": alive,
               "sigterm": shutdown, "exit_code": exit_code}
     stem = f"{time.strftime('%Y-%m-%d-%H%M')}-{report['machine']['node']}"  # a later run never overwrites an earlier one

@@ -5,7 +5,7 @@ One front end is SIGSTOPped for `--stop-s` seconds while a client sends /classif
 request (3 s timeout) and a probe asks /ready on a new connection every second; counted from the stop
 until the stopped process is resumed (it is killed and replaced first, where the supervisor notices).
 
-    .venv/bin/python -m loadtest.stuck_front_end --export tests/fixtures/export-v1-cb   # loadtest/results/stuck-front-end/
+    .venv/bin/python -m loadtest.reliability stuck-front-end --export tests/fixtures/export-v1-cb   # loadtest/results/stuck-front-end/
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import httpx
 
-from . import REPO
-from .provenance import report_header
-from .servers import BIN, free_port, spawn_until_ready
+from .. import REPO
+from ..provenance import report_header
+from ..servers import BIN, free_port, spawn_until_ready
 
 PAIR = {"premise": "It rained all day.", "hypothesis": "The streets were wet."}
 
@@ -82,17 +82,17 @@ def one_layout(export: Path, flags: list[str], stop_s: float, timeout: float) ->
     return {"flags": flags, "requests": count(work), "ready_probes": count(probes), "replaced": replaced}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--export", type=Path, required=True)
     parser.add_argument("--stop-s", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=3.0, help="client timeout per request")
     parser.add_argument("--out", type=Path, default=REPO / "loadtest" / "results" / "stuck-front-end")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     layouts = {"socket per front end (default)": [], "one shared socket": ["--no-socket-per-front-end"]}
     results = {name: one_layout(args.export, flags, args.stop_s, args.timeout) for name, flags in layouts.items()}
-    report = {**report_header(f"python -m loadtest.stuck_front_end --export {args.export} --stop-s {args.stop_s} "
-                              f"--timeout {args.timeout}"), "layouts": results}
+    report = {**report_header(f"python -m loadtest.reliability stuck-front-end --export {args.export} "
+                              f"--stop-s {args.stop_s} --timeout {args.timeout}"), "layouts": results}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"{time.strftime('%Y-%m-%d-%H%M')}-{report['machine']['node']}"
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")

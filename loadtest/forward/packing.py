@@ -1,7 +1,7 @@
 """Packed against padded forward passes on a real task's inputs, as they come (not cut to one length).
 
-    .venv/bin/python -m loadtest.packing --export exports/esnli-bench --split train --seconds 20
-    .venv/bin/python -m loadtest.packing --export exports/boolq-bench --split train --json out.json
+    .venv/bin/python -m loadtest.forward packing --export exports/esnli-bench --split train --seconds 20
+    .venv/bin/python -m loadtest.forward packing --export exports/boolq-bench --split train --json out.json
 
 The inputs are the export's task's examples of `--split` (never e-SNLI's test rows: its train split is
 the released-valid file), tokenised as the service tokenises them, taken in file order in rounds of
@@ -87,8 +87,8 @@ def measure(export: Path, split: str, limit: int, seconds: float, max_batch_size
             "packed_over_padded": round(rows["packed"]["sequences_per_s"] / rows["padded"]["sequences_per_s"], 2)}
 
 
-def main() -> None:
-    from .provenance import report_header
+def main(argv: list[str] | None = None) -> None:
+    from ..provenance import report_header
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--export", type=Path, required=True)
@@ -100,7 +100,7 @@ def main() -> None:
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--json", type=Path, default=None)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     result = measure(args.export, args.split, args.limit, args.seconds, args.max_batch_size, args.max_batch_tokens,

@@ -2,7 +2,7 @@
 first start is cold (nothing cached), the next ones show what the on-disk caches buy (with
 `--compile`, inductor's compiled kernels and graphs under $DHRD_HOME/inductor).
 
-    .venv/bin/python -m loadtest.startup --export exports/cb --flags=--compile --starts 2
+    .venv/bin/python -m loadtest.reliability startup --export exports/cb --flags=--compile --starts 2
 """
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import REPO
-from .provenance import report_header
-from .servers import BIN, free_port, wait_until_ok
+from .. import REPO
+from ..provenance import report_header
+from ..servers import BIN, free_port, wait_until_ok
 
 
 def one_start(export: Path, flags: list[str], env: dict, log: Path, timeout: float) -> float:
@@ -33,14 +33,14 @@ def one_start(export: Path, flags: list[str], env: dict, log: Path, timeout: flo
         proc.wait(timeout=60)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--export", type=Path, required=True)
     parser.add_argument("--flags", default="--compile", help="dhrd serve flags")
     parser.add_argument("--starts", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--out", type=Path, default=REPO / "loadtest" / "results" / "startup")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     home = Path(tempfile.mkdtemp(prefix="dhrd-startup-home-"))
     # A fresh, empty cache: DHRD_HOME for ours, and inductor's own default location is not used either.
     env = {**os.environ, "DHRD_HOME": str(home)}

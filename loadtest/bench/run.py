@@ -3,7 +3,7 @@ readiness, run Locust headless over a sweep of concurrency levels, collect its C
 everything, and write `loadtest/results/<date>-<machine>.json` plus a markdown table and PNG plots.
 
     scripts/benchmark.sh                                                   # full report (~25 min here)
-    .venv/bin/python -m loadtest.run --export exports/cb --smoke         # seconds: keeps the runner honest (report in a temp dir)
+    .venv/bin/python -m loadtest.bench --export exports/cb --smoke       # seconds: keeps the runner honest (report in a temp dir)
 
 Scenarios (same machine, same model, one run): DHRD /classify with dynamic batching; the same
 service with batching off (the naive floor); the CoT endpoint, batched and unbatched, with the
@@ -19,16 +19,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import REPO
+from .. import REPO
+from ..provenance import report_header
 from .measure import measure
-from .provenance import report_header
 from .report import markdown, write
 from .scenarios import Scenario, fixed_length_inputs, scenarios
 from .summary import derive
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--export", type=Path, required=True)
     parser.add_argument("--model", default="cb", help="served name; the locustfile's task (DHRD_LOAD_TASK) too")
     parser.add_argument("--seconds", type=int, default=30,
@@ -76,8 +76,8 @@ def run_scenarios(args: argparse.Namespace) -> list[dict]:
 def build_report(args: argparse.Namespace, results: list[dict]) -> dict:
     from contract.model import resolve_dtype
 
-    from .profile import profile
-    from .roofline import roofline
+    from ..forward.passes import profile
+    from ..forward.roofline import roofline
 
     skipped = [] if args.peer_hf else ["peer-infinity: no --peer-hf export given (needs a --head linear model "
                                        "exported with --hf-seqcls, and loadtest/setup_peer.sh)"]

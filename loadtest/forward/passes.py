@@ -1,11 +1,11 @@
 """Where a /classify request's time goes, stage by stage, without HTTP: tokenisation, padding,
 the forward pass at each batch size (eager and, optionally, `torch.compile`d), and reading results.
 
-    .venv/bin/python -m loadtest.profile --export exports/cb --tokens 64
-    .venv/bin/python -m loadtest.profile --export exports/cb --tokens 64 --compile   # as `dhrd serve --compile`
+    .venv/bin/python -m loadtest.forward profile --export exports/cb --tokens 64
+    .venv/bin/python -m loadtest.forward profile --export exports/cb --tokens 64 --compile   # as `dhrd serve --compile`
 
 The forward rows are the service's upper bound: sequences/s with no queueing, no HTTP and no
-client on the machine. `loadtest.run` measures the whole service; the gap between the two is
+client on the machine. `loadtest.bench` measures the whole service; the gap between the two is
 per-request overhead.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .provenance import report_header
+from ..provenance import report_header
 
 
 def timed(fn, seconds: float, min_runs: int = 3) -> float:
@@ -64,7 +64,7 @@ def profile(export: Path, tokens: int, batch_sizes: list[int], seconds: float, c
             "tokenise_ms_per_input": round(per_input_tokenise * 1000, 3), "forward": rows}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--export", type=Path, required=True)
     parser.add_argument("--tokens", type=int, default=64)
@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the classifier (as `dhrd serve --compile`)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     result = {**report_header(), **profile(args.export, args.tokens, args.batch_sizes, args.seconds, args.compile,
                                            args.dtype)}
     text = json.dumps(result, indent=2)

@@ -3,10 +3,10 @@ read from /proc since the engine is not this process's child) over a fixed numbe
 `dhrd serve --workers N` with a tiny model, so the forward pass is small and the engine's own
 overhead (IPC frames, pickling, batching) shows. Needs a quiet machine for numbers worth keeping.
 
-    python -m loadtest.engine_cpu --requests 2000 --connections 16
-    python -m loadtest.engine_cpu --workers 2 --flags "" --hog 1     # torch's default threads, a busy neighbour
-    python -m loadtest.engine_cpu --workers 2 --stub-forward         # the engine's own work: IPC, batching
-    python -m loadtest.engine_cpu --workers 2 --stub-forward --raw-seconds 15   # ... at the raw client's rates
+    python -m loadtest.frontend engine-cpu --requests 2000 --connections 16
+    python -m loadtest.frontend engine-cpu --workers 2 --flags "" --hog 1     # torch's default threads, a busy neighbour
+    python -m loadtest.frontend engine-cpu --workers 2 --stub-forward         # the engine's own work: IPC, batching
+    python -m loadtest.frontend engine-cpu --workers 2 --stub-forward --raw-seconds 15   # ... at the raw client's rates
 prints one JSON line, with the front ends' CPU per request beside the engine's.
 """
 from __future__ import annotations
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import httpx
 
-from . import REPO
-from .provenance import commit, report_header
-from .servers import free_port, stop, wait_until_ok
+from .. import REPO
+from ..provenance import commit, report_header
+from ..servers import free_port, stop, wait_until_ok
 
 FIXTURE = REPO / "tests" / "fixtures" / "export-v1-cb"
 BODY = {"model": "cb", "input": {"premise": "It rained all day.", "hypothesis": "The streets were wet."}}
@@ -93,7 +93,7 @@ def measure(export: Path, workers: int, requests: int, connections: int, warmup:
             hog: int = 0, stub_forward: bool = False, raw_seconds: float = 0.0) -> dict:
     port = free_port()
     log = Path(tempfile.mkdtemp(prefix="engine-cpu-")) / "serve.log"
-    cmd = [sys.executable, "-m", "loadtest.stub_serve" if stub_forward else "dhrd", "serve", "--model", f"cb={export}", "--port", str(port), "--workers",
+    cmd = [sys.executable, "-m", "loadtest.frontend.stub_serve" if stub_forward else "dhrd", "serve", "--model", f"cb={export}", "--port", str(port), "--workers",
            str(workers), "--dtype", "float32", "--log-level", "info", *flags]
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hog", type=int, default=0, help="CPU-burning processes run beside it while measuring "
                                                            "(contention; default: none)")
     parser.add_argument("--stub-forward", action="store_true", help="fixed probabilities in place of the forward "
-                                                                   "pass (loadtest/stub_serve.py): the engine's own "
+                                                                   "pass (loadtest/frontend/stub_serve.py): the engine's own "
                                                                    "work per request, IPC and batching")
     parser.add_argument("--raw-seconds", type=float, default=0.0, help="drive it with the raw keep-alive client for "
                                                                        "this many seconds instead of --requests over "
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be >= 1: with 0 there is no engine process to measure")
-    header = report_header(None if argv is None else ["python", "-m", "loadtest.engine_cpu", *argv])
+    header = report_header(None if argv is None else ["python", "-m", "loadtest.frontend", "engine-cpu", *argv])
     print(json.dumps({**header, **measure(args.export, args.workers, args.requests, args.connections, args.warmup,
                                           args.flags.split(), args.hog, args.stub_forward, args.raw_seconds)}))
 

@@ -5,7 +5,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .servers import PEER_BATCH
+from ..servers import PEER_BATCH
 
 
 @dataclass
@@ -22,7 +22,7 @@ class Scenario:
     optional: bool = False  # run only when named in --only
 
 
-# The tuned knobs of scenario 1 (python -m loadtest.profile: ~1,024 padded tokens per pass is the CPU optimum).
+# The tuned knobs of scenario 1 (python -m loadtest.forward profile: ~1,024 padded tokens per pass is the CPU optimum).
 BATCHED_FLAGS = ["--max-batch-size", "32", "--max-batch-tokens", "1024", "--max-wait-ms", "5"]
 
 # Scenarios whose accuracy the report measures (endpoint, and the env var holding max_new_tokens); the

@@ -8,10 +8,10 @@ drifting VM affects each alike:
 - `work-only`: `ServedModel.classify` called directly, no HTTP layer at all (tokenising, admission, the
   queue round trip, the answer's objects): the floor that a leaner HTTP layer could reach.
 
-    .venv/bin/python -m loadtest.asgi_cost                     # writes loadtest/results/asgi-cost/
-    .venv/bin/python -m loadtest.asgi_cost --rounds 5 --requests 6400
+    .venv/bin/python -m loadtest.frontend asgi                   # writes loadtest/results/asgi-cost/
+    .venv/bin/python -m loadtest.frontend asgi --rounds 5 --requests 6400
 
-The HTTP parsing uvicorn does (httptools) is not counted here; `loadtest.frontend` measures the whole
+The HTTP parsing uvicorn does (httptools) is not counted here; `loadtest.frontend proxy` measures the whole
 server against a null one.
 """
 from __future__ import annotations
@@ -23,8 +23,8 @@ import statistics
 import time
 from pathlib import Path
 
-from . import REPO
-from .provenance import report_header
+from .. import REPO
+from ..provenance import report_header
 
 EXPORT = REPO / "tests" / "fixtures" / "export-v1-cb"
 FIELDS = {"premise": "It rained all day and the streets were wet.", "hypothesis": "The ground got wet."}
@@ -112,13 +112,13 @@ async def run(rounds: int, requests: int, concurrency: int) -> dict[str, list[fl
     return found
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=6400, help="per mode and round")
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight (as the load client's 32)")
     parser.add_argument("--out", type=Path, default=REPO / "loadtest" / "results" / "asgi-cost")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     found = asyncio.run(run(args.rounds, args.requests, args.concurrency))
     medians = {mode: statistics.median(v) for mode, v in found.items()}
     report = {**report_header(), "export": str(EXPORT.relative_to(REPO)),

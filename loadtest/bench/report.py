@@ -5,8 +5,8 @@ import json
 import os
 from pathlib import Path
 
-# The marker names loadtest/run.py, the command that writes the block; BENCHMARKS.md carries it verbatim.
-BLOCK_START, BLOCK_END = "<!-- measured:start (loadtest/run.py writes this block) -->", "<!-- measured:end -->"
+# The marker names the command that writes the block (loadtest/bench); BENCHMARKS.md carries it verbatim.
+BLOCK_START, BLOCK_END = "<!-- measured:start (python -m loadtest.bench writes this block) -->", "<!-- measured:end -->"
 
 
 def write(report: dict, out: Path, stem: str, benchmarks: Path | None) -> None:

@@ -1,9 +1,9 @@
 """`dhrd serve` with its forward pass replaced by fixed probabilities: the serving code alone (HTTP,
 validation, tokenising, admission, batching, the hand-off to the torch thread, with `--workers N` the
-engine process and its socket), for `loadtest.frontend --stub-forward` and `loadtest.engine_cpu
---stub-forward` to measure. Not a way to serve anything.
+engine process and its socket), for `loadtest.frontend proxy --stub-forward` and `loadtest.frontend
+engine-cpu --stub-forward` to measure. Not a way to serve anything.
 
-    python -m loadtest.stub_serve serve --model cb=EXPORT --port PORT [dhrd serve flags]
+    python -m loadtest.frontend.stub_serve serve --model cb=EXPORT --port PORT [dhrd serve flags]
 """
 from __future__ import annotations
 

@@ -2,13 +2,13 @@
 random model (its forward pass costs almost nothing), next to what a null server (same uvicorn,
 fixed JSON answer) serves to the same raw keep-alive client, in one run.
 
-    .venv/bin/python -m loadtest.frontend                      # writes loadtest/results/frontend/
-    .venv/bin/python -m loadtest.frontend --peer               # + infinity-emb on the same tiny model
-    .venv/bin/python -m loadtest.frontend --stub-forward       # + dhrd with its forward pass stubbed out
+    .venv/bin/python -m loadtest.frontend proxy                  # writes loadtest/results/frontend/
+    .venv/bin/python -m loadtest.frontend proxy --peer           # + infinity-emb on the same tiny model
+    .venv/bin/python -m loadtest.frontend proxy --stub-forward   # + dhrd with its forward pass stubbed out
 
 On a CPU without native bf16 the "tiny" model's forward pass is not free (fp32, ~0.5 ms a sequence at 76
 tokens on the 2-core VM): `--stub-forward` also runs `dhrd serve` with fixed probabilities in place of
-the forward pass (loadtest/stub_serve.py), the front end alone against the null server.
+the forward pass (loadtest/frontend/stub_serve.py), the front end alone against the null server.
 
 With `--peer` the tiny model is a fresh random one with a linear head (what infinity-emb can serve, in
 the HF *ForSequenceClassification layout), and dhrd serves the same classifier from its export.
@@ -25,9 +25,9 @@ from pathlib import Path
 
 from contract.model import resolve_dtype
 
-from . import REPO
-from .provenance import report_header
-from .servers import BIN, free_port, spawn_until_ready, start_peer, stop
+from .. import REPO
+from ..provenance import report_header
+from ..servers import BIN, free_port, spawn_until_ready, start_peer, stop
 
 TINY_EXPORT = REPO / "tests" / "fixtures" / "export-v1-cb"  # 2 layers, 64 wide: the forward pass is ~free
 BODY = json.dumps({"model": "cb", "input": {"premise": "It rained all day and the streets were wet.",
@@ -121,7 +121,7 @@ def measure(name: str, cmd: list[str], probe: str, port: int, connections: int, 
     return result
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--export", type=Path, default=TINY_EXPORT)
     parser.add_argument("--connections", type=int, default=32)
@@ -138,7 +138,7 @@ def main() -> int:
     parser.add_argument("--stub-forward", action="store_true", help="also each variant with its forward pass "
                                                                        "replaced by fixed probabilities")
     parser.add_argument("--out", type=Path, default=REPO / "loadtest" / "results" / "frontend")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logs = Path(tempfile.mkdtemp(prefix="dhrd-frontend-"))
     hf = None
     if args.peer:
@@ -154,13 +154,13 @@ def main() -> int:
         runs += [(f"{name}-stub-forward", extra, True) for name, extra in variants.items()]
     for name, extra, stubbed in runs:
         port = free_port()
-        serve = [sys.executable, "-m", "loadtest.stub_serve"] if stubbed else [str(BIN / "dhrd")]
+        serve = [sys.executable, "-m", "loadtest.frontend.stub_serve"] if stubbed else [str(BIN / "dhrd")]
         results[name] = measure(f"dhrd-tiny {name}", [*serve, "serve", "--model", f"cb={args.export}", "--port",
                                                        str(port), *args.flags.split(), *extra.split(),
                                                        "--log-level", args.log_level], "/ready", port,
                                 args.connections, args.seconds, logs / f"dhrd-{name}.log")
         if stubbed:
-            variants[name] = f"{extra} (forward pass stubbed: loadtest/stub_serve.py)".strip()
+            variants[name] = f"{extra} (forward pass stubbed: loadtest/frontend/stub_serve.py)".strip()
     dhrd = results["one-process"]
     peer = None
     if hf is not None:

@@ -3,7 +3,7 @@
 image already has (torch with CUDA, transformers). Derived, not a hand list: a dependency added to the
 `serve` extra travels with the kit without anyone editing the wheel script.
 
-    python -m loadtest.gpu_deps        # one requirement per line, for `pip download` / `pip install`
+    python -m loadtest.gpu.deps        # one requirement per line, for `pip download` / `pip install`
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 EXTRAS = ("serve", "client")
 # The device image's own builds (CUDA torch; transformers 5.x): never carried, never replaced.
 ON_DEVICE = {"torch", "transformers"}
