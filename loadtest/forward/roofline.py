@@ -29,6 +29,25 @@ def matmul_gflops(dtype: torch.dtype, m: int = 2048, k: int = 576, n: int = 1536
     return 2 * m * k * n * runs / (time.perf_counter() - start) / 1e9
 
 
+def int8_matmul_gops(m: int = 2048, k: int = 576, n: int = 1536, seconds: float = 2.0) -> float | None:
+    """Sustained int8 GOP/s (multiply-adds x 2) of the same shape through `torch._int_mm` (int8 x int8 ->
+    int32): the ceiling of an int8 serving path on this CPU. oneDNN runs it with VNNI (AVX512-VNNI,
+    AVX-VNNI or AMX) and otherwise falls back to a slow reference loop, which this number shows. None
+    where this torch has no `_int_mm` for the CPU."""
+    a = torch.randint(-127, 128, (m, k), dtype=torch.int8)
+    b = torch.randint(-127, 128, (k, n), dtype=torch.int8)
+    try:
+        for _ in range(3):
+            torch._int_mm(a, b)
+    except (RuntimeError, AttributeError):
+        return None
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch._int_mm(a, b)
+        runs += 1
+    return 2 * m * k * n * runs / (time.perf_counter() - start) / 1e9
+
+
 def flops_per_sequence(config: dict, tokens: int, num_labels: int) -> float:
     """Forward FLOPs of a llama-style backbone + 2-layer head for one sequence of `tokens` tokens.
 
@@ -50,6 +69,9 @@ def roofline(export: Path, tokens: list[int], seconds: float = 2.0) -> dict:
     manifest = json.loads((export / "manifest.json").read_text())
     peaks = {name: round(matmul_gflops(dtype, seconds=seconds), 1)
              for name, dtype in (("bfloat16", torch.bfloat16), ("float32", torch.float32))}
+    int8 = int8_matmul_gops(seconds=seconds)
+    if int8 is not None:  # GOP/s: a multiply-add counts 2, as a float one does
+        peaks["int8"] = round(int8, 1)
     rows = []
     for t in tokens:
         gflop = flops_per_sequence(config, t, len(manifest["labels"])) / 1e9

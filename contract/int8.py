@@ -1,0 +1,149 @@
+"""Int8 linear layers for a llama-style backbone that keep the answers: accuracy by construction.
+
+Three rules, each against a known way int8 loses answers (issue 31):
+- **Per-channel weight scales** (one per output row): a row of small weights keeps its resolution beside
+  a row of large ones.
+- **Per-token activation scales**, computed in the forward pass: a token's int8 values depend on that
+  token's own row only, so a request's answer never depends on what else shares its packed batch (a
+  per-tensor scale over the batch would let one outlier token crush the others' resolution).
+- **SmoothQuant smoothing** (Xiao et al., 2023): activation outliers live in a few input channels; a
+  per-channel factor s moves them into the weights, X' = X / s and W' = W * s, so both quantize well.
+  It is folded into the layer before (the RMSNorm weight before q/k/v and gate/up; v_proj's output rows
+  before o_proj; up_proj's output rows before down_proj), which is exact in float: a smoothed float model
+  gives the float model's logits up to rounding (`tests/contract/test_int8.py`).
+
+The factors come from the task's own inputs (`calibrate`), never from the split a gate scores. Layers
+named in `keep_float` stay float (the few a sensitivity ranking finds that the gate needs).
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+INT8_MAX = 127
+# torch._int_mm wants more than 16 rows; a shorter batch is padded with zero rows, which cost nothing to
+# the others (their rows are computed independently) and are dropped after.
+MIN_INT_MM_ROWS = 17
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per row of a 2-D tensor: (int8 values, float32 scale per row), x ~ values * scale."""
+    scale = x.abs().amax(dim=-1).float().clamp(min=1e-8) / INT8_MAX
+    values = torch.round(x.float() / scale[:, None]).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return values, scale
+
+
+class Int8Linear(nn.Module):
+    """y = x W^T + b with W stored int8 per output channel and x quantized per token at run time; the
+    int8 x int8 products accumulate in int32 (`torch._int_mm`), then scale back to x's dtype."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        values, scale = quantize_rows(linear.weight.detach())
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("weight_t", values.t().contiguous())  # (K, N): _int_mm's right operand
+        self.register_buffer("weight_scale", scale)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        values, scale = quantize_rows(rows)
+        n = values.shape[0]
+        if n < MIN_INT_MM_ROWS:
+            values = torch.cat([values, values.new_zeros(MIN_INT_MM_ROWS - n, self.in_features)])
+        acc = torch._int_mm(values, self.weight_t)[:n]  # (n, N) int32
+        out = acc.float() * (scale[:, None] * self.weight_scale[None, :])
+        if self.bias is not None:
+            out = out + self.bias
+        return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+
+def calibrate(backbone: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Per-input-channel max |activation| at every linear layer of `backbone` over `batches` (keyword
+    arguments of its forward: input_ids, attention_mask): what the smoothing factors are computed from."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def record(module, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).abs().amax(dim=0).float()
+            seen[name] = torch.maximum(seen[name], x) if name in seen else x
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in backbone.named_modules() if isinstance(m, nn.Linear)]
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                backbone(**batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def smoothing_factors(act_max: torch.Tensor, weights: list[torch.Tensor], alpha: float) -> torch.Tensor:
+    """s_j = max|X_j|^alpha / max|W_.j|^(1 - alpha) over the layers that share input channel j."""
+    w_max = torch.stack([w.detach().abs().amax(dim=0).float() for w in weights]).amax(dim=0)
+    s = act_max.clamp(min=1e-5).pow(alpha) / w_max.clamp(min=1e-5).pow(1 - alpha)
+    return s.clamp(min=1e-5)
+
+
+@torch.no_grad()
+def smooth(backbone: nn.Module, act_max: dict[str, torch.Tensor], alpha: float = 0.5) -> None:
+    """Fold SmoothQuant factors into every decoder layer of a llama-style backbone, in place; the float
+    model's outputs are unchanged up to rounding. `act_max`: `calibrate`'s result, keyed by module name."""
+    for i, layer in enumerate(backbone.layers):
+        attn, mlp, prefix = layer.self_attn, layer.mlp, f"layers.{i}"
+        qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
+        s = smoothing_factors(act_max[f"{prefix}.self_attn.q_proj"], [m.weight for m in qkv], alpha)
+        _fold(layer.input_layernorm.weight, qkv, s)
+        gate_up = [mlp.gate_proj, mlp.up_proj]
+        s = smoothing_factors(act_max[f"{prefix}.mlp.gate_proj"], [m.weight for m in gate_up], alpha)
+        _fold(layer.post_attention_layernorm.weight, gate_up, s)
+        _fold_v_into_o(attn, act_max[f"{prefix}.self_attn.o_proj"], alpha)
+        s = smoothing_factors(act_max[f"{prefix}.mlp.down_proj"], [mlp.down_proj.weight], alpha)
+        _fold_rows(mlp.up_proj, [mlp.down_proj], s)  # silu(gate) * up is linear in up's output
+
+
+def _fold(norm_weight: torch.Tensor, linears: list[nn.Linear], s: torch.Tensor) -> None:
+    norm_weight.div_(s.to(norm_weight.dtype))
+    for m in linears:
+        m.weight.mul_(s.to(m.weight.dtype)[None, :])
+
+
+def _fold_rows(before: nn.Linear, after: list[nn.Linear], s: torch.Tensor) -> None:
+    """Divide `before`'s output rows by s and multiply the input columns of `after` by s."""
+    before.weight.div_(s.to(before.weight.dtype)[:, None])
+    if before.bias is not None:
+        before.bias.div_(s.to(before.bias.dtype))
+    for m in after:
+        m.weight.mul_(s.to(m.weight.dtype)[None, :])
+
+
+def _fold_v_into_o(attn: nn.Module, act_max: torch.Tensor, alpha: float) -> None:
+    """Attention output is a mix of V rows: linear in V, so v_proj's output channel c scaled by 1/s and
+    o_proj's input channels fed by c scaled by s cancel. With grouped-query attention one V channel feeds
+    one channel of each head of its group, so those share one factor (the group's largest)."""
+    heads = attn.config.num_attention_heads
+    kv_heads = getattr(attn.config, "num_key_value_heads", heads)
+    head_dim = attn.o_proj.in_features // heads
+    group = heads // kv_heads
+    per_head = smoothing_factors(act_max, [attn.o_proj.weight], alpha).view(kv_heads, group, head_dim)
+    s_v = per_head.amax(dim=1).reshape(-1)  # (kv_heads * head_dim,): one factor per V channel
+    s_o = s_v.view(kv_heads, 1, head_dim).expand(kv_heads, group, head_dim).reshape(-1)
+    attn.v_proj.weight.div_(s_v.to(attn.v_proj.weight.dtype)[:, None])
+    if attn.v_proj.bias is not None:
+        attn.v_proj.bias.div_(s_v.to(attn.v_proj.bias.dtype))
+    attn.o_proj.weight.mul_(s_o.to(attn.o_proj.weight.dtype)[None, :])
+
+
+def quantize(backbone: nn.Module, keep_float: Iterable[str] = ()) -> list[str]:
+    """Replace every linear layer of `backbone` but those named in `keep_float` by an `Int8Linear`, in
+    place. Returns the names replaced."""
+    keep = set(keep_float)
+    targets = [(n, m) for n, m in backbone.named_modules() if isinstance(m, nn.Linear) and n not in keep]
+    for name, module in targets:
+        parent, _, leaf = name.rpartition(".")
+        setattr(backbone.get_submodule(parent) if parent else backbone, leaf, Int8Linear(module))
+    return [n for n, _ in targets]
