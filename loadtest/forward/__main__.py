@@ -4,6 +4,7 @@
     python -m loadtest.forward packing --export exports/esnli-bench --split train  # packed vs padded passes
     python -m loadtest.forward attention --layers 4 --seconds 0.5                   # CPU kernels of a packed pass
     python -m loadtest.forward roofline --export exports/cb --tokens 64            # the compute ceiling
+    python -m loadtest.forward int8 --export exports/esnli-bench --split val       # int8 against float passes
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ MODES = {
     "attention": ("loadtest.forward.attention", "packed vs padded passes, and which CPU attention kernel a packed "
                                                 "pass should use"),
     "roofline": ("loadtest.forward.roofline", "measured matmul GFLOP/s and the model's FLOPs per sequence"),
+    "int8": ("loadtest.forward.int8", "int8 against float forward passes: answers kept, batch invariance, speed"),
 }
 
 if __name__ == "__main__":
