@@ -103,3 +103,16 @@ def _git_commit() -> str:
     if not head.strip():
         return os.environ.get("DHRD_COMMIT", "unknown")
     return head.strip() + ("-dirty" if dirty else "")
+
+
+def write_report(result: dict, path: Path | None = None, command: list[str] | str | None = None) -> dict:
+    """A measurement as every tool reports it: the header first, printed as JSON, and written to `path`
+    when given. Returns the whole report."""
+    import json
+
+    report = {**report_header(command), **result}
+    text = json.dumps(report, indent=2)
+    print(text)
+    if path is not None:
+        Path(path).write_text(text + "\n")
+    return report

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 from pathlib import Path
 
@@ -128,7 +127,7 @@ def measure(export: Path, split: str, limit: int, calibration: int, seconds: flo
 
 
 def main(argv: list[str] | None = None) -> None:
-    from ..provenance import report_header
+    from ..provenance import write_report
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--export", type=Path, required=True)
@@ -147,13 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.split == "confirm":
         raise SystemExit("--split confirm: e-SNLI test rows 2000-5999 are the confirmation's only")
-    result = {**report_header(), **measure(args.export, args.split, args.limit, args.calibration, args.seconds,
-                                           args.dtype, args.alpha, [n for n in args.keep_float.split(",") if n],
-                                           args.invariance, args.max_batch_size, args.max_batch_tokens)}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    write_report(measure(args.export, args.split, args.limit, args.calibration, args.seconds, args.dtype, args.alpha,
+                         [n for n in args.keep_float.split(",") if n], args.invariance, args.max_batch_size,
+                         args.max_batch_tokens), args.json)
 
 
 if __name__ == "__main__":

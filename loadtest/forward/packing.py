@@ -16,7 +16,6 @@ Run it on an otherwise idle machine.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -88,7 +87,7 @@ def measure(export: Path, split: str, limit: int, seconds: float, max_batch_size
 
 
 def main(argv: list[str] | None = None) -> None:
-    from ..provenance import report_header
+    from ..provenance import write_report
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--export", type=Path, required=True)
@@ -103,13 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = measure(args.export, args.split, args.limit, args.seconds, args.max_batch_size, args.max_batch_tokens,
-                     args.dtype)
-    result = {**report_header(), **result}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    write_report(measure(args.export, args.split, args.limit, args.seconds, args.max_batch_size, args.max_batch_tokens,
+                         args.dtype), args.json)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,12 @@ per-request overhead.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
-from ..provenance import report_header
+from ..provenance import write_report
 
 
 def timed(fn, seconds: float, min_runs: int = 3) -> float:
@@ -74,12 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
-    result = {**report_header(), **profile(args.export, args.tokens, args.batch_sizes, args.seconds, args.compile,
-                                           args.dtype)}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    write_report(profile(args.export, args.tokens, args.batch_sizes, args.seconds, args.compile, args.dtype), args.out)
 
 
 if __name__ == "__main__":

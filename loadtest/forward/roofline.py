@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..provenance import report_header
+from ..provenance import write_report
 
 
 def matmul_gflops(dtype: torch.dtype, m: int = 2048, k: int = 576, n: int = 1536, seconds: float = 2.0) -> float:
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, nargs="+", default=[64])
     parser.add_argument("--seconds", type=float, default=2.0)
     args = parser.parse_args(argv)
-    print(json.dumps({**report_header(), **roofline(args.export, args.tokens, args.seconds)}, indent=2))
+    write_report(roofline(args.export, args.tokens, args.seconds))
 
 
 if __name__ == "__main__":

@@ -80,3 +80,15 @@ def test_only_provenance_says_what_the_machine_and_the_commit_are():
     found = [f"{f.relative_to(REPO)}: {m.group(0).strip()}" for f in files if f != REPO / "loadtest" / "provenance.py"
              for m in own.finditer(f.read_text())]
     assert not found, "use loadtest.provenance (report_header, machine, commit) instead: " + "; ".join(found)
+
+
+def test_a_report_is_printed_and_written_with_the_header_first(tmp_path, capsys):
+    import json
+
+    from loadtest.provenance import write_report
+
+    out = tmp_path / "r.json"
+    report = write_report({"sequences_per_s": 1.5}, out, command="python -m loadtest.forward packing")
+    written = json.loads(out.read_text())
+    assert written == report == json.loads(capsys.readouterr().out)
+    assert list(written)[:4] == ["machine", "commit", "date", "command"] and written["sequences_per_s"] == 1.5
