@@ -1,0 +1,159 @@
+"""Where does bf16 autocast hurt the pooled classifier? (issue 33) Forward and gradient probes, no training.
+
+    .venv/bin/python scripts/precision_probe.py --task esnli --examples 64 --json reports/precision/probe-<cpu>.json
+    .venv/bin/python scripts/precision_probe.py --run runs/precision/esnli/a0-2x-s0-fp32 ...   # a trained model
+
+The pooled feature is the last input token's final hidden state. Every e-SNLI input ends with the same
+template tokens, so that state is mostly the same vector for every input: what tells inputs apart is a
+small part of it. bf16's rounding error is relative to the whole vector. This script measures both, layer
+by layer, on train inputs (never a scored split):
+- `spread`: how far inputs' features lie from their mean, relative to the features' norm (signal);
+- `bf16_error`: |h_bf16 - h_fp32| / |h_fp32| for the same input (noise), and the ratio spread / error;
+- gradients of one a0 micro-batch's classification loss in fp32 and under bf16 autocast: cosine and
+  relative error per parameter group (head, last block, first block, embedding), and each variant below;
+- variants, one change at a time to bf16 autocast: the head in fp32; attention in eager (matmul + fp32
+  softmax) instead of SDPA. (The final RMSNorm already computes in fp32 under autocast: HF casts its input
+  up, and the residual stream stays fp32 since fp32 + bf16 promotes to fp32.)
+The model is the a0 arm's initial model (base backbone + seeded head) or, with --run, a run's last
+checkpoint. Run it on an otherwise idle machine for the timings to mean anything; the numbers it reports
+are not timings.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO)]
+
+from contract.data import load_examples  # noqa: E402
+from contract.encoding import load_tokenizer  # noqa: E402
+from contract.model import position_ids_from_mask  # noqa: E402
+from contract.tasks import get_task  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
+from training.data import build_features, collate  # noqa: E402
+from training.loop import is_held_out, seed_everything  # noqa: E402
+from training.model import make_model  # noqa: E402
+from training.run_dir import CHECKPOINT, resolve_backbone  # noqa: E402
+
+GROUPS = {"head": lambda n: n.startswith("head."),
+          "last_block": lambda n: ".layers.29." in n,
+          "first_block": lambda n: ".layers.0." in n,
+          "embedding": lambda n: "embed_tokens" in n}
+
+
+def bf16(enabled: bool = True):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else nullcontext()
+
+
+def hidden_states(model, batch) -> tuple[torch.Tensor, ...]:
+    """Every layer's state at each row's last input token: (layers + 1) tensors of (B, H), float32."""
+    out = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         position_ids=position_ids_from_mask(batch["attention_mask"]), use_cache=False,
+                         output_hidden_states=True)
+    rows = torch.arange(batch["input_ids"].shape[0])
+    index = batch["pool_index"]
+    return tuple(h[rows, index].float() for h in out.hidden_states[:-1]) + (out.last_hidden_state[rows, index].float(),)
+
+
+def geometry(model, batches) -> list[dict]:
+    """Per layer: spread of features across inputs and bf16's error, both relative to the features' norm."""
+    with torch.no_grad():
+        ref = [torch.cat(t) for t in zip(*(hidden_states(model, b) for b in batches))]
+        with bf16():
+            low = [torch.cat(t) for t in zip(*(hidden_states(model, b) for b in batches))]
+    rows = []
+    for layer, (a, b) in enumerate(zip(ref, low)):
+        norm = a.norm(dim=-1)
+        spread = float(((a - a.mean(0)).norm(dim=-1) / norm).median())
+        error = float(((b - a).norm(dim=-1) / norm).median())
+        rows.append({"layer": layer, "norm": round(float(norm.median()), 2), "spread": round(spread, 5),
+                     "bf16_error": round(error, 5), "spread_over_error": round(spread / max(error, 1e-12), 1)})
+    return rows
+
+
+def gradients(model, batch, precision: str) -> dict[str, torch.Tensor]:
+    """Flattened gradient per group of one micro-batch's classification loss."""
+    model.zero_grad(set_to_none=True)
+    eager = precision == "bf16-eager-attention"
+    if eager:
+        model.backbone.set_attn_implementation("eager")
+    try:
+        with bf16(precision != "fp32"):
+            hidden = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                    position_ids=position_ids_from_mask(batch["attention_mask"]), use_cache=False)
+            feature = hidden.last_hidden_state[torch.arange(batch["input_ids"].shape[0]), batch["pool_index"]]
+            with bf16(precision not in ("fp32", "bf16-head-fp32")):
+                logits = model.head(feature.float()).float()
+        loss = torch.nn.functional.cross_entropy(logits, batch["cls_labels"])
+        loss.backward()
+    finally:
+        if eager:
+            model.backbone.set_attn_implementation("sdpa")
+    return {g: torch.cat([p.grad.flatten().float() for n, p in model.named_parameters()
+                          if p.grad is not None and pick(n)]) for g, pick in GROUPS.items()}
+
+
+def gradient_agreement(model, batches, variants: list[str]) -> dict:
+    model.eval()  # no head dropout: the two passes must see the same function
+    out: dict[str, dict] = {}
+    for v in variants:
+        cos: dict[str, list[float]] = {g: [] for g in GROUPS}
+        rel: dict[str, list[float]] = {g: [] for g in GROUPS}
+        for batch in batches:
+            ref = gradients(model, batch, "fp32")
+            got = gradients(model, batch, v)
+            for g in GROUPS:
+                cos[g].append(float(torch.nn.functional.cosine_similarity(ref[g], got[g], dim=0)))
+                rel[g].append(float((got[g] - ref[g]).norm() / ref[g].norm().clamp(min=1e-30)))
+        out[v] = {g: {"cosine": round(sum(cos[g]) / len(cos[g]), 4), "rel_error": round(sum(rel[g]) / len(rel[g]), 4)}
+                  for g in GROUPS}
+    return out
+
+
+def load_model(task, run: Path | None, seed: int):
+    cfg = TrainConfig(out=Path("/nonexistent"), task=task.name, alpha=0.0, seed=seed, precision="fp32")
+    backbone = resolve_backbone(cfg)
+    seed_everything(seed)
+    model = make_model(cfg, task.num_labels, backbone)
+    if run is not None:
+        state = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["trainable"], strict=False)
+    return cfg, model, load_tokenizer(backbone, False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="esnli")
+    p.add_argument("--examples", type=int, default=64, help="train inputs (the held-out slice's complement)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run", type=Path, default=None, help="a run directory: probe its last checkpoint")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    task = get_task(args.task)
+    cfg, model, tokenizer = load_model(task, args.run, args.seed)
+    examples = [e for e in load_examples(task, "train") if not is_held_out(cfg, task, e)][: args.examples]
+    feats = [build_features(task, e, tokenizer, cfg.max_length) for e in examples]
+    batches = [collate(feats[i:i + args.batch_size], tokenizer.pad_token_id)
+               for i in range(0, len(feats), args.batch_size)]
+    model.eval()
+    result = {"task": task.name, "examples": len(feats), "run": str(args.run) if args.run else "a0 initial model",
+              "geometry": geometry(model, batches),
+              "gradients_vs_fp32": gradient_agreement(model, batches[:4], ["bf16", "bf16-head-fp32",
+                                                                           "bf16-eager-attention"])}
+    from loadtest.provenance import write_report
+
+    write_report(result, args.json)
+
+
+if __name__ == "__main__":
+    main()
