@@ -35,6 +35,19 @@ def cpu_flags(lines: list[str] | None = None) -> dict[str, bool]:
     return {flag: flag in have for flag in CPU_FLAGS}
 
 
+def cpu_kind(found: dict | None = None) -> str:
+    """A short file-name-safe name for the kind of CPU, from `machine()`: its model name and the best of the
+    flags our speed depends on, e.g. `amd-epyc-avx512-bf16` or `amd-epyc-avx2` (the same model name
+    covers CPUs with and without AVX-512)."""
+    found = found or machine()
+    flags = found.get("cpu_flags") or cpu_flags()
+    best = next((label for flag, label in (("amx_int8", "amx"), ("avx512_bf16", "avx512-bf16"),
+                                           ("avx512f", "avx512"), ("avx2", "avx2")) if flags.get(flag)), "no-avx2")
+    name = "".join(c if c.isalnum() else "-" for c in str(found.get("cpu", "unknown")).lower())
+    name = "-".join(part for part in name.split("-") if part and part not in ("processor", "r", "tm"))
+    return f"{name or 'unknown'}-{best}"
+
+
 def torch_version() -> str | None:
     """The installed torch's version, read without importing it (None where torch is not installed)."""
     if "torch" in sys.modules:
