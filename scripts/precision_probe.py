@@ -21,9 +21,7 @@ are not timings.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -39,16 +37,20 @@ from training.config import TrainConfig  # noqa: E402
 from training.data import build_features, collate  # noqa: E402
 from training.loop import is_held_out, seed_everything  # noqa: E402
 from training.model import make_model  # noqa: E402
-from training.run_dir import CHECKPOINT, resolve_backbone  # noqa: E402
+from training.run_dir import load_run_model, resolve_backbone  # noqa: E402
 
-GROUPS = {"head": lambda n: n.startswith("head."),
-          "last_block": lambda n: ".layers.29." in n,
-          "first_block": lambda n: ".layers.0." in n,
-          "embedding": lambda n: "embed_tokens" in n}
+def groups(model) -> dict:
+    """Parameter groups compared: the head, the last and first decoder blocks, the embedding."""
+    last = model.backbone.config.num_hidden_layers - 1
+    return {"head": lambda n: n.startswith("head."),
+            "last_block": lambda n: f".layers.{last}." in n,
+            "first_block": lambda n: ".layers.0." in n,
+            "embedding": lambda n: "embed_tokens" in n}
 
 
 def bf16(enabled: bool = True):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else nullcontext()
+    """bf16 autocast, or (False) none: also inside an enclosing autocast, which a nullcontext would not undo."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
 
 
 def hidden_states(model, batch) -> tuple[torch.Tensor, ...]:
@@ -96,35 +98,51 @@ def gradients(model, batch, precision: str) -> dict[str, torch.Tensor]:
         if eager:
             model.backbone.set_attn_implementation("sdpa")
     return {g: torch.cat([p.grad.flatten().float() for n, p in model.named_parameters()
-                          if p.grad is not None and pick(n)]) for g, pick in GROUPS.items()}
+                          if p.grad is not None and pick(n)]) for g, pick in groups(model).items()}
 
 
 def gradient_agreement(model, batches, variants: list[str]) -> dict:
     model.eval()  # no head dropout: the two passes must see the same function
     out: dict[str, dict] = {}
     for v in variants:
-        cos: dict[str, list[float]] = {g: [] for g in GROUPS}
-        rel: dict[str, list[float]] = {g: [] for g in GROUPS}
+        names = list(groups(model))
+        cos: dict[str, list[float]] = {g: [] for g in names}
+        rel: dict[str, list[float]] = {g: [] for g in names}
         for batch in batches:
             ref = gradients(model, batch, "fp32")
             got = gradients(model, batch, v)
-            for g in GROUPS:
+            for g in names:
                 cos[g].append(float(torch.nn.functional.cosine_similarity(ref[g], got[g], dim=0)))
                 rel[g].append(float((got[g] - ref[g]).norm() / ref[g].norm().clamp(min=1e-30)))
         out[v] = {g: {"cosine": round(sum(cos[g]) / len(cos[g]), 4), "rel_error": round(sum(rel[g]) / len(rel[g]), 4)}
-                  for g in GROUPS}
+                  for g in names}
     return out
 
 
-def load_model(task, run: Path | None, seed: int):
-    cfg = TrainConfig(out=Path("/nonexistent"), task=task.name, alpha=0.0, seed=seed, precision="fp32")
-    backbone = resolve_backbone(cfg)
-    seed_everything(seed)
-    model = make_model(cfg, task.num_labels, backbone)
+def load_model(task_name: str, run: Path | None, seed: int, backbone: Path | None):
+    """(model, tokenizer, config, task): a run's last checkpoint, or the a0 arm's initial model (the
+    backbone, default the embedded one, with the head seeded as a run of `seed` seeds it)."""
     if run is not None:
-        state = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["trainable"], strict=False)
-    return cfg, model, load_tokenizer(backbone, False)
+        return load_run_model(run, "last")
+    cfg = TrainConfig(out=Path("/nonexistent"), task=task_name, alpha=0.0, seed=seed, precision="fp32",
+                      backbone=backbone)
+    task = get_task(task_name)
+    path = resolve_backbone(cfg)
+    seed_everything(seed)
+    return make_model(cfg, task.num_labels, path), load_tokenizer(path, False), cfg, task
+
+
+def probe(model, tokenizer, cfg, task, examples: int, batch_size: int) -> dict:
+    """Geometry over `examples` train inputs (outside the held-out slice), gradients over the first 4 batches."""
+    train = [e for e in load_examples(task, "train", cfg.data_dir) if not is_held_out(cfg, task, e)][:examples]
+    feats = [build_features(task, e, tokenizer, cfg.max_length) for e in train]
+    batches = [collate(feats[i:i + batch_size], tokenizer.pad_token_id) for i in range(0, len(feats), batch_size)]
+    model.eval()
+    return {"task": task.name, "examples": len(feats), "geometry": geometry(model, batches),
+            "gradients_vs_fp32": gradient_agreement(model, batches[:4], VARIANTS)}
+
+
+VARIANTS = ["bf16", "bf16-head-fp32", "bf16-eager-attention"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,22 +152,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run", type=Path, default=None, help="a run directory: probe its last checkpoint")
+    p.add_argument("--backbone", type=Path, default=None, help="without --run: this backbone, not the embedded one")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    task = get_task(args.task)
-    cfg, model, tokenizer = load_model(task, args.run, args.seed)
-    examples = [e for e in load_examples(task, "train") if not is_held_out(cfg, task, e)][: args.examples]
-    feats = [build_features(task, e, tokenizer, cfg.max_length) for e in examples]
-    batches = [collate(feats[i:i + args.batch_size], tokenizer.pad_token_id)
-               for i in range(0, len(feats), args.batch_size)]
-    model.eval()
-    result = {"task": task.name, "examples": len(feats), "run": str(args.run) if args.run else "a0 initial model",
-              "geometry": geometry(model, batches),
-              "gradients_vs_fp32": gradient_agreement(model, batches[:4], ["bf16", "bf16-head-fp32",
-                                                                           "bf16-eager-attention"])}
+    model, tokenizer, cfg, task = load_model(args.task, args.run, args.seed, args.backbone)
+    result = {"run": str(args.run) if args.run else "a0 initial model",
+              **probe(model, tokenizer, cfg, task, args.examples, args.batch_size)}
     from loadtest.provenance import write_report
 
     write_report(result, args.json)
