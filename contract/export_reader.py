@@ -181,6 +181,19 @@ def check_files(path: Path, manifest: Manifest) -> None:
                               "the export was modified or is corrupt")
 
 
+def int8_layers(path: Path, manifest: Manifest, model: PooledClassifier, device: str) -> None:
+    """Give an int8 export's model its int8 linear layers (shapes only; the weights load next)."""
+    from .int8 import SCHEME, quantize
+
+    scheme = manifest.quantization.get("scheme")
+    if scheme != SCHEME:
+        raise ExportError(f"{path}: quantization scheme {scheme!r} is not one this build runs ({SCHEME!r})")
+    try:
+        quantize(model.backbone, manifest.quantization.get("keep_float", []), empty=True)
+    except ValueError as exc:
+        raise ExportError(f"{path}: manifest.json quantization.keep_float: {exc}") from exc
+
+
 def load_export(path: Path, dtype: torch.dtype = torch.bfloat16, device: str = "cpu",
                 verify_hashes: bool = True, allow_missing_digest: bool = False) -> LoadedModel:
     """Build backbone (from config.json, no LM head) + head and load the export's weights strictly.
@@ -191,6 +204,10 @@ def load_export(path: Path, dtype: torch.dtype = torch.bfloat16, device: str = "
 
     path = Path(path)
     manifest, task = check_export(path, verify_hashes, allow_missing_digest)
+    if manifest.quantization is not None and torch.device(device).type != "cpu":
+        # On a GPU the float export is what serves: our GPU path is bf16 with CUDA graphs, left as it is.
+        raise ExportError(f"{path}: an int8 export runs on the CPU only, not on {device}; serve its float "
+                          f"export ({manifest.quantization.get('source', 'the one it was quantized from')}) there")
     try:
         state = load_file(str(path / WEIGHTS_FILE))
     except Exception as exc:  # safetensors raises its own error types for truncated or garbled files
@@ -203,6 +220,8 @@ def load_export(path: Path, dtype: torch.dtype = torch.bfloat16, device: str = "
     with torch.device(device):
         backbone = AutoModel.from_config(config, dtype=dtype)
         model = PooledClassifier(backbone, ClassifierHead(manifest.head), manifest.pooling)
+    if manifest.quantization is not None:
+        int8_layers(path, manifest, model, device)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # a tensor of the wrong shape, e.g. a head with other num_labels

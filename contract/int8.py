@@ -17,6 +17,8 @@ named in `keep_float` stay float (the few a sensitivity ranking finds that the g
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -34,15 +36,29 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class Int8Linear(nn.Module):
     """y = x W^T + b with W stored int8 per output channel and x quantized per token at run time; the
-    int8 x int8 products accumulate in int32 (`torch._int_mm`), then scale back to x's dtype."""
+    int8 x int8 products accumulate in int32 (`torch._int_mm`), then scale back to x's dtype.
 
-    def __init__(self, linear: nn.Linear):
+    Its scales and bias stay float32 whatever the model is cast to (`_apply`): a bf16 scale would be a
+    per-channel error of up to 0.4 %, on every token, for nothing (they are one float per channel)."""
+
+    def __init__(self, linear: nn.Linear, empty: bool = False):
         super().__init__()
-        values, scale = quantize_rows(linear.weight.detach())
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        if empty:  # the shapes only: an export's tensors are loaded into it next (export_reader)
+            values = torch.zeros(self.out_features, self.in_features, dtype=torch.int8)
+            scale = torch.ones(self.out_features)
+        else:
+            values, scale = quantize_rows(linear.weight.detach())
         self.register_buffer("weight_t", values.t().contiguous())  # (K, N): _int_mm's right operand
         self.register_buffer("weight_scale", scale)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float())
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self.weight_scale = self.weight_scale.float()
+        if self.bias is not None:
+            self.bias = self.bias.float()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
@@ -132,12 +148,55 @@ def _fold_v_into_o(attn: nn.Module, act_max: torch.Tensor, alpha: float) -> None
     attn.o_proj.weight.mul_(s_o.to(attn.o_proj.weight.dtype)[None, :])
 
 
-def quantize(backbone: nn.Module, keep_float: Iterable[str] = ()) -> list[str]:
+def quantize(backbone: nn.Module, keep_float: Iterable[str] = (), empty: bool = False) -> list[str]:
     """Replace every linear layer of `backbone` but those named in `keep_float` by an `Int8Linear`, in
-    place. Returns the names replaced."""
+    place (`empty`: shapes only, to load an int8 export's tensors into). Returns the names replaced."""
     keep = set(keep_float)
+    unknown = keep - {n for n, m in backbone.named_modules() if isinstance(m, nn.Linear)}
+    if unknown:
+        raise ValueError(f"keep_float names no linear layer of the backbone: {sorted(unknown)[:3]}")
     targets = [(n, m) for n, m in backbone.named_modules() if isinstance(m, nn.Linear) and n not in keep]
     for name, module in targets:
         parent, _, leaf = name.rpartition(".")
-        setattr(backbone.get_submodule(parent) if parent else backbone, leaf, Int8Linear(module))
+        setattr(backbone.get_submodule(parent) if parent else backbone, leaf, Int8Linear(module, empty))
     return [n for n, _ in targets]
+
+
+# --- int8 exports and their gate ---------------------------------------------------------------
+SCHEME = "int8-w8a8-per-channel-per-token-smoothquant"
+GATE_FILE = "int8-gate.json"  # written beside an int8 export's sealed files by the gate, one entry per CPU kind
+ALLOW_UNGATED_FLAG = "--allow-ungated-int8"  # `dhrd serve`'s name for serving one whose gate has not passed
+
+
+def gate_for(export: Path, kind: str) -> dict | None:
+    """The gate's verdict for `kind` of CPU (contract.cpu.cpu_kind) recorded in an int8 export, or None
+    when it never ran there. The file is outside the manifest's hashes: the gate runs after export."""
+    path = Path(export) / GATE_FILE
+    try:
+        entries = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return None
+    entry = entries.get(kind) if isinstance(entries, dict) else None
+    return entry if isinstance(entry, dict) else None
+
+
+def record_gate(export: Path, kind: str, verdict: dict) -> Path:
+    """Add (or replace) `kind`'s verdict in the export's gate file; returns its path."""
+    path = Path(export) / GATE_FILE
+    entries = json.loads(path.read_text()) if path.is_file() else {}
+    entries[kind] = verdict
+    path.write_text(json.dumps(entries, indent=2) + "\n")
+    return path
+
+
+def check_gate(export: Path, kind: str, allow_ungated: bool) -> dict | None:
+    """Whether an int8 export may serve on this `kind` of CPU: its gate passed here, or the operator said
+    to serve it anyway (`allow_ungated`, logged by the caller). Returns the gate's verdict (None: never run
+    here); raises ValueError naming the export, the CPU kind and both ways on."""
+    verdict = gate_for(export, kind)
+    if (verdict is None or not verdict.get("passed")) and not allow_ungated:
+        state = "has not run" if verdict is None else f"failed ({', '.join(verdict.get('failed', [])) or 'see it'})"
+        raise ValueError(f"{export}: an int8 export whose gate {state} on this CPU ({kind}); run `python -m "
+                         f"loadtest.forward int8 --export <its float export> --int8-export {export} --gate` here, "
+                         f"serve the float export, or pass {ALLOW_UNGATED_FLAG} to serve it anyway")
+    return verdict

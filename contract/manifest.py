@@ -73,13 +73,19 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
     dtype: str = "bfloat16"
     task_spec: dict[str, Any] | None = None  # custom tasks only
+    # int8 exports only (`dhrd quantize`): scheme, SmoothQuant alpha, calibration inputs, layers kept in float,
+    # the float export it came from. None: a float export.
+    quantization: dict[str, Any] | None = None
     truncation: str = "left"
     format_version: int = EXPORT_FORMAT_VERSION
     contract_version: str = CONTRACT_VERSION
     created: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if data["quantization"] is None:  # a float export's manifest stays readable by builds before int8
+            del data["quantization"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Manifest":

@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.cli", "train a dual-head (or, with --alpha 0, pooled baseline) classifier"),
     "evaluate": ("training.cli", "predict a split with a trained run; write predictions and metrics JSON"),
     "export": ("training.cli", "write a serving directory: merged backbone (no LM head) + head + manifest"),
+    "quantize": ("training.cli", "write an int8 export from a float export (CPU only; served once its gate passes)"),
     "serve": ("service.cli", "serve exported classifiers over HTTP (FastAPI + dynamic batching)"),
 }
 

@@ -13,39 +13,7 @@ from pathlib import Path
 
 from . import REPO
 
-# The CPU flags our speed depends on: AVX2/FMA (fp32 matmuls), AVX-512 and its BF16/VNNI extensions and
-# AMX (bf16 and int8 in hardware; without them PyTorch emulates bf16 and `auto` picks fp32).
-CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile")
-
-
-def _cpuinfo() -> list[str]:
-    try:
-        return Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:  # not Linux
-        return []
-
-
-def _field(lines: list[str], name: str) -> str | None:
-    return next((line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() == name), None)
-
-
-def cpu_flags(lines: list[str] | None = None) -> dict[str, bool]:
-    """Each of CPU_FLAGS: present (True) or absent (False) on this CPU, as /proc/cpuinfo lists them."""
-    have = set((_field(_cpuinfo() if lines is None else lines, "flags") or "").split())
-    return {flag: flag in have for flag in CPU_FLAGS}
-
-
-def cpu_kind(found: dict | None = None) -> str:
-    """A short file-name-safe name for the kind of CPU, from `machine()`: its model name and the best of the
-    flags our speed depends on, e.g. `amd-epyc-avx512-bf16` or `amd-epyc-avx2` (the same model name
-    covers CPUs with and without AVX-512)."""
-    found = found or machine()
-    flags = found.get("cpu_flags") or cpu_flags()
-    best = next((label for flag, label in (("amx_int8", "amx"), ("avx512_bf16", "avx512-bf16"),
-                                           ("avx512f", "avx512"), ("avx2", "avx2")) if flags.get(flag)), "no-avx2")
-    name = "".join(c if c.isalnum() else "-" for c in str(found.get("cpu", "unknown")).lower())
-    name = "-".join(part for part in name.split("-") if part and part not in ("processor", "r", "tm"))
-    return f"{name or 'unknown'}-{best}"
+from contract.cpu import CPU_FLAGS, cpu_flags, cpu_kind, cpu_name, cpuinfo  # noqa: F401  (re-exported)
 
 
 def torch_version() -> str | None:
@@ -62,8 +30,8 @@ def machine(flags: bool = True) -> dict:
     """The CPU's model name, cores, Python, the host's name (`node`), torch's version (None: not installed)
     and, with `flags`, which of CPU_FLAGS the CPU has. The accuracy study's rows take it without the flags:
     their schema is fixed."""
-    lines = _cpuinfo()
-    found = {"cpu": _field(lines, "model name") or platform.processor() or "unknown", "cores": os.cpu_count(),
+    lines = cpuinfo()
+    found = {"cpu": cpu_name(lines), "cores": os.cpu_count(),
              "python": platform.python_version(), "node": platform.node(), "torch": torch_version()}
     return {**found, "cpu_flags": cpu_flags(lines)} if flags else found
 

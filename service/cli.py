@@ -76,11 +76,18 @@ def serve(args: argparse.Namespace) -> None:
 def check_exports(settings: Settings) -> None:
     """Every export's manifest, consistency and (unless disabled, loudly) file hashes, before the port
     opens; the app then loads them without hashing again. Raises ExportError naming the problem."""
+    from contract.cpu import cpu_kind
     from contract.export_reader import check_export
+    from contract.int8 import check_gate
 
     for path in settings.models.values():
-        check_export(path, verify_hashes=settings.verify_hashes,
-                     allow_missing_digest=settings.allow_missing_manifest_digest)
+        manifest, _ = check_export(path, verify_hashes=settings.verify_hashes,
+                                   allow_missing_digest=settings.allow_missing_manifest_digest)
+        if manifest.quantization is not None:
+            verdict = check_gate(path, cpu_kind(), settings.allow_ungated_int8)
+            if verdict is None or not verdict.get("passed"):
+                log.warning("%s: serving an int8 export whose gate has not passed on this CPU (%s): "
+                            "--allow-ungated-int8", path, cpu_kind())
     if not settings.verify_hashes:
         log.warning("--no-verify-hashes: export files are NOT checked against their manifests' sha256")
 

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     # refused unless the operator says, for exports written before the digest existed, to load unchecked.
     allow_missing_manifest_digest: bool = Field(False, description="load exports that have no manifest.sha256 "
                                                 "(written before it existed); their manifest is NOT checked")
+    # An int8 export (`dhrd quantize`) serves only where its gate passed on this kind of CPU (contract/int8.py).
+    allow_ungated_int8: bool = Field(False, description="serve int8 exports whose accuracy gate has not passed on "
+                                     "this kind of CPU (their answers may differ from the float export's)")
     compile: bool = Field(False, description="torch.compile the classifier (inductor, frozen weights); slower "
                                              "start-up, see BENCHMARKS.md for what it buys")
     # Freezing the start-up heap keeps the collector from walking it in every oldest-generation collection,

@@ -87,3 +87,16 @@ def test_a_quantized_backbone_replaces_every_linear_but_those_kept_and_stays_clo
     for b, h in zip(data, reference):
         out = hidden(backbone, b)
         assert ((out - h).norm() / h.norm()).item() < 0.05
+
+
+def test_scales_and_bias_stay_float32_when_the_model_is_cast():
+    layer = Int8Linear(nn.Linear(8, 4, bias=True)).to(torch.bfloat16)
+    assert layer.weight_t.dtype == torch.int8  # .to(dtype) never touches integer tensors
+    assert layer.weight_scale.dtype == torch.float32 and layer.bias.dtype == torch.float32
+    x = torch.randn(3, 8, dtype=torch.bfloat16)
+    assert layer(x).dtype == torch.bfloat16  # and it still answers in the model's dtype
+
+
+def test_a_layer_to_keep_in_float_must_be_a_linear_layer_of_the_backbone(tiny_backbone):
+    with pytest.raises(ValueError, match="layers.0.mlp.nope"):
+        quantize(backbone_of(tiny_backbone), ["layers.0.mlp.nope"])

@@ -117,6 +117,14 @@ def _export(args: argparse.Namespace) -> None:
     print(out)
 
 
+def _quantize(args: argparse.Namespace) -> None:
+    from .quantize import quantize_export
+
+    keep = [n for n in args.keep_float.split(",") if n]
+    print(quantize_export(args.export, args.out, calibration=args.calibration, alpha=args.alpha, keep_float=keep,
+                          data_dir=args.data_dir, verify_examples=args.verify_examples))
+
+
 class DefaultsHelpFormatter(argparse.HelpFormatter):
     """Appends `(default: X)` to a flag's help, except for required flags, switches and unset (None) defaults,
     and help that already says its default."""
@@ -208,6 +216,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=None,
                    help="data root for the verification examples (default: the run's)")
     p.set_defaults(func=_export)
+
+    p = command("quantize", "Write an int8 export from a float export: the backbone's linear layers in int8 "
+                            "(per-channel weights, per-token activations, SmoothQuant factors from the task's "
+                            "train inputs). It runs on the CPU only, and `dhrd serve` refuses it where its gate "
+                            "(python -m loadtest.forward int8 --int8-export OUT --gate) has not passed.")
+    p.add_argument("export", type=Path, help="float export directory written by `dhrd export`")
+    p.add_argument("--out", type=Path, required=True, help="int8 export directory to write")
+    p.add_argument("--calibration", type=int, default=256, help="train inputs the smoothing factors come from")
+    p.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant's migration strength")
+    p.add_argument("--keep-float", default="", help="comma-separated backbone linear layers kept in float "
+                                                     "(the gate's sensitivity ranking names them)")
+    p.add_argument("--verify-examples", type=int, default=16,
+                   help="validation examples on which the written export must re-load to the same answers")
+    p.add_argument("--data-dir", type=Path, default=None, help="data root (default: $DHRD_DATA_DIR or ../shared/data)")
+    p.set_defaults(func=_quantize)
     return parser
 
 
@@ -218,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (TaskError, BaseModelError, FileNotFoundError, ValueError) as exc:
+    except (TaskError, BaseModelError, FileNotFoundError, ValueError) as exc:  # ExportError is a ValueError
         print(f"dhrd {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from ..provenance import cpu_kind
+from contract.cpu import cpu_kind
 
 
 def smoothed_copy(runner, calibration: list[list[int]], alpha: float, dtype: str):
@@ -153,7 +153,8 @@ def gate(result: dict) -> dict:
 
 def measure(export: Path, split: str, limit: int, calibration: int, seconds: float, dtype: str, alpha: float,
             keep_float: list[str], invariance: int, max_batch_size: int, max_batch_tokens: int,
-            rank_inputs: int = 0) -> dict:
+            rank_inputs: int = 0, int8_export: Path | None = None) -> dict:
+    """`int8_export`: judge that int8 export (`dhrd quantize`) against `export`; else build the int8 model here."""
     from contract.data import load_examples
     from service.device.runner import ModelRunner
     from service.engine.encoder import InputEncoder
@@ -167,13 +168,21 @@ def measure(export: Path, split: str, limit: int, calibration: int, seconds: flo
         fields = [e.fields for e in load_examples(reference.task, which, limit=n)]
         return [encoder.encode(f, i, truncate=True).ids for i, f in enumerate(fields)]
 
-    train = encoded("train", calibration + rank_inputs)
-    calibration_ids, ranking_ids, ids = train[:calibration], train[calibration:], encoded(split, limit)
-    started = time.perf_counter()
-    ranking = rank_layers(reference, smoothed_copy(reference, calibration_ids, alpha, "float32"),
-                          ranking_ids) if ranking_ids else None
-    keep_float = resolve_keep_float(keep_float, ranking)
-    int8 = int8_runner(reference, calibration_ids, alpha, keep_float, dtype)
+    ids, ranking, started = encoded(split, limit), None, time.perf_counter()
+    if int8_export is not None:
+        int8 = ModelRunner.from_export(int8_export, dtype=dtype)
+        q = int8.manifest.quantization
+        if q is None:
+            raise SystemExit(f"--int8-export {int8_export}: a float export (its manifest has no quantization)")
+        alpha, keep_float, calibrated, ranked = q["smoothquant_alpha"], q["keep_float"], q["calibration"]["inputs"], 0
+    else:
+        train = encoded("train", calibration + rank_inputs)
+        calibration_ids, ranking_ids = train[:calibration], train[calibration:]
+        ranking = rank_layers(reference, smoothed_copy(reference, calibration_ids, alpha, "float32"),
+                              ranking_ids) if ranking_ids else None
+        keep_float = resolve_keep_float(keep_float, ranking)
+        int8 = int8_runner(reference, calibration_ids, alpha, keep_float, dtype)
+        calibrated, ranked = len(calibration_ids), len(ranking_ids)
     build_s = time.perf_counter() - started
     served = ModelRunner.from_export(export, dtype=dtype)  # the float model as `dhrd serve --dtype` serves it
     lengths = sorted(len(x) for x in ids)
@@ -183,8 +192,8 @@ def measure(export: Path, split: str, limit: int, calibration: int, seconds: flo
         answers_[f"{dtype}_vs_float32"] = answers(reference, served, ids)
     speed = throughput({dtype: served, "int8": int8}, ids, seconds, max_batch_size, max_batch_tokens)
     return {
-        "export": str(export), "task": reference.task.name, "split": split, "dtype": dtype, "alpha": alpha,
-        "keep_float": keep_float, "calibration_inputs": len(calibration_ids), "ranking_inputs": len(ranking_ids),
+        "export": str(export), "int8_export": str(int8_export) if int8_export else None, "task": reference.task.name, "split": split, "dtype": dtype, "alpha": alpha,
+        "keep_float": keep_float, "calibration_inputs": calibrated, "ranking_inputs": ranked,
         "int8_build_s": round(build_s, 1), "tokens_min_median_max": [lengths[0], lengths[len(lengths) // 2], lengths[-1]],
         "threads": torch.get_num_threads(),
         "answers": answers_,
@@ -204,8 +213,9 @@ def gate_report(result: dict, header: dict) -> dict:
     """The gate's report in the issue's schema (reports/int8/<cpu>-<date>.json), with the measurement under it.
     `speedup_vs_default` is packed forward passes at saturation (device work only, no HTTP): the front end
     adds the same cost to both, so the service's ratio lies between 1 and this one."""
-    return {"cpu": header["machine"]["cpu"], "cpu_kind": cpu_kind(header["machine"]),
-            "cpu_flags": header["machine"]["cpu_flags"], "default_dtype": result["dtype"],
+    machine = header["machine"]
+    return {"cpu": machine["cpu"], "cpu_kind": cpu_kind(machine["cpu"], machine["cpu_flags"]),
+            "cpu_flags": machine["cpu_flags"], "default_dtype": result["dtype"],
             **gate(result), "speedup_vs_default": result["speedup_vs_dtype"],
             "speedup_measured_as": "packed forward passes at saturation, cut as the batcher cuts them",
             "commit": header["commit"], "command": header["command"], "date": header["date"], "measurement": result}
@@ -217,7 +227,10 @@ def main(argv: list[str] | None = None) -> None:
     from ..provenance import REPO, report_header, write_report
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--export", type=Path, required=True)
+    p.add_argument("--export", type=Path, required=True, help="the float export")
+    p.add_argument("--int8-export", type=Path, default=None,
+                   help="an int8 export of it (`dhrd quantize`) to judge; with --gate its verdict for this kind of "
+                        "CPU is recorded in it (what `dhrd serve` checks). Default: build the int8 model here")
     p.add_argument("--split", default="val", help="the split whose answers are compared (never e-SNLI rows 2000+)")
     p.add_argument("--limit", type=int, default=2000)
     p.add_argument("--calibration", type=int, default=256, help="train inputs the smoothing factors come from")
@@ -245,13 +258,20 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--keep-float top:K needs --rank-inputs > 0 (the ranking it picks from)")
     result = write_report(measure(args.export, args.split, args.limit, args.calibration, args.seconds,
                                   resolve_dtype(args.dtype, "cpu"), args.alpha, keep, args.invariance,
-                                  args.max_batch_size, args.max_batch_tokens, args.rank_inputs), args.json)
+                                  args.max_batch_size, args.max_batch_tokens, args.rank_inputs, args.int8_export),
+                          args.json)
     if args.gate:
         header = report_header()
         report = gate_report(result, header)
         out = REPO / "reports" / "int8" / f"{report['cpu_kind']}-{header['date'][:10]}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n")
+        if args.int8_export is not None:
+            from contract.int8 import record_gate
+
+            record_gate(args.int8_export, report["cpu_kind"], {k: report[k] for k in (
+                "passed", "failed", "agreement", "p99_abs_dprob", "max_abs_dprob", "batch_invariance_max_abs_dprob",
+                "speedup_vs_default", "default_dtype", "commit", "date", "command")} | {"report": str(out)})
         print(f"[int8] gate {'PASSED' if report['passed'] else 'FAILED ' + ', '.join(report['failed'])}: {out}")
 
 

@@ -92,7 +92,7 @@ class ServedModel:
         return {"task": m.task, "labels": self.labels, "fields": list(self.encoder.task.fields),
                 "template": template_preview(self.encoder.task),
                 "max_length": m.max_length, "pooling": m.pooling, "base_model": m.base_model.get("name"),
-                "contract_version": m.contract_version, "metrics": m.metrics,
+                "contract_version": m.contract_version, "metrics": m.metrics, "quantization": m.quantization,
                 "cot_prompt_version": COT_ENDPOINT_PROMPT_VERSION if self.cot is not None else None}
 
     def encode(self, items: Sequence[Item], options: InputOptions) -> list[Encoded]:

@@ -95,6 +95,8 @@ class ModelCard(BaseModel):
     contract_version: str
     metrics: dict[str, Any]
     cot_prompt_version: str | None = Field(None, description="tag of the /classify/cot prompt; null when disabled")
+    quantization: dict[str, Any] | None = Field(None, description="an int8 export's scheme, calibration and layers "
+                                                "kept in float (`dhrd quantize`); null for a float export")
 
 
 class ModelList(BaseModel):

@@ -9,7 +9,7 @@ import pytest
 
 from loadtest.forward import int8 as probe
 from loadtest.forward.int8 import GATE, gate, main, measure, resolve_keep_float
-from loadtest.provenance import cpu_kind
+from contract.cpu import cpu_kind
 
 
 def test_the_probe_reports_agreement_invariance_speed_and_a_ranking(tiny_export, data_dir, monkeypatch):
@@ -76,11 +76,9 @@ def test_the_gate_report_lands_under_reports_int8_in_the_issues_schema(tiny_expo
 
 
 def test_cpu_kind_names_the_model_and_its_best_flag():
-    assert cpu_kind({"cpu": "AMD EPYC", "cpu_flags": {"avx2": True, "avx512f": True, "avx512_bf16": True}}) \
-        == "amd-epyc-avx512-bf16"
-    assert cpu_kind({"cpu": "AMD EPYC", "cpu_flags": {"avx2": True}}) == "amd-epyc-avx2"
-    assert cpu_kind({"cpu": "Intel(R) Xeon(R) Platinum 8480+", "cpu_flags": {"amx_int8": True}}) \
-        == "intel-xeon-platinum-8480-amx"
+    assert cpu_kind("AMD EPYC", {"avx2": True, "avx512f": True, "avx512_bf16": True}) == "amd-epyc-avx512-bf16"
+    assert cpu_kind("AMD EPYC", {"avx2": True}) == "amd-epyc-avx2"
+    assert cpu_kind("Intel(R) Xeon(R) Platinum 8480+", {"amx_int8": True}) == "intel-xeon-platinum-8480-amx"
 
 
 def test_the_confirmation_split_is_refused_before_anything_loads():
@@ -91,3 +89,22 @@ def test_the_confirmation_split_is_refused_before_anything_loads():
 def test_top_k_without_a_ranking_is_refused_before_anything_loads():
     with pytest.raises(SystemExit, match="rank-inputs"):
         main(["--export", "nowhere", "--keep-float", "top:3"])
+
+
+def test_the_gate_judges_an_int8_export_and_records_its_verdict_in_it(tiny_export, data_dir, monkeypatch, tmp_path):
+    """`--int8-export Q --gate`: Q (written by `dhrd quantize`) is what is judged, and the verdict for this
+    kind of CPU lands in Q, where `dhrd serve` looks for it."""
+    from contract.int8 import gate_for
+    from training.cli import main as dhrd
+
+    monkeypatch.setenv("DHRD_DATA_DIR", str(data_dir))
+    monkeypatch.setattr("loadtest.provenance.REPO", tmp_path)
+    q = tmp_path / "q"
+    assert dhrd(["quantize", str(tiny_export), "--out", str(q), "--calibration", "4", "--verify-examples", "2"]) == 0
+    main(["--export", str(tiny_export), "--int8-export", str(q), "--limit", "8", "--seconds", "0.05",
+          "--dtype", "float32", "--invariance", "2", "--gate"])
+    (written,) = (tmp_path / "reports" / "int8").glob("*.json")
+    report = json.loads(written.read_text())
+    assert report["measurement"]["int8_export"] == str(q) and report["measurement"]["calibration_inputs"] == 4
+    verdict = gate_for(q, cpu_kind())
+    assert verdict["passed"] == report["passed"] and verdict["agreement"] == report["agreement"]

@@ -27,6 +27,7 @@ class FakeManifest:
     base_model = {"name": "none"}
     contract_version = "1.0"
     metrics: dict = {}
+    quantization = None
 
 
 class FakeTokenizer:
