@@ -64,9 +64,10 @@ class Int8Linear(nn.Module):
         rows = x.reshape(-1, self.in_features)
         values, scale = quantize_rows(rows)
         acc = torch._int_mm(values, self.weight_t)  # (rows, N) int32; torch 2.13's CPU kernel takes any row count
-        out = acc.float() * (scale[:, None] * self.weight_scale[None, :])
+        # In place on the one float32 copy: an outer product of the scales would be a second (rows, N) matrix.
+        out = acc.float().mul_(scale[:, None]).mul_(self.weight_scale)
         if self.bias is not None:
-            out = out + self.bias
+            out.add_(self.bias)
         return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
 
