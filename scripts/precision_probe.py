@@ -35,7 +35,8 @@ from contract.model import position_ids_from_mask  # noqa: E402
 from contract.tasks import get_task  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.data import build_features, collate  # noqa: E402
-from training.loop import is_held_out, seed_everything  # noqa: E402
+from training.loop import seed_everything  # noqa: E402
+from training.splits import is_held_out  # noqa: E402
 from training.model import make_model  # noqa: E402
 from training.run_dir import load_run_model, resolve_backbone  # noqa: E402
 

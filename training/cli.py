@@ -190,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("evaluate", "Predict a split with a trained run; writes RUN/eval/<split>.predictions.jsonl "
                             "(key, pred, gold, probs) and RUN/eval/<split>.metrics.json, and prints the metrics.")
     p.add_argument("run", type=Path, help="run directory written by `dhrd train`")
-    p.add_argument("--split", default="val", help="split to predict (train, val, or any split the task declares)")
+    p.add_argument("--split", default="val", help="split to predict (train, val, any split the task declares, or "
+                                                   "holdout: the held-out slice of train less what the run trained on)")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"],
                    help="'best': the best epoch's weights; 'last': the latest checkpoint")
     p.add_argument("--batch-size", type=int, default=16, help="examples per forward pass")

@@ -15,6 +15,7 @@ from contract.tasks import Example, Task
 
 from .data import load_examples
 from .run_dir import EVAL_DIR, load_run_model
+from .splits import unseen_holdout
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -67,12 +68,16 @@ def write_predictions(path: Path, task: Task, examples: Sequence[Example], logit
 def evaluate_run(run_dir: Path, split: str = "val", data_dir: Path | None = None, checkpoint: str = "best",
                  batch_size: int = 16, limit: int | None = None, precision: str | None = None) -> dict[str, Any]:
     """Load a run's checkpoint, predict a split, write `eval/<split>.predictions.jsonl` and `.metrics.json`.
+    Split "holdout" is the run's held-out slice of train less what it trained on (`splits.unseen_holdout`).
     `precision` (default: the run's training precision) sets the scoring passes' autocast; the metrics
     file records the precision used."""
     model, tokenizer, cfg, task = load_run_model(run_dir, checkpoint)
     device = next(model.parameters()).device
     scored_in = resolve_precision(precision or cfg.precision, device)
-    examples = load_examples(task, split, data_dir or cfg.data_dir, limit=limit)
+    if split == "holdout":
+        examples = unseen_holdout(cfg, task, data_dir)[:limit]
+    else:
+        examples = load_examples(task, split, data_dir or cfg.data_dir, limit=limit)
     logits = predict_logits(model, tokenizer, task, examples, cfg.max_length, batch_size, scored_in)
     out_dir = Path(run_dir) / EVAL_DIR
     out_dir.mkdir(exist_ok=True)

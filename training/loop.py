@@ -18,10 +18,11 @@ from contract.manifest import file_sha256
 from contract.tasks import Example, Task, TaskError, get_task
 
 from .config import TrainConfig
-from .data import Features, build_features, collate, holdout_part, load_examples, split_path
+from .data import Features, build_features, collate, load_examples, split_path
 from .evaluate import autocast, compute_metrics, predict_logits, resolve_precision
 from .memory import peak_rss_mb, release_free_memory, rss_mb
 from .model import DualHeadModel, make_model
+from .splits import train_candidates, validation_examples
 from .run_dir import (LOG_FILE, SUMMARY_FILE, has_checkpoint, prepare_run_dir, resolve_backbone, restore_checkpoint,
                       save_best, save_checkpoint)
 
@@ -110,8 +111,7 @@ def make_features(cfg: TrainConfig, task: Task, tokenizer,
     With --only-with-rationales the examples are cut to those the rationale file covers, for
     alpha = 0 too, so a pooled baseline trains on exactly the examples its DHRD twin does.
     """
-    examples = [e for e in split_examples if not is_held_out(cfg, task, e)]
-    examples = examples[: cfg.train_limit] if cfg.train_limit else examples
+    examples = train_candidates(cfg, task, split_examples)
     train_file = split_path(task, "train", cfg.data_dir)
     data_info: dict[str, Any] = {"train_file": str(train_file), "train_sha256": file_sha256(train_file)}
     rationales: dict[str, str] = {}
@@ -122,24 +122,6 @@ def make_features(cfg: TrainConfig, task: Task, tokenizer,
                             lm_span=cfg.lm_span, max_rationale_tokens=cfg.max_rationale_tokens) for e in examples]
     data_info["truncated_inputs"] = sum(f.truncated for f in feats)
     return feats, data_info
-
-
-def is_held_out(cfg: TrainConfig, task: Task, example: Example) -> bool:
-    """In the --holdout slice of train: by the hash of the example's group (a MultiRC question's answer
-    options go together) or of its formatted input, so a duplicate never sits on both sides and the
-    slice does not move with --train-limit or the seed."""
-    return cfg.holdout > 0 and holdout_part(example.group or task.format(example.fields), cfg.holdout) == "val"
-
-
-def validation_examples(cfg: TrainConfig, task: Task, split_examples: list[Example]) -> list[Example]:
-    """What the end of each epoch scores: the val split, or with --holdout the held-out slice of the
-    train split (`split_examples`)."""
-    if not cfg.holdout:
-        return load_examples(task, "val", cfg.data_dir, limit=cfg.eval_limit)
-    held = [e for e in split_examples if is_held_out(cfg, task, e)]
-    if not held:
-        raise TaskError(f"--holdout {cfg.holdout} leaves no validation example in the train split of {task.name}")
-    return held[: cfg.eval_limit] if cfg.eval_limit else held
 
 
 def _join_rationales(cfg: TrainConfig, task: Task, examples: list[Example], split_examples: list[Example],

@@ -16,7 +16,7 @@ import torch
 from training.cli import main
 from training.config import TrainConfig
 from training.data import load_examples
-from training.loop import is_held_out, validation_examples
+from training.splits import is_held_out, validation_examples
 from contract.tasks import get_task
 
 from ..conftest import write_rationales
@@ -322,3 +322,23 @@ def test_evaluate_scores_in_another_precision_when_asked_and_says_which(trained_
     assert fp32["trained_precision"] == bf16["trained_precision"] in ("fp32", "bf16")  # 'auto' as resolved
     assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16") and probs16 != probs32
     assert max(abs(a - b) for p, q in zip(probs16, probs32) for a, b in zip(p, q)) < 0.2
+
+
+def test_evaluate_scores_the_held_out_slice_of_train_less_what_the_run_trained_on(trained_run, data_dir):
+    """`--split holdout` on a run trained without --holdout (first 24 CB train rows): the 10 % hash slice of
+    train, with the slice's rows among those 24 left out, since the run has seen them."""
+    from contract.data import holdout_part
+    from training.splits import DEFAULT_HOLDOUT, unseen_holdout
+    from training.run_dir import load_config
+
+    assert main(["evaluate", str(trained_run), "--split", "holdout"]) == 0
+    result = json.loads((trained_run / "eval" / "holdout.metrics.json").read_text())
+    keys = [json.loads(r)["key"] for r in (trained_run / "eval" / "holdout.predictions.jsonl").read_text().splitlines()]
+    task = get_task("cb")
+    train = load_examples(task, "train", data_dir)
+    cfg = load_config(trained_run)
+    in_slice = {e.key for e in train if holdout_part(task.format(e.fields), DEFAULT_HOLDOUT) == "val"}
+    seen = {e.key for e in train[:24]}
+    assert set(keys) == in_slice - seen and result["examples"] == len(keys) > 0
+    assert in_slice & seen  # the slice did hold rows the run trained on: leaving them out mattered
+    assert [e.key for e in unseen_holdout(cfg, task, data_dir)] == keys
