@@ -52,6 +52,9 @@ def main() -> int:
     parser.add_argument("--precision", choices=["bf16", "fp32"], default=None,
                         help="train and score every run in this precision (tracks that name their own keep it) "
                              "and count only rows in it as done; default: `dhrd train`'s auto")
+    parser.add_argument("--holdout-scores", action="store_true",
+                        help="also score every run on the held-out slice of train it never saw (`dhrd evaluate "
+                             "--split holdout`), recorded in its row under \"holdout\"")
     parser.add_argument("--scored-esnli", action="store_true",
                         help="print which e-SNLI test rows the committed rows and predictions have scored, and exit")
     args = parser.parse_args()
@@ -78,7 +81,7 @@ def main() -> int:
             if (track, arm, seed) in done:
                 continue
             print(f"[study] {i}/{len(plan)}: {track} {arm} seed {seed}", flush=True)
-            row = run_one(track, arm, seed, args.runs, args.rows, args.precision)
+            row = run_one(track, arm, seed, args.runs, args.rows, args.precision, args.holdout_scores)
             print(f"[study] {track} {arm} seed {seed}: accuracy {row['metrics']['accuracy']:.4f} "
                   f"({row['train_wall_s']:.0f} s training)", flush=True)
             if args.commit:

@@ -153,10 +153,13 @@ def dhrd_train(track: dict, run: Path, seed: int, epochs: int, *flags: str) -> l
             "--eval-batch-size", "32", "--no-progress", "--resume", *flags]
 
 
-def run_one(name: str, arm: str, seed: int, runs: Path, rows_path: Path, precision: str | None = None) -> dict:
+def run_one(name: str, arm: str, seed: int, runs: Path, rows_path: Path, precision: str | None = None,
+            holdout: bool = False) -> dict:
     """Train and score one run; its row is appended to `rows_path`. `precision` (bf16, fp32) is passed to
     `dhrd train` for a track that names none, and then also names the run directory and the kept
-    predictions, which sit beside the same run in the precision `auto` picked."""
+    predictions, which sit beside the same run in the precision `auto` picked. `holdout`: also score the
+    held-out slice of train the run never saw (`dhrd evaluate --split holdout`), kept and recorded under
+    the row's "holdout"."""
     track = TRACKS[name]
     precision = None if "precision" in track else precision
     tag = f"-{precision}" if precision else ""
@@ -187,8 +190,21 @@ def run_one(name: str, arm: str, seed: int, runs: Path, rows_path: Path, precisi
            "train_command": shlex.join(relative(cmd)), "eval_command": shlex.join(relative(evaluate)),
            "machine": where,
            "commit": trained_from, "date": time.strftime("%Y-%m-%d %H:%M")}
+    if holdout:
+        row["holdout"] = score_holdout(run, rows_path, name, f"{arm}-s{seed}{tag}", where)
     append_row(rows_path, row)
     return row
+
+
+def score_holdout(run: Path, rows_path: Path, name: str, stem: str, where: dict) -> dict:
+    """Score `run` on the held-out slice of train it never saw; keep its predictions beside the rows."""
+    evaluate = [*DHRD, "evaluate", str(run), "--split", "holdout", "--checkpoint", "last", "--batch-size", "32"]
+    subprocess.run(evaluate, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    kept = keep_predictions(run / "eval" / "holdout.predictions.jsonl", rows_path.parent / "predictions" / name
+                            / f"{stem}.holdout.{row_device({'machine': where})}.jsonl.gz")
+    scored = json.loads((run / "eval" / "holdout.metrics.json").read_text())
+    return {"metrics": scored["metrics"], "examples": scored["examples"], "predictions": recorded_path(kept, rows_path),
+            "eval_command": shlex.join(relative(evaluate))}
 
 
 def recorded_path(path: Path, rows_path: Path) -> str:
@@ -249,7 +265,8 @@ def commit_row(row: dict, rows_path: Path, i: int, total: int) -> str:
     nothing else: `git commit -- paths` leaves whatever else is staged there alone. Retries while another
     git command holds the index lock. Returns the new commit's short hash."""
     root = rows_path.resolve().parents[2]
-    paths = [str(rows_path.resolve().relative_to(root)), row["predictions"]]
+    paths = [str(rows_path.resolve().relative_to(root)), row["predictions"],
+             *([row["holdout"]["predictions"]] if "holdout" in row else [])]
     message = (f"Study run {i}/{total}: {row['track']} {row['arm']} seed {row['seed']}, accuracy "
                f"{row['metrics']['accuracy']:.4f} ({row['precision']}, trained from {row['commit']}, "
                f"{row['train_wall_s']:.0f} s training)")

@@ -436,3 +436,44 @@ def test_a_finished_run_is_committed_alone_in_the_repository_that_holds_the_rows
         "from", "abc1234,", "1500", "s", "training)", "reports/accuracy/predictions/esnli-confirm/a0-2x-s10.cpu.jsonl.gz",
         "reports/accuracy/rows.jsonl"]
     assert git("diff", "--cached", "--name-only").split() == ["other.txt"]  # still staged, not committed
+
+
+def test_holdout_scores_are_kept_recorded_and_committed_with_the_run(tmp_path, monkeypatch):
+    """--holdout-scores: after a run's own split, `dhrd evaluate --split holdout`; its predictions are kept
+    beside the rows and committed with them, its metrics recorded under the row's "holdout"."""
+    import subprocess
+
+    run = tmp_path / "runs" / "esnli" / "a0-2x-s0-fp32"
+    calls = []
+
+    def fake_evaluate(cmd, **kwargs):
+        calls.append(cmd)
+        (run / "eval").mkdir(parents=True, exist_ok=True)
+        (run / "eval" / "holdout.predictions.jsonl").write_text('{"key": "esnli-train/2001"}\n')
+        (run / "eval" / "holdout.metrics.json").write_text(json.dumps({"metrics": {"accuracy": 0.7}, "examples": 1}))
+
+    main = tmp_path / "main"
+    rows = main / "reports" / "precision" / "rows.jsonl"
+    monkeypatch.setattr(runs.subprocess, "run", fake_evaluate)
+    scored = runs.score_holdout(run, rows, "esnli", "a0-2x-s0-fp32", {"device": "cpu"})
+    monkeypatch.undo()
+    (cmd,) = calls
+    assert cmd[cmd.index("evaluate"):cmd.index("evaluate") + 6] == ["evaluate", str(run), "--split", "holdout",
+                                                                      "--checkpoint", "last"]
+    assert scored["metrics"] == {"accuracy": 0.7} and scored["examples"] == 1
+    kept = main / "reports" / "precision" / "predictions" / "esnli" / "a0-2x-s0-fp32.holdout.cpu.jsonl.gz"
+    assert kept.exists() and scored["predictions"] == str(kept)  # outside this checkout: as written
+
+    git = lambda *a: subprocess.run(["git", *a], cwd=main, check=True, capture_output=True, text=True).stdout  # noqa: E731
+    git("init", "-q")
+    git("config", "user.email", "t@example.com"), git("config", "user.name", "t")
+    val = main / "reports" / "precision" / "predictions" / "esnli" / "a0-2x-s0-fp32.cpu.jsonl.gz"
+    val.write_bytes(b"x")
+    row = {"track": "esnli", "arm": "a0-2x", "seed": 0, "precision": "fp32", "commit": "abc1234",
+           "metrics": {"accuracy": 0.75}, "train_wall_s": 900.0, "predictions": str(val.relative_to(main)),
+           "holdout": {**scored, "predictions": str(kept.relative_to(main))}}
+    rows.write_text(json.dumps(row) + "\n")
+    study.commit_row(row, rows, 1, 3)
+    assert sorted(git("show", "--name-only", "--format=", "HEAD").split()) == [
+        "reports/precision/predictions/esnli/a0-2x-s0-fp32.cpu.jsonl.gz",
+        "reports/precision/predictions/esnli/a0-2x-s0-fp32.holdout.cpu.jsonl.gz", "reports/precision/rows.jsonl"]
