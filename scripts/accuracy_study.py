@@ -72,8 +72,10 @@ def main() -> int:
     elif not args.report_only:
         here = row_device({"machine": row_machine()})  # a GPU's runs are its own: CPU rows don't count as done
         # a track that names its precision (the confirmation), or --precision, counts only rows in it as done
+        # ... and with --holdout-scores, only rows that have them (an older row of the same run has none)
         done = {(r["track"], r["arm"], r["seed"]) for r in read_rows(args.rows) if row_device(r) == here
-                and row_precision(r) == TRACKS.get(r["track"], {}).get("precision", args.precision or row_precision(r))}
+                and row_precision(r) == TRACKS.get(r["track"], {}).get("precision", args.precision or row_precision(r))
+                and (not args.holdout_scores or "holdout" in r)}
         plan = confirmation_plan() if args.confirmation else [
             (t, a, int(s)) for s in args.seeds.split(",") for t in args.tracks.split(",")
             for a in args.arms.split(",")]  # seed-major: every arm gets seed 0 before any gets seed 1
