@@ -25,8 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 # a script run as `python scripts/...`: the repo's packages (loadtest, contract) and the study package
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 from study.report import plot, report, superglue_table  # noqa: E402
-from study.runs import (DEFAULT_ROWS, commit_row, confirmation_plan, esnli_rows_scored, merge_rows,  # noqa: E402
-                        padding_waste, read_rows, row_device, row_machine, row_precision, run_one)
+from study.runs import (DEFAULT_ROWS, commit_row, confirmation_plan, done_runs, esnli_rows_scored,  # noqa: E402
+                        merge_rows, padding_waste, read_rows, row_device, row_machine, run_one)
 from study.tracks import TRACKS  # noqa: E402
 
 
@@ -70,12 +70,8 @@ def main() -> int:
         for r in merge_rows(args.merge, args.rows):
             print(f"[study] merged {r['track']} {r['arm']} seed {r['seed']} on {r['machine']['device']}", flush=True)
     elif not args.report_only:
-        here = row_device({"machine": row_machine()})  # a GPU's runs are its own: CPU rows don't count as done
-        # a track that names its precision (the confirmation), or --precision, counts only rows in it as done
-        # ... and with --holdout-scores, only rows that have them (an older row of the same run has none)
-        done = {(r["track"], r["arm"], r["seed"]) for r in read_rows(args.rows) if row_device(r) == here
-                and row_precision(r) == TRACKS.get(r["track"], {}).get("precision", args.precision or row_precision(r))
-                and (not args.holdout_scores or "holdout" in r)}
+        done = done_runs(read_rows(args.rows), row_device({"machine": row_machine()}), args.precision,
+                         args.holdout_scores)
         plan = confirmation_plan() if args.confirmation else [
             (t, a, int(s)) for s in args.seeds.split(",") for t in args.tracks.split(",")
             for a in args.arms.split(",")]  # seed-major: every arm gets seed 0 before any gets seed 1

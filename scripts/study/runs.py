@@ -69,6 +69,15 @@ def check_planned(name: str, cmd: list[str], trained_from: str) -> None:
                          "(run it from the pinned worktree: scripts/confirmation.sh)")
 
 
+def done_runs(rows: list[dict], device: str, precision: str | None, holdout: bool = False) -> set[tuple[str, str, int]]:
+    """(track, arm, seed) of the runs the study skips: rows from this kind of `device` (a GPU's rows do not
+    count on a CPU); in the precision the track names (the confirmation), else `precision` when given;
+    and with `holdout` (--holdout-scores) only rows that have holdout scores."""
+    return {(r["track"], r["arm"], r["seed"]) for r in rows if row_device(r) == device
+            and row_precision(r) == TRACKS.get(r["track"], {}).get("precision", precision or row_precision(r))
+            and (not holdout or "holdout" in r)}
+
+
 def check_row(row: dict) -> None:
     """The last guard before a row is written: a confirm-split row that is not fp32 is refused."""
     if row.get("split") == "confirm" and row_precision(row) != "fp32":

@@ -477,3 +477,19 @@ def test_holdout_scores_are_kept_recorded_and_committed_with_the_run(tmp_path, m
     assert sorted(git("show", "--name-only", "--format=", "HEAD").split()) == [
         "reports/precision/predictions/esnli/a0-2x-s0-fp32.cpu.jsonl.gz",
         "reports/precision/predictions/esnli/a0-2x-s0-fp32.holdout.cpu.jsonl.gz", "reports/precision/rows.jsonl"]
+
+
+def test_which_runs_count_as_done():
+    """A run is skipped when a row of it exists from this kind of device, in the precision asked for (the
+    confirmation's own fp32 whatever is asked), and with --holdout-scores only if that row has them."""
+    cpu, gpu = {"device": "cpu"}, {"device": "NVIDIA H200"}
+    rows = [{"track": "esnli", "arm": "a0-2x", "seed": 0, "precision": "bf16", "machine": cpu},
+            {"track": "esnli", "arm": "a0-2x", "seed": 1, "precision": "fp32", "machine": cpu, "holdout": {}},
+            {"track": "esnli", "arm": "a0-2x", "seed": 2, "precision": "fp32", "machine": gpu},
+            {"track": "esnli-confirm", "arm": "a0-2x", "seed": 10, "precision": "fp32", "machine": cpu}]
+    assert study.done_runs(rows, "cpu", None) == {("esnli", "a0-2x", 0), ("esnli", "a0-2x", 1),
+                                                  ("esnli-confirm", "a0-2x", 10)}
+    assert study.done_runs(rows, "cpu", "bf16") == {("esnli", "a0-2x", 0), ("esnli-confirm", "a0-2x", 10)}
+    assert study.done_runs(rows, "cpu", "fp32", holdout=True) == {("esnli", "a0-2x", 1)}
+    assert study.done_runs(rows, "cpu", "bf16", holdout=True) == set()  # seed 0's bf16 row has no holdout scores
+    assert study.done_runs(rows, "cuda", None) == {("esnli", "a0-2x", 2)}
