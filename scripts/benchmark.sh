@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The performance report end to end: BENCHMARKS.md's measured block and loadtest/results/<date>-<host>.*
-# Needs (and builds once when missing): the CB export (as scripts/demo.sh makes it), a linear-head CB
+# Needs (and builds once when missing): the CB export (as scripts/demo.sh makes it) and its int8 export
+# (dhrd quantize, seconds), a linear-head CB
 # model exported in HF layout for the infinity-emb peer (~4 min), infinity-emb in .venv-infinity.
 # Then every scenario in one run (~25 min on our 2-core CPU). Run it on an otherwise idle machine:
 # the load generator and the servers share the cores, and anything else running skews every number.
@@ -20,4 +21,7 @@ if [ ! -f "$PEER_HF/config.json" ]; then
   [ -f "$PEER_RUN/summary.json" ] || $DHRD train --task cb --head linear --epochs 1 --out "$PEER_RUN" $resume
   $DHRD export "$PEER_RUN" --out "$PEER_EXPORT" --hf-seqcls "$PEER_HF"
 fi
-.venv/bin/python -m loadtest.bench --export "$EXPORT" --peer-hf "$PEER_HF" --benchmarks BENCHMARKS.md "$@"
+INT8_EXPORT=${EXPORT}-int8  # the int8 scenario's export: dhrd quantize of the same model
+[ -f "$INT8_EXPORT/manifest.json" ] || $DHRD quantize "$EXPORT" --out "$INT8_EXPORT"
+.venv/bin/python -m loadtest.bench --export "$EXPORT" --peer-hf "$PEER_HF" --int8-export "$INT8_EXPORT" \
+  --benchmarks BENCHMARKS.md "$@"

@@ -32,10 +32,11 @@ def scrape(port: int) -> dict[str, float]:
 
 
 def measure(export: Path, model: str, scenario: Scenario, seconds: int, workdir: Path,
-            peer_hf: Path | None = None, accuracy_limit: int | None = None) -> dict:
+            peer_hf: Path | None = None, accuracy_limit: int | None = None, int8_export: Path | None = None) -> dict:
     port = free_port()
     log = workdir / f"{scenario.name}.log"
-    server = start_peer(peer_hf, port, log) if scenario.peer else start_server(export, model, port,
+    served = int8_export if scenario.int8 else export
+    server = start_peer(peer_hf, port, log) if scenario.peer else start_server(served, model, port,
                                                                                scenario.serve_flags, log)
     result: dict = {**asdict(scenario)}
     try:

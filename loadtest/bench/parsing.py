@@ -5,7 +5,7 @@ import csv
 
 SCRAPED = ("dhrd_batch_size_sum", "dhrd_batch_size_count", "dhrd_cot_generated_tokens_total",
            "dhrd_inference_duration_seconds_sum", "dhrd_queue_wait_seconds_sum", "dhrd_queue_wait_seconds_count",
-           "dhrd_request_duration_seconds_sum", "dhrd_request_duration_seconds_count")
+           "dhrd_request_duration_seconds_sum", "dhrd_request_duration_seconds_count", "dhrd_input_tokens_total")
 
 
 def locust_stats(stats_csv: str, users: int) -> dict:
@@ -42,7 +42,10 @@ def server_side(before: dict[str, float], after: dict[str, float], seconds: floa
     out = {"mean_batch_size": ratio("dhrd_batch_size_sum", "dhrd_batch_size_count"),
            "forward_busy_percent": round(100 * d["dhrd_inference_duration_seconds_sum"] / seconds, 1),
            "queue_wait_ms": ratio("dhrd_queue_wait_seconds_sum", "dhrd_queue_wait_seconds_count", 1000, 1),
-           "handler_ms": ratio("dhrd_request_duration_seconds_sum", "dhrd_request_duration_seconds_count", 1000, 1)}
+           "handler_ms": ratio("dhrd_request_duration_seconds_sum", "dhrd_request_duration_seconds_count", 1000, 1),
+           # the inputs' own length: fixed by --tokens, or the task's mix in dhrd-real-lengths
+           "mean_input_tokens": ratio("dhrd_input_tokens_total", "dhrd_request_duration_seconds_count", 1.0, 1)
+           if d["dhrd_input_tokens_total"] else None}
     # Per request the server finished (a request cut off at the window's end still generated its tokens).
     if d["dhrd_cot_generated_tokens_total"] and d["dhrd_request_duration_seconds_count"]:
         out["mean_generated_tokens"] = round(d["dhrd_cot_generated_tokens_total"] / d["dhrd_request_duration_seconds_count"], 1)

@@ -39,6 +39,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--peer-hf", type=Path, default=None,
                         help="HF-layout export for the infinity-emb peer (dhrd export --hf-seqcls); "
                              "without it the peer scenario is skipped and the report says so")
+    parser.add_argument("--int8-export", type=Path, default=None,
+                        help="the int8 export of --export (dhrd quantize) for the dhrd-int8 scenario; without it "
+                             "that scenario is skipped and the report says so")
     parser.add_argument("--smoke", action="store_true", help="tiny sweep, 3 s per level, 8 CoT tokens")
     parser.add_argument("--tokens", type=int, default=64,
                         help="cut every input to exactly this many tokens (0: the real validation texts, mixed lengths)")
@@ -61,7 +64,7 @@ def chosen(args: argparse.Namespace) -> list[Scenario]:
     """The default scenarios, or those named in --only; the peer only with --peer-hf."""
     return [s for s in scenarios(args.smoke, args.cot_tokens, args.short_cot_tokens)
             if (s.name in (args.only or []) or (args.only is None and not s.optional))
-            and (args.peer_hf is not None or not s.peer)]
+            and (args.peer_hf is not None or not s.peer) and (args.int8_export is not None or not s.int8)]
 
 
 def run_scenarios(args: argparse.Namespace) -> list[dict]:
@@ -69,8 +72,9 @@ def run_scenarios(args: argparse.Namespace) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="dhrd-load-") as tmp:
         if args.tokens:
             os.environ["DHRD_LOAD_INPUTS"] = str(fixed_length_inputs(args.export, args.tokens, Path(tmp) / "in.json"))
+        int8 = args.int8_export.resolve() if args.int8_export else None
         return [measure(args.export.resolve(), args.model, s, args.seconds, Path(tmp), args.peer_hf,
-                        args.accuracy_limit) for s in chosen(args)]
+                        args.accuracy_limit, int8) for s in chosen(args)]
 
 
 def build_report(args: argparse.Namespace, results: list[dict]) -> dict:
@@ -79,10 +83,12 @@ def build_report(args: argparse.Namespace, results: list[dict]) -> dict:
     from ..forward.passes import profile
     from ..forward.roofline import roofline
 
-    skipped = [] if args.peer_hf else ["peer-infinity: no --peer-hf export given (needs a --head linear model "
-                                       "exported with --hf-seqcls, and loadtest/setup_peer.sh)"]
+    skipped = ([] if args.peer_hf else ["peer-infinity: no --peer-hf export given (needs a --head linear model "
+                                        "exported with --hf-seqcls, and loadtest/setup_peer.sh)"]) + (
+        [] if args.int8_export else ["dhrd-int8: no --int8-export given (dhrd quantize EXPORT --out DIR)"])
     report = {**report_header(),
-              "export": str(args.export), "scenarios": results, "skipped": skipped,
+              "export": str(args.export), "int8_export": str(args.int8_export) if args.int8_export else None,
+              "scenarios": results, "skipped": skipped,
               "serving_dtype": resolve_dtype("auto", "cpu"),  # what `dhrd serve` (--dtype auto) ran in
               "tokens": args.tokens or "validation texts (mixed lengths)",
               "roofline": roofline(args.export, sorted({args.tokens or 64, 64, 128}),

@@ -20,6 +20,7 @@ class Scenario:
     half_load: bool = False  # after the sweep, an open-loop level at half the saturation rate
     slow: bool = False  # CoT: each request takes seconds, so each level runs twice as long
     optional: bool = False  # run only when named in --only
+    int8: bool = False  # serves the --int8-export (`dhrd quantize` of --export) instead of --export
 
 
 # The tuned knobs of scenario 1 (python -m loadtest.forward profile: ~1,024 padded tokens per pass is the CPU optimum).
@@ -46,6 +47,14 @@ def scenarios(smoke: bool, cot_tokens: int, short_cot_tokens: int) -> list[Scena
         # `dhrd serve --compile`: ~2.5 min of compilation at start-up, so not in the default run.
         Scenario("dhrd-compiled", "ClassifyUser", [*BATCHED_FLAGS, "--compile"], sweep[2:] or sweep,
                  note="as dhrd-batched, with --compile", optional=True),
+        # The task's validation inputs as they come (structured fields the service formats, every length):
+        # what a real caller sends, against the fixed-length inputs every other scenario gets.
+        Scenario("dhrd-real-lengths", "ClassifyUser", [*BATCHED_FLAGS], sweep, {"DHRD_LOAD_INPUTS": ""},
+                 note="as dhrd-batched, with the task's validation inputs at their own lengths"),
+        # The int8 export on the same batching; its accuracy gate is judged apart (python -m loadtest.forward
+        # int8 --gate): served here with --allow-ungated-int8 to measure its speed whatever the gate said.
+        Scenario("dhrd-int8", "ClassifyUser", [*BATCHED_FLAGS, "--allow-ungated-int8"], sweep,
+                 note="as dhrd-batched, serving the int8 export (dhrd quantize; gate judged apart)", int8=True),
         Scenario("naive-unbatched", "ClassifyUser", ["--max-batch-size", "1", "--max-wait-ms", "0"], sweep,
                  note="same service, batch size 1"),
         Scenario("peer-infinity", "InfinityUser", [], sweep, {"DHRD_PEER_MODEL": "peer"},

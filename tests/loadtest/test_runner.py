@@ -77,3 +77,34 @@ def test_peer_scenario_serves_the_hf_export_with_infinity(tmp_path, tiny_backbon
     report = json.loads(next((tmp_path / "out").glob("*-smoke.json")).read_text())
     assert report["scenarios"][0]["name"] == "peer-infinity"
     assert all(lv["requests"] > 0 and lv["failures"] == 0 for lv in report["scenarios"][0]["levels"])
+
+
+@pytest.mark.slow
+def test_real_lengths_and_int8_scenarios(tiny_export, tmp_path, data_dir):
+    """dhrd-real-lengths sends the task's validation inputs as they come (not cut to --tokens); dhrd-int8
+    serves the --int8-export (`dhrd quantize`), gate or no gate; without --int8-export it is skipped."""
+    from training.cli import main as dhrd
+
+    int8 = tmp_path / "int8"
+    assert dhrd(["quantize", str(tiny_export), "--out", str(int8), "--calibration", "4", "--verify-examples", "2",
+                 "--data-dir", str(data_dir)]) == 0
+    proc = subprocess.run([sys.executable, "-m", "loadtest.bench", "--export", str(tiny_export), "--smoke",
+                           "--only", "dhrd-batched", "dhrd-real-lengths", "dhrd-int8", "--tokens", "16",
+                           "--int8-export", str(int8), "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(next(tmp_path.glob("*-smoke.json")).read_text())
+    fixed, real, q = report["scenarios"]
+    assert (fixed["name"], real["name"], q["name"]) == ("dhrd-batched", "dhrd-real-lengths", "dhrd-int8")
+    for s in report["scenarios"]:
+        assert all(lv["requests"] > 0 and lv["failures"] == 0 for lv in s["levels"]), s
+    assert fixed["levels"][0]["mean_input_tokens"] == 16.0  # cut to --tokens
+    assert real["levels"][0]["mean_input_tokens"] != 16.0  # CB's validation inputs at their own lengths
+    assert q["int8"] and report["int8_export"] == str(int8) and not report["skipped"][1:]
+
+    proc = subprocess.run([sys.executable, "-m", "loadtest.bench", "--export", str(tiny_export), "--smoke",
+                           "--only", "dhrd-int8", "--out", str(tmp_path / "none")], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(next((tmp_path / "none").glob("*-smoke.json")).read_text())
+    assert report["scenarios"] == [] and any(s.startswith("dhrd-int8: no --int8-export") for s in report["skipped"])
