@@ -80,6 +80,101 @@ def geometry(model, batches) -> list[dict]:
     return rows
 
 
+def pooled(model, batch) -> torch.Tensor:
+    """The pooled feature (final, normed state at the last input token), float32: (B, H)."""
+    out = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         position_ids=position_ids_from_mask(batch["attention_mask"]), use_cache=False)
+    return out.last_hidden_state[torch.arange(batch["input_ids"].shape[0]), batch["pool_index"]].float()
+
+
+def fp32_linear(linear: torch.nn.Linear):
+    """A linear layer's forward in fp32 even inside autocast (which would otherwise cast it to bf16)."""
+    import torch.nn.functional as F
+
+    def forward(x):
+        with bf16(False):
+            return F.linear(x.float(), linear.weight, linear.bias)
+    return forward
+
+
+class BF16Only:
+    """Inside autocast, run in bf16 only the linear layers that `pick(name)` selects (the others, and with
+    `sdpa=False` attention's own scores and mixing, in fp32): which part's rounding is it?"""
+
+    def __init__(self, model, pick, sdpa: bool):
+        self.model, self.pick, self.sdpa = model, pick, sdpa
+        self.saved: list = []
+
+    def __enter__(self):
+        import torch.nn.functional as F
+
+        for name, m in self.model.backbone.named_modules():
+            if isinstance(m, torch.nn.Linear) and not self.pick(name):
+                self.saved.append((m, m.forward))
+                m.forward = fp32_linear(m)
+        if not self.sdpa:
+            self.saved.append((F, F.scaled_dot_product_attention))
+            real = F.scaled_dot_product_attention
+
+            def fp32_sdpa(q, k, v, *args, **kwargs):
+                with bf16(False):
+                    mask = kwargs.get("attn_mask")
+                    if mask is not None and mask.is_floating_point():
+                        kwargs["attn_mask"] = mask.float()
+                    return real(q.float(), k.float(), v.float(), *args, **kwargs)
+            F.scaled_dot_product_attention = fp32_sdpa
+        self.context = bf16()
+        self.context.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.context.__exit__(*exc)
+        for owner, forward in reversed(self.saved):
+            if owner is torch.nn.functional:
+                owner.scaled_dot_product_attention = forward
+            else:
+                del owner.forward  # the class's own forward again, no instance attribute left behind
+        return False
+
+
+# One part of the computation in bf16 at a time, the rest fp32. Linear layers compute in fp32 when
+# excluded (F.linear on float32 inputs, autocast off for them), attention's scores and mixing likewise.
+PARTS = {"attention projections (q, k, v, o)": (lambda n: "self_attn" in n, False),
+         "MLP (gate, up, down)": (lambda n: ".mlp." in n, False),
+         "attention scores and mixing (SDPA)": (lambda n: False, True),
+         "everything (autocast as training uses it)": (lambda n: True, True)}
+
+
+def part_errors(model, batches) -> dict[str, float]:
+    """Median |pooled_bf16 - pooled_fp32| / |pooled_fp32| with only one part of the computation in bf16."""
+    with torch.no_grad():
+        ref = torch.cat([pooled(model, b) for b in batches])
+        out = {}
+        for name, (pick, sdpa) in PARTS.items():
+            with BF16Only(model, pick, sdpa):
+                low = torch.cat([pooled(model, b) for b in batches])
+            out[name] = round(float(((low - ref).norm(dim=-1) / ref.norm(dim=-1)).median()), 5)
+    return out
+
+
+def layer_errors(model, batches) -> list[float]:
+    """The pooled feature's relative bf16 error with autocast on inside one decoder block at a time."""
+    errors = []
+    with torch.no_grad():
+        ref = torch.cat([pooled(model, b) for b in batches])
+        for block in model.backbone.layers:
+            def in_bf16(*args, _forward=block.forward, **kwargs):
+                with bf16():
+                    return _forward(*args, **kwargs)
+            block.forward = in_bf16
+            try:
+                low = torch.cat([pooled(model, b) for b in batches])
+            finally:
+                del block.forward
+            errors.append(round(float(((low - ref).norm(dim=-1) / ref.norm(dim=-1)).median()), 5))
+    return errors
+
+
 def gradients(model, batch, precision: str) -> dict[str, torch.Tensor]:
     """Flattened gradient per group of one micro-batch's classification loss."""
     model.zero_grad(set_to_none=True)
@@ -140,6 +235,8 @@ def probe(model, tokenizer, cfg, task, examples: int, batch_size: int) -> dict:
     batches = [collate(feats[i:i + batch_size], tokenizer.pad_token_id) for i in range(0, len(feats), batch_size)]
     model.eval()
     return {"task": task.name, "examples": len(feats), "geometry": geometry(model, batches),
+            "pooled_error_one_part_in_bf16": part_errors(model, batches),
+            "pooled_error_one_block_in_bf16": layer_errors(model, batches),
             "gradients_vs_fp32": gradient_agreement(model, batches[:4], VARIANTS)}
 
 

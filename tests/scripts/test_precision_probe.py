@@ -47,3 +47,30 @@ def test_fp32_against_itself_is_exact(tiny_backbone, data_dir, monkeypatch):
     a = precision_probe.gradients(model, batch, "fp32")
     b = precision_probe.gradients(model, batch, "fp32")
     assert all(torch.equal(a[g], b[g]) for g in a)
+
+
+def test_one_part_in_bf16_at_a_time_and_all_of_them_together(tiny_backbone, data_dir, monkeypatch):
+    model, result = probe_of(tiny_backbone, data_dir, monkeypatch)
+    parts = result["pooled_error_one_part_in_bf16"]
+    assert set(parts) == set(precision_probe.PARTS) and all(v > 0 for v in parts.values())
+    everything = parts["everything (autocast as training uses it)"]
+    assert everything == result["geometry"][-1]["bf16_error"]  # the same as plain autocast
+    assert len(result["pooled_error_one_block_in_bf16"]) == model.backbone.config.num_hidden_layers
+    assert all(v > 0 for v in result["pooled_error_one_block_in_bf16"])
+    import torch.nn.functional as F
+    assert F.scaled_dot_product_attention.__name__ == "scaled_dot_product_attention"  # put back
+    assert not any("forward" in m.__dict__ for m in model.modules())  # no instance override left behind
+
+
+def test_the_parts_are_really_kept_in_fp32(tiny_backbone, data_dir, monkeypatch):
+    """With no linear picked and SDPA excluded, 'bf16 only' leaves nothing in bf16: the exact fp32 result."""
+    monkeypatch.setenv("DHRD_DATA_DIR", str(data_dir))
+    model, _, _, _ = precision_probe.load_model("cb", None, 0, tiny_backbone)
+    batch = {"input_ids": torch.tensor([[5, 6, 7, 8]]), "attention_mask": torch.ones(1, 4, dtype=torch.long),
+             "pool_index": torch.tensor([3])}
+    with torch.no_grad():
+        ref = precision_probe.pooled(model, batch)
+        with precision_probe.BF16Only(model, lambda n: False, sdpa=False):
+            kept = precision_probe.pooled(model, batch)
+        after = precision_probe.pooled(model, batch)
+    assert torch.allclose(kept, ref, atol=1e-6) and torch.equal(after, ref)
