@@ -31,12 +31,12 @@ class Features:
 
 
 def build_features(task: Task, example: Example, tokenizer, max_length: int, rationale: str | None = None,
-                   with_suffix: bool = False, lm_span: str = "suffix", max_rationale_tokens: int = 256) -> Features:
+                   with_suffix: bool = False, lm_span: str = "all", max_rationale_tokens: int = 256) -> Features:
     """Tokenise one example: input alone, plus `Reasoning: r / Final Answer: y <eos>` when `with_suffix`.
 
     Args:
-        lm_span: "suffix" (rationale + answer only; TrainConfig's default too) or "all" (paper, Eq. 3:
-            input + rationale + answer).
+        lm_span: "all" (paper, Eq. 3: input + rationale + answer; TrainConfig's default too) or "suffix"
+            (rationale + answer only).
     """
     if example.label is None:
         raise TaskError(f"{example.key}: has no label; unlabelled splits cannot be trained on")

@@ -63,6 +63,13 @@ def test_pooling_and_head_are_checked_against_the_contract():
         TrainConfig(task="cb", out="run", head="mlp3")
 
 
+def test_the_lm_span_defaults_to_the_papers_whole_sequence():
+    """The confirmation did not confirm the rationale-and-answer span's lead, so by its pre-registered rule
+    the default is the paper's Eq. 3 (TRAINING.md, "Confirmation result"); 'suffix' stays a flag."""
+    assert config_from([]).lm_span == "all"
+    assert config_from(["--lm-span", "suffix"]).lm_span == "suffix"
+
+
 def test_precision_defaults_to_auto_and_refuses_other_names():
     assert config_from([]).precision == "auto"
     with pytest.raises(ValueError, match="precision must be 'auto', 'bf16' or 'fp32'"):

@@ -342,3 +342,15 @@ def test_evaluate_scores_the_held_out_slice_of_train_less_what_the_run_trained_o
     assert set(keys) == in_slice - seen and result["examples"] == len(keys) > 0
     assert in_slice & seen  # the slice did hold rows the run trained on: leaving them out mattered
     assert [e.key for e in unseen_holdout(cfg, task, data_dir)] == keys
+
+
+def test_bf16_training_keeps_fp32_master_weights_and_optimizer_states(tmp_path, tiny_backbone, cb_rationales):
+    """Issue 33's first suspect, ruled out and kept out: under `--precision bf16` autocast casts inside the
+    matmuls only; the weights the optimizer updates, and its moments, stay float32."""
+    out = tmp_path / "bf16"
+    assert main(train_args(tiny_backbone, out, cb_rationales, "--precision", "bf16", "--max-steps", "2")) == 0
+    ckpt = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert json.loads((out / "config.json").read_text())["precision"] == "bf16"
+    assert ckpt["trainable"] and all(t.dtype == torch.float32 for t in ckpt["trainable"].values())
+    moments = [v for s in ckpt["optimizer"]["state"].values() for k, v in s.items() if k in ("exp_avg", "exp_avg_sq")]
+    assert moments and all(m.dtype == torch.float32 for m in moments)
