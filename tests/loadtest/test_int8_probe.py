@@ -30,6 +30,17 @@ def test_the_probe_reports_agreement_invariance_speed_and_a_ranking(tiny_export,
     assert r["keep_float"] == [row["layer"] for row in ranking[:2]]  # top:2 keeps the two most sensitive
 
 
+def test_with_a_bf16_service_the_floor_is_reported_beside_int8(tiny_export, data_dir, monkeypatch):
+    """Where the service would serve bf16, int8 is compared with both, and bf16 with float32: how far the
+    default dtype itself moves the answers."""
+    monkeypatch.setenv("DHRD_DATA_DIR", str(data_dir))
+    r = measure(tiny_export, "val", limit=8, calibration=4, seconds=0.05, dtype="bfloat16", alpha=0.5,
+                keep_float=[], invariance=2, max_batch_size=8, max_batch_tokens=4096)
+    assert list(r["answers"]) == ["int8_vs_float32", "int8_vs_bfloat16", "bfloat16_vs_float32"]
+    assert all(a["inputs"] == 8 and a["max_abs_dprob"] > 0 for a in r["answers"].values())
+    assert r["speedup_vs_dtype"] > 0 and "bfloat16" in r["throughput"]
+
+
 def test_the_ranking_leaves_the_float_model_as_it_found_it(tiny_export, data_dir, monkeypatch):
     from service.device.runner import ModelRunner
 
