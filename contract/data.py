@@ -83,6 +83,7 @@ def load_examples(task: Task, split: str, data_dir: Path | None = None, limit: i
     """All examples of one split; labels are checked against the task's label set."""
     path, part = split_source(task, split, data_dir)
     start, end = task.split_rows.get(split, (0, None))
+    ns = f"{task.name}/{task.key_prefixes.get(split, '')}"  # keys say which file they name (Task.key_prefixes)
     examples: list[Example] = []
     for lineno, record in read_records(path, part, end):
         if end is not None and lineno - 1 >= end:
@@ -94,7 +95,7 @@ def load_examples(task: Task, split: str, data_dir: Path | None = None, limit: i
             for key, fields, raw_label, group in task.rows(record):
                 label = None if raw_label is None else task.label_index(raw_label)
                 task.format(fields)  # fail here, with the line number, not mid-training
-                examples.append(Example(f"{task.name}/{key}", fields, label, group and f"{task.name}/{group}"))
+                examples.append(Example(f"{ns}{key}", fields, label, group and f"{ns}{group}"))
         except (TaskError, KeyError, TypeError, AttributeError) as exc:
             detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
             raise TaskError(f"{path}:{lineno}: {detail}") from exc

@@ -51,6 +51,9 @@ class Task:
             or "scalar" (custom tasks: text or a number); every other field is "text".
         split_rows: split name -> [start, end) rows of its file (0-based, the record's `idx`) that the
             split holds; rows outside every range are never read (e-SNLI keeps rows for independent checks).
+        key_prefixes: split name -> text put before each record id of that split's keys, for a task whose
+            splits are different files numbered alike: e-SNLI's "train" (the released valid file) keys are
+            `esnli/valid-N`, so no key of it can be read as test row N, which may be reserved.
     """
 
     name: str
@@ -66,6 +69,7 @@ class Task:
     spec: Mapping[str, Any] | None = None
     field_types: Mapping[str, str] = field(default_factory=dict)
     split_rows: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    key_prefixes: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.labels) < 2:

@@ -28,11 +28,13 @@ def _nli(name: str, train: str, val: str, **kw: Any) -> Task:
 # e-SNLI's released test file is three splits of ours. Rows 0-1999 ("val") are the selection split:
 # arms and defaults were chosen on them. Rows 2000-5999 ("confirm") are scored once, by the
 # pre-registered confirmation (TRAINING.md). Rows 6000-9823 are reserved for independent checks:
-# no split holds them, so no command of ours can score them.
+# no split holds them, so no command of ours can score them. Train keys are `esnli/valid-N`: row N of
+# the valid file is not test row N, and a key must not read as a test row (the check that no file
+# scores a reserved row reads keys).
 ESNLI_TEST = f"{DSS}/esnli/esnli_test.json"
 ESNLI = _nli("esnli", "esnli_valid.json", "esnli_test.json",
              splits={"train": f"{DSS}/esnli/esnli_valid.json", "val": ESNLI_TEST, "confirm": ESNLI_TEST},
-             split_rows={"val": (0, 2000), "confirm": (2000, 6000)})
+             split_rows={"val": (0, 2000), "confirm": (2000, 6000)}, key_prefixes={"train": "valid-"})
 ANLI1 = _nli("anli1", "anli1_valid.json", "anli1_test.json")
 
 CQA_LETTERS = ("a", "b", "c", "d", "e")

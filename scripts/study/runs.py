@@ -295,11 +295,15 @@ def esnli_rows_scored(rows_path: Path) -> dict:
     """Which e-SNLI test rows the rows file and every kept prediction file have scored: the check Amendment 1
     quotes (no confirm-split row, no e-SNLI key ≥ 2000 before the confirmation's first run)."""
     rows = read_rows(rows_path)
-    keys = [int(p["key"].split("/")[1]) for f in sorted((rows_path.parent / "predictions").rglob("*.jsonl.gz"))
+    keys = [p["key"] for f in sorted((rows_path.parent / "predictions").rglob("*.jsonl.gz"))
             for p in read_predictions(f) if p["key"].startswith("esnli/")]
+    # Test-file keys are `esnli/N`; train keys (`esnli/valid-N`, rows of the released valid file, scored by
+    # --holdout-scores) name no test row and are counted apart.
+    test_rows = [int(k.removeprefix("esnli/")) for k in keys if k.removeprefix("esnli/").isdigit()]
     return {"rows": len(rows), "confirm_split_rows": sum(r.get("split") == "confirm" for r in rows),
-            "esnli_predictions": len(keys), "esnli_max_key": max(keys, default=None),
-            "esnli_keys_from_2000": sum(k >= 2000 for k in keys)}
+            "esnli_predictions": len(test_rows), "esnli_max_key": max(test_rows, default=None),
+            "esnli_keys_from_2000": sum(k >= 2000 for k in test_rows),
+            "esnli_train_file_predictions": len(keys) - len(test_rows)}
 
 
 def relative(cmd: list[str]) -> list[str]:

@@ -449,7 +449,7 @@ def test_holdout_scores_are_kept_recorded_and_committed_with_the_run(tmp_path, m
     def fake_evaluate(cmd, **kwargs):
         calls.append(cmd)
         (run / "eval").mkdir(parents=True, exist_ok=True)
-        (run / "eval" / "holdout.predictions.jsonl").write_text('{"key": "esnli-train/2001"}\n')
+        (run / "eval" / "holdout.predictions.jsonl").write_text('{"key": "esnli/valid-2001"}\n')
         (run / "eval" / "holdout.metrics.json").write_text(json.dumps({"metrics": {"accuracy": 0.7}, "examples": 1}))
 
     main = tmp_path / "main"
@@ -493,3 +493,21 @@ def test_which_runs_count_as_done():
     assert study.done_runs(rows, "cpu", "fp32", holdout=True) == {("esnli", "a0-2x", 1)}
     assert study.done_runs(rows, "cpu", "bf16", holdout=True) == set()  # seed 0's bf16 row has no holdout scores
     assert study.done_runs(rows, "cuda", None) == {("esnli", "a0-2x", 2)}
+
+
+def test_the_reserved_row_check_reads_test_keys_and_counts_train_file_keys_apart(tmp_path):
+    """Amendment 1's check (no e-SNLI key ≥ 2000 scored outside the confirmation) reads test-file keys,
+    `esnli/N`; holdout scores name rows of the released valid file, `esnli/valid-N`, which are no test rows."""
+    import gzip
+
+    kept = tmp_path / "predictions" / "esnli"
+    kept.mkdir(parents=True)
+    for name, keys in (("a0-s0.cpu.jsonl.gz", ["esnli/0", "esnli/1999"]),
+                       ("a0-s0.holdout.cpu.jsonl.gz", ["esnli/valid-2001", "esnli/valid-9831"])):
+        (kept / name).write_bytes(gzip.compress("".join(json.dumps({"key": k}) + "\n" for k in keys).encode()))
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"split": "val"}) + "\n")
+    assert study.esnli_rows_scored(tmp_path / "rows.jsonl") == {
+        "rows": 1, "confirm_split_rows": 0, "esnli_predictions": 2, "esnli_max_key": 1999,
+        "esnli_keys_from_2000": 0, "esnli_train_file_predictions": 2}
+    (kept / "a0-s1.cpu.jsonl.gz").write_bytes(gzip.compress(b'{"key": "esnli/2000"}\n'))
+    assert study.esnli_rows_scored(tmp_path / "rows.jsonl")["esnli_keys_from_2000"] == 1

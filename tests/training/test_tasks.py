@@ -139,6 +139,18 @@ def test_a_split_holds_only_its_declared_rows_and_never_reads_past_them(tmp_path
     assert [e.key for e in load_examples(task, "confirm", limit=2)] == ["esnli/2", "esnli/3"]
 
 
+def test_esnli_train_keys_name_the_valid_file_so_none_reads_as_a_test_row(tmp_path):
+    """e-SNLI's train split is the released valid file; row N of it is not test row N (which may be a
+    confirmation or reserved row), so its keys say `valid-N`. Test-file keys stay `esnli/N`."""
+    from dataclasses import replace
+
+    data = tmp_path / "nli.jsonl"
+    data.write_text("".join(json.dumps({"premise": f"p{i}", "hypothesis": "h", "label": 0}) + "\n" for i in range(3)))
+    task = replace(get_task("esnli"), splits={"train": str(data), "val": str(data)})
+    assert [e.key for e in load_examples(task, "train")] == ["esnli/valid-0", "esnli/valid-1", "esnli/valid-2"]
+    assert [e.key for e in load_examples(task, "val")] == ["esnli/0", "esnli/1", "esnli/2"]
+
+
 def test_esnli_rows_6000_and_later_belong_to_no_split():
     task = get_task("esnli")
     test_file_splits = [s for s, path in task.splits.items() if path.endswith("esnli_test.json")]
