@@ -10,7 +10,7 @@ Three rules, each against a known way int8 loses answers (issue 31):
   per-channel factor s moves them into the weights, X' = X / s and W' = W * s, so both quantize well.
   It is folded into the layer before (the RMSNorm weight before q/k/v and gate/up; v_proj's output rows
   before o_proj; up_proj's output rows before down_proj), which is exact in float: a smoothed float model
-  gives the float model's logits up to rounding (`tests/contract/test_int8.py`).
+  gives the float model's logits up to rounding (`tests/test_int8.py`).
 
 The factors come from the task's own inputs (`calibrate`), never from the split a gate scores. Layers
 named in `keep_float` stay float (the few a sensitivity ranking finds that the gate needs).
@@ -29,9 +29,10 @@ INT8_MAX = 127
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 per row of a 2-D tensor: (int8 values, float32 scale per row), x ~ values * scale."""
-    # Fewer passes over x than abs-amax-float-divide-round-clamp, each a new tensor: the inf-norm reads x once,
-    # the division promotes a bf16 x to float32 as it goes, and rounding and clamping work in place.
-    scale = torch.linalg.vector_norm(x, ord=float("inf"), dim=-1).float().clamp_(min=1e-8).div_(INT8_MAX)
+    # abs().amax() and not the inf-norm, which gives the same values but measured 10x slower on a CPU
+    # (3.7 ms against 0.36 ms for 2048 x 576 bf16 rows, one thread); the division promotes a bf16 x to
+    # float32 as it goes, and rounding and clamping work in place.
+    scale = x.abs().amax(dim=-1).float().clamp_(min=1e-8).div_(INT8_MAX)
     values = torch.div(x, scale[:, None]).round_().clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
     return values, scale
 

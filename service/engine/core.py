@@ -14,6 +14,7 @@ from typing import Mapping, TypeVar
 from contract.model import DTYPES, resolve_dtype
 
 from ..device.generator import CotRunner
+from ..device.cpu_heap import keep_freed_memory
 from ..device.runner import ModelRunner, set_threads
 from ..errors import EngineDead, NotReady, UnknownModel
 from ..metrics import Metrics
@@ -75,6 +76,8 @@ class EngineCore:
         loop = asyncio.get_running_loop()
         if s.threads:  # OpenMP thread counts are per calling thread: set it where torch runs
             await loop.run_in_executor(self.executor, set_threads, s.threads)
+        if s.device == "cpu":  # freed activations stay in the heap for the next pass (cpu_heap.py)
+            keep_freed_memory()
         runners = dict(runners or {})
         dtype = resolve_dtype(s.dtype, s.device)
         if dtype != s.dtype:
