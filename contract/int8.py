@@ -37,6 +37,25 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return values, scale
 
 
+class SharedInput:
+    """One quantization of an input for the layers that all read it: q/k/v read the same hidden states,
+    and so do gate/up, so quantizing it once for them saves three of a decoder layer's seven passes over
+    its activations. It holds the input object (so no other tensor can take its identity) and its
+    int8 values until every member has read them, then lets both go."""
+
+    def __init__(self, members: int):
+        self.members, self.reads, self.x, self.quantized = members, 0, None, None
+
+    def quantize(self, rows: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if x is not self.x:  # a new input (or a read of the last one missed): start over
+            self.x, self.quantized, self.reads = x, quantize_rows(rows), 0
+        quantized = self.quantized
+        self.reads += 1
+        if self.reads == self.members:
+            self.x = self.quantized = None
+        return quantized
+
+
 class Int8Linear(nn.Module):
     """y = x W^T + b with W stored int8 per output channel and x quantized per token at run time; the
     int8 x int8 products accumulate in int32 (`torch._int_mm`), then scale back to x's dtype.
@@ -55,6 +74,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_t", values.t().contiguous())  # (K, N): _int_mm's right operand
         self.register_buffer("weight_scale", scale)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float())
+        self.shared: SharedInput | None = None  # set by `quantize` for q/k/v and gate/up
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
@@ -65,7 +85,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        values, scale = quantize_rows(rows)
+        values, scale = quantize_rows(rows) if self.shared is None else self.shared.quantize(rows, x)
         acc = torch._int_mm(values, self.weight_t)  # (rows, N) int32; torch 2.13's CPU kernel takes any row count
         # In place on the one float32 copy: an outer product of the scales would be a second (rows, N) matrix.
         out = acc.float().mul_(scale[:, None]).mul_(self.weight_scale)
@@ -160,10 +180,25 @@ def quantize(backbone: nn.Module, keep_float: Iterable[str] = (), empty: bool = 
     if unknown:
         raise ValueError(f"keep_float names no linear layer of the backbone: {sorted(unknown)[:3]}")
     targets = [(n, m) for n, m in backbone.named_modules() if isinstance(m, nn.Linear) and n not in keep]
+    groups: dict[tuple[str, tuple[str, ...]], list[Int8Linear]] = {}
     for name, module in targets:
         parent, _, leaf = name.rpartition(".")
-        setattr(backbone.get_submodule(parent) if parent else backbone, leaf, Int8Linear(module, empty))
+        layer = Int8Linear(module, empty)
+        setattr(backbone.get_submodule(parent) if parent else backbone, leaf, layer)
+        readers = next((g for g in SAME_INPUT if leaf in g), None)
+        if readers is not None:
+            groups.setdefault((parent, readers), []).append(layer)
+    for members in groups.values():
+        if len(members) > 1:
+            shared = SharedInput(len(members))
+            for layer in members:
+                layer.shared = shared
     return [n for n, _ in targets]
+
+
+# Linear layers of one llama-style module that read the same input tensor (LlamaAttention passes the
+# hidden states to q/k/v, LlamaMLP its input to gate/up): those quantized share one quantization of it.
+SAME_INPUT = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
 # --- int8 exports and their gate ---------------------------------------------------------------

@@ -100,3 +100,39 @@ def test_scales_and_bias_stay_float32_when_the_model_is_cast():
 def test_a_layer_to_keep_in_float_must_be_a_linear_layer_of_the_backbone(tiny_backbone):
     with pytest.raises(ValueError, match="layers.0.mlp.nope"):
         quantize(backbone_of(tiny_backbone), ["layers.0.mlp.nope"])
+
+
+def test_layers_that_read_the_same_input_quantize_it_once_and_answer_as_if_alone(tiny_backbone, monkeypatch):
+    """q/k/v share one quantization of the hidden states and gate/up one of theirs: 4 quantizations per
+    decoder layer instead of 7, and bit-for-bit the outputs each layer gives on its own."""
+    import contract.int8 as int8
+
+    backbone = backbone_of(tiny_backbone)
+    data = batches(backbone.config.vocab_size)
+    smooth(backbone, calibrate(backbone, data))
+    quantize(backbone)
+    calls = []
+    real = int8.quantize_rows
+    monkeypatch.setattr(int8, "quantize_rows", lambda x: calls.append(x.shape) or real(x))
+    shared = hidden(backbone, data[0])
+    assert len(calls) == 4 * len(backbone.layers)
+    for module in backbone.modules():
+        if isinstance(module, Int8Linear):
+            module.shared = None
+    calls.clear()
+    alone = hidden(backbone, data[0])
+    assert len(calls) == 7 * len(backbone.layers) and torch.equal(shared, alone)
+
+
+def test_a_shared_quantization_is_never_reused_for_another_input(tiny_backbone):
+    """A group member called on a different tensor than the one before it quantizes that tensor anew."""
+    backbone = backbone_of(tiny_backbone)
+    quantize(backbone)
+    attn = backbone.layers[0].self_attn
+    width = attn.q_proj.in_features
+    x, y = torch.randn(5, width), torch.randn(5, width)
+    attn.q_proj(x)  # the group now holds x's quantization, one read of three
+    fresh = Int8Linear(nn.Linear(width, attn.k_proj.out_features, bias=attn.k_proj.bias is not None))
+    fresh.load_state_dict(attn.k_proj.state_dict())
+    assert torch.equal(attn.k_proj(y), fresh(y))
+    assert attn.q_proj.shared is attn.v_proj.shared and backbone.layers[0].mlp.down_proj.shared is None
