@@ -5,6 +5,7 @@
     python -m loadtest.forward attention --layers 4 --seconds 0.5                   # CPU kernels of a packed pass
     python -m loadtest.forward roofline --export exports/cb --tokens 64            # the compute ceiling
     python -m loadtest.forward int8 --export exports/esnli-bench --split val       # int8 against float passes
+    python -m loadtest.forward heap --tokens 2048                                   # the heap setting, on and off
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ MODES = {
                                                 "pass should use"),
     "roofline": ("loadtest.forward.roofline", "measured matmul GFLOP/s and the model's FLOPs per sequence"),
     "int8": ("loadtest.forward.int8", "int8 against float forward passes: answers kept, batch invariance, speed"),
+    "heap": ("loadtest.forward.heap", "one projection, bf16 and int8, with glibc's default heap and with freed "
+                                      "blocks kept (service/device/cpu_heap.py)"),
 }
 
 if __name__ == "__main__":
