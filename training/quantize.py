@@ -61,6 +61,9 @@ def quantize_export(src: Path, out: Path, calibration: int = 256, alpha: float =
     smooth(backbone, calibrate(backbone, [{"input_ids": torch.tensor([ids])} for ids in calibration_ids]), alpha)
     replaced = quantize(backbone, keep_float or [])
     state = int8_state(model, DTYPES[manifest.dtype])
+    # The model as written: a bf16 export stores its float tensors (embeddings, norms with the smoothing
+    # folded in, the head) in bf16, so the check below compares like with like, not with the fp32 originals.
+    model.load_state_dict(state)
 
     staged = out.with_name(out.name + ".tmp")
     if staged.exists():

@@ -117,3 +117,19 @@ def test_a_float_exports_manifest_has_no_quantization_key(tiny_export):
     """So a float export written by this build still loads in a service built before int8 existed (those
     refuse unknown manifest keys)."""
     assert "quantization" not in json.loads((tiny_export / "manifest.json").read_text())
+
+
+def test_a_bf16_export_quantizes_and_its_written_model_checks_out(tiny_export, data_dir, tmp_path):
+    """The export's float tensors are stored in its own dtype: the written-and-reloaded check compares the
+    reloaded model with the model as written (bf16-rounded), not with the float32 one it came from
+    (exports/cb, a bf16 export, failed that check by 0.11 before)."""
+    bf16 = tmp_path / "cb-bf16"
+    assert main(["export", str(tiny_export.parent / "run"), "--out", str(bf16), "--dtype", "bfloat16",
+                 "--verify-examples", "4"]) == 0
+    out = tmp_path / "cb-bf16-int8"
+    assert main(["quantize", str(bf16), "--out", str(out), "--calibration", "8", "--data-dir", str(data_dir),
+                 "--verify-examples", "4"]) == 0
+    assert json.loads((out / "verify.json").read_text())["max_prob_diff_vs_written_model"] <= 1e-4
+    state = load_file(str(out / "model.safetensors"))
+    assert any(v.dtype == torch.bfloat16 for v in state.values())  # its float parts stay bf16
+
