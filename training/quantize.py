@@ -83,10 +83,12 @@ def quantize_export(src: Path, out: Path, calibration: int = 256, alpha: float =
     plain_modes(staged)
     seal_export(staged, quantized)
     (staged / layout.MODEL_CARD_FILE).write_text(model_card(quantized))
+    # Checked before it takes `out`'s place: an export that fails its check never looks finished (and an
+    # older good one at `out` stays).
+    verify_int8_export(staged, model, tokenizer, task, manifest.max_length, data_dir, verify_examples)
     if out.exists():
         shutil.rmtree(out)
     staged.rename(out)
-    verify_int8_export(out, model, tokenizer, task, manifest.max_length, data_dir, verify_examples)
     return out
 
 

@@ -3,8 +3,9 @@
 A forward pass allocates and frees tensors of megabytes: a packed batch of 2,048 tokens gives 12 MB
 int32 matmul outputs in the int8 path. glibc serves a block that large with mmap and returns it to the
 kernel when freed, so the next pass takes fresh pages: a page fault and a page of zeroes for every 4 KiB
-it touches. Measured on one Int8Linear (2048 x 576 -> 1536, one thread, AMD EPYC avx512): 19 ms a call
-with glibc's defaults, 8.4 ms with the blocks kept (BENCHMARKS.md, "Int8"). Raising glibc's mmap
+it touches. Measured on one projection of a packed pass (2048 x 576 -> 1536, 2 threads, idle 2-core AMD
+EPYC with AVX-512; `python -m loadtest.forward heap`): int8 16.0 ms a call with glibc's defaults, 4.3 ms
+with the blocks kept; bf16 4.6 and 4.3 ms (BENCHMARKS.md, "Int8, third piece"). Raising glibc's mmap
 threshold to its largest (32 MiB) takes such blocks from the heap, which keeps them when freed, and the
 trim threshold keeps up to 256 MiB of free heap top rather than handing it back: a serving process's RSS
 holds at its peak, which is what a server sized for its peak expects (PyTorch's CPU tuning guides get the

@@ -133,3 +133,22 @@ def test_a_bf16_export_quantizes_and_its_written_model_checks_out(tiny_export, d
     state = load_file(str(out / "model.safetensors"))
     assert any(v.dtype == torch.bfloat16 for v in state.values())  # its float parts stay bf16
 
+
+
+def test_an_export_that_fails_its_check_never_takes_the_place_of_the_good_one(int8_export, tiny_export, data_dir,
+                                                                              tmp_path, monkeypatch):
+    import shutil
+
+    import training.quantize as quantize
+
+    out = tmp_path / "cb-int8"
+    shutil.copytree(int8_export, out)
+    before = (out / "model.safetensors").read_bytes()
+
+    def failing_check(*args, **kwargs):
+        raise RuntimeError("int8 export check failed")
+
+    monkeypatch.setattr(quantize, "verify_int8_export", failing_check)
+    with pytest.raises(RuntimeError, match="check failed"):
+        quantize.quantize_export(tiny_export, out, calibration=8, alpha=0.8, data_dir=data_dir, verify_examples=4)
+    assert (out / "model.safetensors").read_bytes() == before  # the older, checked export is untouched
