@@ -20,6 +20,9 @@ PROBE = textwrap.dedent("""
                      "fordblks", "keepcost")]
 
     libc = ctypes.CDLL("libc.so.6")
+    if not hasattr(libc, "mallinfo2"):  # glibc < 2.33
+        print("skip skip")
+        raise SystemExit(0)
     libc.mallinfo2.restype = MallInfo2
     applied = keep_freed_memory() if sys.argv[1] == "keep" else None
     before = libc.mallinfo2().fordblks
@@ -32,6 +35,8 @@ PROBE = textwrap.dedent("""
 def free_heap_after_a_12mb_tensor(mode: str) -> tuple[str, int]:
     out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True)
     applied, kept = out.stdout.split()
+    if kept == "skip":
+        pytest.skip("this glibc has no mallinfo2 to read the heap with")
     return applied, int(kept)
 
 
